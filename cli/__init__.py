@@ -1,0 +1,1 @@
+"""The `lordkit` command line (installed as lordkit.cli)."""

@@ -1,0 +1,43 @@
+"""`lordkit`: the Typer application. Each command file registers its commands here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import lordkit
+
+from . import data, demo
+
+app = typer.Typer(
+    name="lordkit",
+    help="Train LORD class/content disentanglement models, export them, and run transfer.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lordkit {lordkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    base_dir: Annotated[Optional[Path], typer.Option("--base-dir", "-bd", envvar="LORDKIT_HOME", help="Holds data/, models/ and exports/ (default: $LORDKIT_HOME, else ~/lordkit).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    ctx.obj = {"base_dir": base_dir}
+
+
+data.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,48 @@
+"""What every command shares: the base dir, and turning user errors into one line and an exit status."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from lordkit.errors import LordkitError
+from lordkit.fsutil import base_dir
+
+
+def err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Run a command body; a LordkitError becomes `error: ...` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LordkitError as e:
+            err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err("interrupted")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            err("out of memory; try a smaller --batch-size or image size")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def get_base(ctx: typer.Context) -> Path:
+    obj = ctx.find_root().obj or {}
+    return base_dir(obj.get("base_dir"))
+
+
+def say(message: str) -> None:
+    """Results go to stdout; progress and diagnostics go to stderr."""
+    typer.echo(message)
+    sys.stdout.flush()

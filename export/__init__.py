@@ -1,0 +1,1 @@
+"""Exporters to TorchScript and ONNX and their verification (installed as lordkit.export)."""

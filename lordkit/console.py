@@ -1,0 +1,35 @@
+"""Shared rich console (stderr, so stdout stays for results) and the progress bar of every long job."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the unit given as the task field `unit` (default 'it')."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "it")
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
+
+
+def make_progress(*extra_columns, transient: bool = False) -> Progress:
+    """Progress bar with count, rate, elapsed time and ETA: `with make_progress() as p: ...`."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        *extra_columns,
+        console=console,
+        transient=transient,
+    )

@@ -1,0 +1,171 @@
+"""Run a reader's chunks in parallel, normalise every image, and stream them into a new store."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lordkit.console import make_progress
+from lordkit.data.sources import DecodeError, Loaded, Options, Source, get_reader
+from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
+from lordkit.errors import LordkitError
+from lordkit.fsutil import staged_dir
+
+MAX_FAILED_FRACTION = 0.01  # more undecodable images than this fails the run
+
+
+def to_square(img: np.ndarray, mode: str = "center") -> np.ndarray:
+    h, w = img.shape[:2]
+    if h == w or mode == "stretch":
+        return img
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return img[top:top + s, left:left + s]
+
+
+def normalise_image(img: np.ndarray, img_size: int, channels: int, square: str = "center") -> np.ndarray:
+    """Any uint8 grey/RGB/RGBA image -> (img_size, img_size, channels) uint8."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise DecodeError(f"expected uint8 pixels, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
+        raise DecodeError(f"unsupported image shape {img.shape}")
+    img = to_square(img, square)
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if (h > img_size or w > img_size) else cv2.INTER_CUBIC
+    if (h, w) != (img_size, img_size):
+        img = cv2.resize(np.ascontiguousarray(img), (img_size, img_size), interpolation=interp)
+    if channels == 1 and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    elif channels == 3 and img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return img.reshape(img_size, img_size, channels)
+
+
+@dataclass
+class PreprocessSummary:
+    path: Path
+    n_imgs: int
+    n_classes: int
+    n_failed: int  # images that did not decode and were skipped
+    failed_names: list[str]
+
+
+def _run_chunk(chunk, img_size: int, source: Source):
+    try:
+        out: Loaded = chunk.load()
+        imgs = out.images
+        if isinstance(imgs, np.ndarray) and imgs.ndim == 4:
+            seq = list(imgs)
+        elif isinstance(imgs, np.ndarray):
+            seq = [imgs]
+        else:
+            seq = list(imgs)
+        if not seq:
+            return None, chunk
+        batch = np.stack([normalise_image(im, img_size, source.channels, source.square) for im in seq])
+        return (batch, out), chunk
+    except DecodeError as e:
+        return e, chunk
+    except cv2.error as e:  # OpenCV raises its own type for corrupt buffers
+        return DecodeError(str(e).strip().splitlines()[-1]), chunk
+
+
+def preprocess(dataset_id: str, dataset_path: str | os.PathLike | None, out_dir: Path, img_size: int = 64,
+               opts: Options | None = None, force: bool = False, workers: int | None = None,
+               show_progress: bool = True) -> PreprocessSummary:
+    """Read `dataset_id` from its official files at `dataset_path` into a store at `out_dir`."""
+    if img_size < 8 or img_size > 1024:
+        raise LordkitError(f"--img-size {img_size} is out of range (8..1024)")
+    spec = get_reader(dataset_id)
+    opts = opts or Options()
+    path: Path | None = None
+    if spec.needs_path:
+        if dataset_path is None:
+            raise LordkitError(f"dataset {dataset_id} needs --dataset-path pointing at its official files")
+        path = Path(dataset_path).expanduser()
+        if not path.exists():
+            raise LordkitError(f"dataset path not found: {path}")
+    if Path(out_dir).exists() and not force:
+        raise LordkitError(f"dataset {out_dir} already exists; pass --force to replace it")
+    source = spec.open(path, opts)
+    opts.check_all_used(dataset_id)
+    if not source.chunks:
+        raise LordkitError(f"no images found for {dataset_id} in {path}")
+    n_expected = sum(c.n_expected for c in source.chunks)
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    with staged_dir(out_dir, force=force, what="dataset") as tmp:
+        writer = StoreWriter(tmp, img_size, source.channels)
+        failed: list[str] = []
+        n_failed = 0
+        infos: list[Any] = []
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool, make_progress() as progress:
+                task = progress.add_task(f"preprocess {dataset_id}", total=n_expected, unit="img",
+                                         visible=show_progress)
+                pending: deque = deque()
+                chunks = iter(source.chunks)
+                exhausted = False
+                while pending or not exhausted:
+                    # Keep a bounded number of chunks in flight; write results in order.
+                    while not exhausted and len(pending) < 4 * workers:
+                        chunk = next(chunks, None)
+                        if chunk is None:
+                            exhausted = True
+                        else:
+                            pending.append(pool.submit(_run_chunk, chunk, img_size, source))
+                    if not pending:
+                        break
+                    result, chunk = pending.popleft().result()
+                    if isinstance(result, DecodeError):
+                        n_failed += chunk.n_expected
+                        failed.append(f"{chunk.name}: {result}")
+                        if n_failed > MAX_FAILED_FRACTION * n_expected and n_failed > 1:
+                            raise LordkitError(
+                                f"{n_failed} of {n_expected} images failed to decode (more than "
+                                f"{MAX_FAILED_FRACTION:.0%}); first: {failed[0]}")
+                    elif result is not None:
+                        batch, out = result
+                        writer.add(batch, out.class_ids, out.content_ids, out.per_image)
+                        if out.info is not None:
+                            infos.append(out.info)
+                    progress.advance(task, chunk.n_expected)
+            if writer.n_imgs == 0:
+                raise LordkitError(f"no image of {dataset_id} in {path} could be decoded"
+                                   + (f"; first error: {failed[0]}" if failed else ""))
+            extra = dict(source.extra)
+            meta = DatasetMeta(
+                dataset_id=dataset_id, class_names=list(source.class_names), img_size=img_size,
+                channels=source.channels, n_imgs=writer.n_imgs, content_factors=list(source.content_factors),
+                source_path=str(path.resolve()) if path else None, face_template=source.face_template,
+                extra=extra,
+            )
+            if source.finalize is not None:
+                for key, value in source.finalize(infos).items():
+                    setattr(meta, key, value) if hasattr(meta, key) else extra.__setitem__(key, value)
+            if n_failed:
+                extra["n_failed"] = n_failed
+                extra["failed"] = failed[:100]
+            writer.close(meta)
+        except BaseException:
+            writer.abort()
+            raise
+        ds = Dataset(tmp)
+        counts = ds.class_counts()
+        empty = [source.class_names[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise LordkitError(f"{len(empty)} class(es) have no images, e.g. {empty[0]!r}")
+    return PreprocessSummary(path=Path(out_dir), n_imgs=writer.n_imgs, n_classes=len(source.class_names),
+                             n_failed=n_failed, failed_names=failed)
