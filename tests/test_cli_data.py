@@ -126,3 +126,18 @@ def test_bad_input_gives_one_line(cli, base, tmp_path, case):
         r = cli("split-samples", "-idn", "x", "-trdn", "x", "-tsdn", "b", "-ts", "0.5")
         assert one_line_error(r)
         assert (base / "data" / "x" / "meta.json").exists()
+
+
+def test_class_whose_only_image_fails_is_dropped_not_fatal(cli, base, tmp_path):
+    src = tmp_path / "imgs"
+    for i in range(120):
+        (src / f"c{i:03d}").mkdir(parents=True)
+        cv2.imwrite(str(src / f"c{i:03d}" / "a.png"), np.full((8, 8, 3), i, np.uint8))
+    (src / "c007" / "a.png").write_bytes(b"broken")
+    r = cli("preprocess", "-di", "folder", "-dp", src, "-dn", "f", "--img-size", "32")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((base / "data" / "f" / "meta.json").read_text())
+    assert meta["n_classes"] == 119 and "c007" not in meta["class_names"]
+    assert meta["extra"]["dropped_classes"] == ["c007"]
+    ids = np.load(base / "data" / "f" / "class_ids.npy")
+    assert ids.max() == 118 and meta["class_names"][ids[7]] == "c008"

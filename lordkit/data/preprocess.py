@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from lordkit.console import make_progress
 from lordkit.data.sources import DecodeError, Loaded, Options, Source, get_reader
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.errors import LordkitError
-from lordkit.fsutil import staged_dir
+from lordkit.fsutil import atomic_write_json, staged_dir
 
 MAX_FAILED_FRACTION = 0.01  # more undecodable images than this fails the run
 
@@ -60,6 +61,16 @@ class PreprocessSummary:
     n_classes: int
     n_failed: int  # images that did not decode and were skipped
     failed_names: list[str]
+
+
+class _Cancelling:
+    """Shut a pool down dropping queued chunks, so a failed run does not decode what it throws away."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self.pool = pool
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_chunk(chunk, img_size: int, source: Source):
@@ -112,7 +123,8 @@ def preprocess(dataset_id: str, dataset_path: str | os.PathLike | None, out_dir:
         n_failed = 0
         infos: list[Any] = []
         try:
-            with ThreadPoolExecutor(max_workers=workers) as pool, make_progress() as progress:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            with contextlib.closing(_Cancelling(pool)), make_progress() as progress:
                 task = progress.add_task(f"preprocess {dataset_id}", total=n_expected, unit="img",
                                          visible=show_progress)
                 pending: deque = deque()
@@ -163,9 +175,23 @@ def preprocess(dataset_id: str, dataset_path: str | os.PathLike | None, out_dir:
             writer.abort()
             raise
         ds = Dataset(tmp)
-        counts = ds.class_counts()
-        empty = [source.class_names[i] for i in np.flatnonzero(counts == 0)]
-        if empty:
-            raise LordkitError(f"{len(empty)} class(es) have no images, e.g. {empty[0]!r}")
-    return PreprocessSummary(path=Path(out_dir), n_imgs=writer.n_imgs, n_classes=len(source.class_names),
+        empty = np.flatnonzero(ds.class_counts() == 0)
+        if len(empty) and not n_failed:
+            raise LordkitError(f"{len(empty)} class(es) have no images, e.g. {source.class_names[empty[0]]!r}")
+        if len(empty):
+            # Every image of these classes failed to decode: drop them, keeping sorted-name numbering.
+            _drop_classes(tmp, ds, empty)
+        n_classes = len(source.class_names) - len(empty)
+    return PreprocessSummary(path=Path(out_dir), n_imgs=writer.n_imgs, n_classes=n_classes,
                              n_failed=n_failed, failed_names=failed)
+
+
+def _drop_classes(directory: Path, ds: Dataset, empty: np.ndarray) -> None:
+    keep = np.setdiff1d(np.arange(ds.n_classes), empty)
+    new_id = np.full(ds.n_classes, -1, np.int64)
+    new_id[keep] = np.arange(len(keep))
+    np.save(directory / "class_ids.npy", new_id[ds.class_ids])
+    meta = ds.meta
+    meta.extra["dropped_classes"] = [meta.class_names[i] for i in empty]
+    meta.class_names = [meta.class_names[i] for i in keep]
+    atomic_write_json(directory / "meta.json", meta.to_json())

@@ -25,7 +25,8 @@ class DecodeError(Exception):
 
 @dataclass
 class Loaded:
-    images: np.ndarray | list[np.ndarray]  # (n, h, w[, c]) uint8, or a list of (h, w[, c]) images
+    # A 4-D (n, h, w, c) uint8 stack, a list of (h, w[, c]) images, or one (h, w[, c]) image.
+    images: np.ndarray | list[np.ndarray]
     class_ids: np.ndarray | int  # (n,) or one id for all
     content_ids: np.ndarray | int = -1  # (n,) or one id for all; -1 = no content label
     per_image: dict[str, np.ndarray | int] = field(default_factory=dict)  # extra int labels per image
