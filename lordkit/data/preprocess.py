@@ -142,7 +142,7 @@ def preprocess(dataset_id: str, dataset_path: str | os.PathLike | None, out_dir:
                         break
                     result, chunk = pending.popleft().result()
                     if isinstance(result, DecodeError):
-                        n_failed += chunk.n_expected
+                        n_failed += max(1, chunk.n_expected)
                         failed.append(f"{chunk.name}: {result}")
                         if n_failed > MAX_FAILED_FRACTION * n_expected and n_failed > 1:
                             raise LordkitError(

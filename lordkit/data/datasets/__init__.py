@@ -1,10 +1,8 @@
-"""Readers of each supported dataset's official files; importing this package registers them all."""
+"""Readers of each supported dataset's official files; importing this package registers them all.
 
-from lordkit.data.datasets import folder, synthetic  # noqa: F401
+Optional dependencies (scipy for cars3d, h5py for shapes3d) are imported inside their readers, so
+every reader is listed even on a runtime-only install.
+"""
 
-for _name in ("mnist", "smallnorb", "cars3d", "shapes3d", "celeba", "kth", "rafd"):
-    try:
-        __import__(f"lordkit.data.datasets.{_name}")
-    except ModuleNotFoundError as _e:  # a reader still being written, or an optional dependency missing
-        if _e.name != f"lordkit.data.datasets.{_name}":
-            raise
+from lordkit.data.datasets import (cars3d, celeba, folder, kth, mnist, rafd, shapes3d,  # noqa: F401
+                                   smallnorb, synthetic)
