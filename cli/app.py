@@ -9,7 +9,7 @@ import typer
 
 import lordkit
 
-from . import data, demo
+from . import data, demo, evaluate, train
 
 app = typer.Typer(
     name="lordkit",
@@ -36,6 +36,8 @@ def main_callback(
 
 
 data.register(app)
+train.register(app)
+evaluate.register(app)
 demo.register(app)
 
 

@@ -1,0 +1,255 @@
+"""Training throughput: a plain eager fp32 loop equivalent to the reference vs lordkit's training path.
+
+Both run side by side in one process on the same random data, the same initial weights and the same
+hyperparameters, with the perceptual (VGG16) loss:
+
+  (a) reference-equivalent: float32 images on the host, a shuffling DataLoader, a host-to-device copy
+      per step, VGG16 left trainable (its weight gradients are computed and never used), fp32,
+      NCHW, for-each Adam, the loss read back (`.item()`) every step;
+  (b) lordkit: `lordkit.training.train_latent` / `train_amortized` themselves — uint8 images
+      resident on the device, batches gathered there, frozen VGG, bf16 autocast + channels-last +
+      fused Adam on CUDA, the loss read every `log_every` steps.
+
+Images/s are medians over timed windows after warm-up (the device synchronized before each clock
+read); the mean loss over the last steps of both is reported so that speed is not bought with a
+different optimisation. VGG16 weights are random (written in torchvision's layout) unless
+--vgg-weights names the real file: throughput does not depend on the values.
+
+    python benchmarks/train_throughput.py                      # the issue's setting: 64 px, batch 128
+    python benchmarks/train_throughput.py --batch-size 32 --steps 8 --warmup 2   # a CPU-sized run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lordkit.config import LordConfig
+from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
+from lordkit.losses import PerceptualLoss, VGG16Features, content_penalty
+from lordkit.models import LatentModel, amortized_from_latent
+from lordkit.training import load_latent, train_amortized, train_latent
+
+VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
+             (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_vgg_file(path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for i, cin, cout in VGG_CONVS:
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        state[f"features.{i}.bias"] = torch.zeros(cout)
+    torch.save(state, path)
+    return path
+
+
+def make_dataset(path: Path, n: int, img_size: int, channels: int, n_classes: int) -> Dataset:
+    """Smooth random images (blurred noise), so the loss has something to learn."""
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    w = StoreWriter(path, img_size, channels)
+    for start in range(0, n, 512):
+        m = min(512, n - start)
+        small = rng.random((m, img_size // 8, img_size // 8, channels), dtype=np.float32)
+        big = small.repeat(8, axis=1).repeat(8, axis=2)
+        w.add((big * 255).astype(np.uint8), rng.integers(0, n_classes, m), -1)
+    w.close(DatasetMeta(dataset_id="bench", class_names=[f"c{i}" for i in range(n_classes)],
+                        img_size=img_size, channels=channels, n_imgs=0))
+    return Dataset(path)
+
+
+class _Timer:
+    """Images/s over windows of `window` steps after `warmup` steps; device synchronized at each read."""
+
+    def __init__(self, device: torch.device, batch_size: int, warmup: int, window: int):
+        self.device, self.batch_size, self.warmup, self.window = device, batch_size, warmup, window
+        self.rates: list[float] = []
+        self.t0 = 0.0
+
+    def tick(self, step: int) -> None:
+        if step >= self.warmup and (step - self.warmup) % self.window == 0:
+            sync(self.device)
+            now = time.perf_counter()
+            if step > self.warmup:
+                self.rates.append(self.window * self.batch_size / (now - self.t0))
+            self.t0 = now
+
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else float("nan")
+
+
+def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch.device, n_steps: int,
+                     timer: _Timer) -> tuple[list[float], LatentModel]:
+    """(a) Stage 1 the way the reference runs it."""
+    lc = cfg.latent
+    torch.manual_seed(lc.seed)
+    model = LatentModel(cfg.model).to(device)
+    vgg = VGG16Features.from_file(vgg_file)
+    for p in vgg.parameters():  # the reference never freezes VGG
+        p.requires_grad_(True)
+    loss_fn = PerceptualLoss(vgg).to(device)
+    imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
+    data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
+    loader = torch.utils.data.DataLoader(data, batch_size=lc.batch_size, shuffle=True, drop_last=True,
+                                         pin_memory=device.type == "cuda")
+    opt = torch.optim.Adam([
+        {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
+        {"params": list(model.content_embedding.parameters()) + list(model.class_embedding.parameters()),
+         "lr": lc.lr_latent}], betas=lc.betas)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=lc.lr_min)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    while step < n_steps:
+        for img, img_id, class_id in loader:
+            img, img_id, class_id = img.to(device), img_id.to(device), class_id.to(device)
+            out, content_code, _ = model(img_id, class_id, cfg.model.content_std)
+            loss = loss_fn(out, img) + lc.content_decay * content_penalty(content_code)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())  # a host sync every step, as the reference's progress bar does
+            step += 1
+            timer.tick(step)
+            if step == n_steps:
+                break
+    return losses, model
+
+
+def reference_amortized(ds: Dataset, cfg: LordConfig, latent: LatentModel, vgg_file: Path, device: torch.device,
+                        n_steps: int, timer: _Timer) -> list[float]:
+    """(a) Stage 2 the way the reference runs it."""
+    ac = cfg.amortized
+    torch.manual_seed(ac.seed)
+    latent = latent.to(device).eval()
+    model = amortized_from_latent(latent.cpu(), cfg.model).to(device)
+    latent = latent.to(device)
+    vgg = VGG16Features.from_file(vgg_file)
+    for p in vgg.parameters():
+        p.requires_grad_(True)
+    loss_fn = PerceptualLoss(vgg).to(device)
+    imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
+    data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
+    loader = torch.utils.data.DataLoader(data, batch_size=ac.batch_size, shuffle=True, drop_last=True,
+                                         pin_memory=device.type == "cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=ac.lr, betas=ac.betas)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=ac.lr_min)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    while step < n_steps:
+        for img, img_id, class_id in loader:
+            img, img_id, class_id = img.to(device), img_id.to(device), class_id.to(device)
+            with torch.no_grad():
+                content_target = latent.content_embedding(img_id)
+                class_target = latent.class_embedding(class_id)
+            out, content_code, class_code = model(img)
+            loss = (loss_fn(out, img) + ac.content_weight * (content_code - content_target).pow(2).mean()
+                    + ac.class_weight * (class_code - class_target).pow(2).mean())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step += 1
+            timer.tick(step)
+            if step == n_steps:
+                break
+    return losses
+
+
+def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_file: Path, device: str,
+                timer: _Timer, compile: bool) -> list[float]:
+    """(b) The real training functions; losses read back from metrics.jsonl."""
+    kw = dict(device=device, vgg_weights=str(vgg_file), show_progress=False, tensorboard=False,
+              on_step=timer.tick, compile=compile)
+    if stage == "latent":
+        train_latent(ds, model_dir, cfg, **kw)
+    else:
+        train_amortized(ds, model_dir, **kw)
+    rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["stage"] == stage]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--img-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per run (after warm-up)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (cudnn autotune, allocator)")
+    ap.add_argument("--window", type=int, default=0, help="steps per timed window (default: warmup)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--vgg-weights", default=None, help="real torchvision VGG16 file (default: random weights)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile lordkit's path")
+    ap.add_argument("--stages", default="latent,amortized")
+    ap.add_argument("--set", action="append", default=[], help="config override, e.g. model.adain_dim=128")
+    ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    window = args.window or args.warmup
+    n_steps = args.warmup + (args.steps // window) * window
+    overrides = [f"latent.batch_size={args.batch_size}", f"amortized.batch_size={args.batch_size}",
+                 "latent.n_epochs=1", "amortized.n_epochs=1", f"latent.log_every={window}",
+                 f"amortized.log_every={window}", "latent.loss=vgg", "amortized.loss=vgg",
+                 f"model.img_size={args.img_size}", *args.set]
+    results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "img_size": args.img_size, "batch_size": args.batch_size,
+                     "warmup_steps": args.warmup, "timed_steps": n_steps - args.warmup, "stages": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        vgg_file = Path(args.vgg_weights) if args.vgg_weights else random_vgg_file(tmp / "vgg16-random.pth")
+        ds = make_dataset(tmp / "data", n_steps * args.batch_size, args.img_size, 3, 16)
+        cfg = LordConfig().apply_overrides(overrides + [f"model.n_imgs={len(ds)}", "model.n_classes=16"])
+        latent_ref = None
+        for stage in args.stages.split(","):
+            row = {}
+            t = _Timer(device, args.batch_size, args.warmup, window)
+            if stage == "latent":
+                ref_losses, latent_ref = reference_latent(ds, cfg, vgg_file, device, n_steps, t)
+            else:
+                if latent_ref is None:
+                    _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, _Timer(device, 1, 10**9, 1))
+                ref_losses = reference_amortized(ds, cfg, latent_ref, vgg_file, device, n_steps, t)
+            row["reference_img_per_sec"] = t.median()
+            row["reference_loss_last"] = float(np.mean(ref_losses[-window:]))
+            t = _Timer(device, args.batch_size, args.warmup, window)
+            if stage == "amortized" and not (tmp / "model" / "latent.safetensors").exists():
+                train_latent(ds, tmp / "model", cfg, device=str(device), vgg_weights=str(vgg_file),
+                             show_progress=False, tensorboard=False)
+            fast_losses = lordkit_run(stage, ds, tmp / "model", cfg, vgg_file, str(device), t, args.compile)
+            row["lordkit_img_per_sec"] = t.median()
+            row["lordkit_loss_last"] = float(fast_losses[-1])
+            row["speedup"] = row["lordkit_img_per_sec"] / row["reference_img_per_sec"]
+            results["stages"][stage] = row
+            print(f"{stage:>9}: reference {row['reference_img_per_sec']:8.1f} img/s  lordkit "
+                  f"{row['lordkit_img_per_sec']:8.1f} img/s  x{row['speedup']:.2f}   loss after {n_steps} steps: "
+                  f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,64 @@
+"""`lordkit evaluate`: reconstruction, leakage against chance, and transfer against ground truth."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lordkit.console import console
+from lordkit.fsutil import data_dir, model_dir
+
+from .common import get_base, handle_errors, say
+
+
+def results_table(r: dict) -> Table:
+    t = Table(title=f"evaluate {r['model']} on {r['data']} ({r['n_imgs']} images)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("reference", justify="right")
+    rec = r["reconstruction"]
+    t.add_row("reconstruction L1", f"{rec['l1']:.4f}", "")
+    t.add_row("reconstruction PSNR", f"{rec['psnr']:.2f} dB", "")
+    for key, label in (("class_from_content", "class from content codes"), ("content_from_class", "content from class codes")):
+        if key in r["leakage"]:
+            v = r["leakage"][key]
+            t.add_row(f"leakage: {label}", f"{v['accuracy']:.1%}", f"chance {v['chance']:.1%}")
+    tr = r.get("transfer")
+    if tr:
+        t.add_row("transfer L1 to the true image", f"{tr['l1']:.4f}", f"copy baseline {tr['baseline_l1']:.4f}")
+        t.add_row("transfer PSNR", f"{tr['psnr']:.2f} dB", f"copy baseline {tr['baseline_psnr']:.2f} dB")
+        t.add_row("transfer L1 / baseline L1", f"{tr['l1_ratio_to_baseline']:.2f}", "lower is better")
+    return t
+
+
+@handle_errors
+def evaluate(
+    ctx: typer.Context,
+    model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model with trained encoders.")],
+    data_name: Annotated[str, typer.Option("--data-name", "-dn", help="Dataset to evaluate on (e.g. the test split).")],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    max_imgs: Annotated[int, typer.Option("--max-imgs", help="Evaluate on at most this many images (random, seeded).")] = 5000,
+    n_pairs: Annotated[int, typer.Option("--pairs", help="(content, class) pairs scored against ground truth.")] = 512,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample, the leakage split and the pairs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Evaluate a model: reconstruction, leakage (vs chance), transfer (vs a copy baseline), and a PNG grid."""
+    from lordkit.data.store import Dataset
+    from lordkit.evaluation import evaluate as run
+
+    base = get_base(ctx)
+    ds = Dataset(data_dir(base, data_name))
+    r = run(model_dir(base, model_name), ds, data_name=data_name, device=device, max_imgs=max_imgs,
+            n_pairs=n_pairs, seed=seed)
+    if as_json:
+        say(json.dumps(r, indent=2))
+        return
+    console.print(results_table(r))
+    say(f"results: {r['json']}\ntransfer grid: {r['grid_png']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,97 @@
+"""Training commands: `train` (stage 1, latent optimization) and `train-encoders` (stage 2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from lordkit.fsutil import data_dir, model_dir
+
+from .common import get_base, handle_errors, say
+
+SET_HELP = ("Override a config field, repeatable: --set latent.batch_size=64 --set model.content_dim=64. "
+            "Sections: model, latent (stage 1), amortized (stage 2); see config.json of a model for every field.")
+
+
+def _common_overrides(loss: Optional[str], epochs: Optional[int], batch_size: Optional[int], section: str) -> list[str]:
+    out = []
+    if loss:
+        out.append(f"{section}.loss={loss}")
+    if epochs is not None:
+        out.append(f"{section}.n_epochs={epochs}")
+    if batch_size is not None:
+        out.append(f"{section}.batch_size={batch_size}")
+    return out
+
+
+@handle_errors
+def train(
+    ctx: typer.Context,
+    data_name: Annotated[str, typer.Option("--data-name", "-dn", help="Training dataset under <base-dir>/data/.")],
+    model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model to create under <base-dir>/models/.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Start from this dataset id's preset (default: the data's own id).")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg (pixel L1 + VGG16 features, the paper's) or l1 (pixel only, offline). Sets both stages.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-1 epochs (latent.n_epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Stage-1 batch size (latent.batch_size).")] = None,
+    vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth (default: torch hub cache, downloaded when online).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the generator.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete an existing model of that name and train anew.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
+) -> None:
+    """Stage 1: learn a content code per image, a class code per class, and the generator."""
+    from lordkit.config import preset as preset_config
+    from lordkit.data.store import Dataset
+    from lordkit.training import train_latent
+
+    base = get_base(ctx)
+    ds = Dataset(data_dir(base, data_name))
+    overrides = list(set_ or [])
+    if loss:
+        overrides.append(f"amortized.loss={loss}")
+    overrides += _common_overrides(loss, epochs, batch_size, "latent")
+    cfg = preset_config(preset or ds.meta.dataset_id).apply_overrides(overrides)
+    out = model_dir(base, model_name)
+    result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, compile=compile_,
+                          resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
+    say(f"stage 1 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
+
+
+@handle_errors
+def train_encoders(
+    ctx: typer.Context,
+    data_name: Annotated[str, typer.Option("--data-name", "-dn", help="The dataset stage 1 was trained on.")],
+    model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model trained by `lordkit train`.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override an amortized.* field, repeatable: --set amortized.batch_size=64.")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg or l1 (amortized.loss).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-2 epochs (amortized.n_epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Stage-2 batch size (amortized.batch_size).")] = None,
+    vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the amortized model.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage 2.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train encoders anew even if they exist.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
+) -> None:
+    """Stage 2: train content and class encoders to the stage-1 codes (any new image can then be encoded)."""
+    from lordkit.data.store import Dataset
+    from lordkit.training import train_amortized
+
+    base = get_base(ctx)
+    ds = Dataset(data_dir(base, data_name))
+    overrides = list(set_ or []) + _common_overrides(loss, epochs, batch_size, "amortized")
+    out = model_dir(base, model_name)
+    result = train_amortized(ds, out, overrides=overrides, device=device, amp=amp, compile=compile_,
+                             resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
+    say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("train-encoders")(train_encoders)

@@ -1,0 +1,302 @@
+"""Typed configuration of a LORD model and its two training stages, saved as JSON next to the weights.
+
+`LordConfig` has three sections: `model` (architecture; everything the weights' shapes depend on),
+`latent` (stage 1, latent optimization) and `amortized` (stage 2, encoder training). Defaults are
+the public PyTorch re-implementation's (avivga/lord-pytorch, config.py). Sizes that follow from
+others (encoder flatten size, generator start size) are derived properties, never stored.
+
+This module imports nothing heavy (no torch): configs are read by the CLI before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from lordkit.errors import LordkitError
+from lordkit.fsutil import atomic_write_json, read_json
+
+LOSSES = ("vgg", "l1")
+
+
+class ConfigError(LordkitError, ValueError):
+    """An invalid config value, key or override; one line. Both a LordkitError (the CLI prints it)
+    and a ValueError (what callers validating arguments expect)."""
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. n_imgs / n_classes come from the training data (0 = not set yet)."""
+
+    img_size: int = 64  # square images, a power of two in 32..256
+    channels: int = 3  # 1 (grey) or 3 (RGB)
+    n_imgs: int = 0  # rows of the content-code table (stage 1)
+    n_classes: int = 0  # rows of the class-code table
+    content_dim: int = 128
+    class_dim: int = 256
+    content_std: float = 1.0  # std of the Gaussian noise added to content codes in stage 1
+    n_adain_layers: int = 4  # also the number of 2x upsamplings in the generator
+    adain_dim: int = 256  # channels of every AdaIN conv block
+    gen_last_dim: int = 64  # channels of the generator's 5x5 conv before the output conv
+    enc_conv_dims: tuple[int, ...] = (64, 128, 256, 256, 256)  # 7x7 stride-1 conv, then stride-2 4x4 convs
+    enc_fc_dim: int = 256  # width of the encoders' two hidden fc layers
+
+    def __post_init__(self) -> None:
+        self.enc_conv_dims = tuple(self.enc_conv_dims)
+        _require(
+            isinstance(self.img_size, int) and _is_pow2(self.img_size) and 32 <= self.img_size <= 256,
+            f"model.img_size must be a power of two between 32 and 256, got {self.img_size}",
+        )
+        _require(self.channels in (1, 3), f"model.channels must be 1 or 3, got {self.channels}")
+        _require(self.n_imgs >= 0 and self.n_classes >= 0,
+                 f"model.n_imgs and model.n_classes must be >= 0, got {self.n_imgs}, {self.n_classes}")
+        for name in ("content_dim", "class_dim", "adain_dim", "gen_last_dim", "enc_fc_dim"):
+            _require(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
+        _require(self.content_std >= 0, f"model.content_std must be >= 0, got {self.content_std}")
+        _require(self.adain_dim % 8 == 0, f"model.adain_dim must be a multiple of 8, got {self.adain_dim}")
+        _require(
+            1 <= self.n_adain_layers and 2**self.n_adain_layers <= self.img_size,
+            f"model.n_adain_layers must be in 1..log2(img_size)={self.img_size.bit_length() - 1}, "
+            f"got {self.n_adain_layers}",
+        )
+        # The generator's fc layers grow with the 4th power of its start size: 16 px would be ~1e9 weights.
+        _require(
+            self.gen_init_size <= 8,
+            f"model.n_adain_layers={self.n_adain_layers} starts the generator at {self.gen_init_size} px; "
+            f"use n_adain_layers >= {max(1, self.img_size.bit_length() - 4)} for img_size {self.img_size}",
+        )
+        _require(len(self.enc_conv_dims) >= 1 and all(d > 0 for d in self.enc_conv_dims),
+                 f"model.enc_conv_dims must be positive channel counts, got {self.enc_conv_dims}")
+        _require(
+            2**self.enc_n_downsamplings <= self.img_size,
+            f"model.enc_conv_dims has {self.enc_n_downsamplings} downsamplings, too many for img_size {self.img_size}",
+        )
+
+    @property
+    def gen_init_size(self) -> int:
+        """Side of the generator's first feature map: img_size // 2**n_adain_layers."""
+        return self.img_size // 2**self.n_adain_layers
+
+    @property
+    def enc_n_downsamplings(self) -> int:
+        return len(self.enc_conv_dims) - 1
+
+    @property
+    def enc_out_size(self) -> int:
+        """Side of the encoders' last conv map."""
+        return self.img_size // 2**self.enc_n_downsamplings
+
+    @property
+    def enc_flat_dim(self) -> int:
+        """Input width of the encoders' first fc layer (4096 at the reference's 64 px)."""
+        return self.enc_conv_dims[-1] * self.enc_out_size**2
+
+
+@dataclass
+class LatentTrainConfig:
+    """Stage 1: latent optimization of per-image content codes, class codes and the generator."""
+
+    batch_size: int = 128
+    n_epochs: int = 200
+    lr_latent: float = 3e-3  # content and class embeddings
+    lr_generator: float = 3e-4  # generator and modulation
+    lr_min: float = 1e-5  # cosine decay per step down to this
+    betas: tuple[float, float] = (0.5, 0.999)
+    content_decay: float = 1e-4  # weight of mean ||noisy content code||^2
+    loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features) or "l1" (pixel only)
+    noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
+    seed: int = 0
+    log_every: int = 50  # steps between host reads of the loss
+    sample_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        _check_stage(self, "latent")
+        _require(self.content_decay >= 0, f"latent.content_decay must be >= 0, got {self.content_decay}")
+        _require(self.noise_warmup_epochs >= 0,
+                 f"latent.noise_warmup_epochs must be >= 0, got {self.noise_warmup_epochs}")
+        _require(self.sample_every_epochs >= 1,
+                 f"latent.sample_every_epochs must be >= 1, got {self.sample_every_epochs}")
+
+
+@dataclass
+class AmortizedTrainConfig:
+    """Stage 2: content and class encoders regress the stage-1 codes; the generator is fine-tuned."""
+
+    batch_size: int = 128
+    n_epochs: int = 200
+    lr: float = 1e-4
+    lr_min: float = 1e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    loss: str = "vgg"
+    content_weight: float = 10.0  # weight of MSE(content_encoder(img), stage-1 content code)
+    class_weight: float = 10.0  # weight of MSE(class_encoder(img), stage-1 class code)
+    seed: int = 0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check_stage(self, "amortized")
+        _require(self.content_weight >= 0 and self.class_weight >= 0,
+                 "amortized.content_weight and class_weight must be >= 0, "
+                 f"got {self.content_weight}, {self.class_weight}")
+
+
+def _check_stage(cfg: Any, section: str) -> None:
+    cfg.betas = tuple(cfg.betas)
+    _require(cfg.batch_size >= 1, f"{section}.batch_size must be >= 1, got {cfg.batch_size}")
+    _require(cfg.n_epochs >= 0, f"{section}.n_epochs must be >= 0, got {cfg.n_epochs}")
+    _require(cfg.lr_min >= 0, f"{section}.lr_min must be >= 0, got {cfg.lr_min}")
+    _require(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
+             f"{section}.betas must be two numbers in [0, 1), got {cfg.betas}")
+    _require(cfg.loss in LOSSES, f"{section}.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    _require(cfg.log_every >= 1, f"{section}.log_every must be >= 1, got {cfg.log_every}")
+
+
+SECTIONS = {"model": ModelConfig, "latent": LatentTrainConfig, "amortized": AmortizedTrainConfig}
+
+
+@dataclass
+class LordConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    latent: LatentTrainConfig = field(default_factory=LatentTrainConfig)
+    amortized: AmortizedTrainConfig = field(default_factory=AmortizedTrainConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "LordConfig":
+        """Inverse of to_json. Missing keys take defaults; unknown keys or wrong types raise ConfigError."""
+        _require(isinstance(obj, dict), f"config must be a JSON object, got {type(obj).__name__}")
+        unknown = [k for k in obj if k not in SECTIONS]
+        if unknown:
+            raise ConfigError(f"unknown config section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            raw = obj.get(name, {})
+            _require(isinstance(raw, dict), f"config section {name!r} must be an object")
+            hints = _field_types(section_cls)
+            kwargs = {}
+            for key, value in raw.items():
+                _require(key in hints, f"unknown config key {name}.{key} (known: {', '.join(hints)})")
+                kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+            sections[name] = section_cls(**kwargs)
+        return cls(**sections)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LordConfig":
+        obj = read_json(Path(path), "config")
+        try:
+            return cls.from_json(obj)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def apply_overrides(self, overrides: Sequence[str]) -> "LordConfig":
+        """A new config with `section.field=value` overrides applied, values parsed by field type.
+
+        Tuples are comma-separated ("latent.betas=0.5,0.999"); bools accept true/false/1/0/yes/no.
+        """
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            key = key.strip()
+            section, dot, name = key.partition(".")
+            _require(sep == "=" and dot == ".", f"override {item!r} must look like section.field=value")
+            _require(section in SECTIONS,
+                     f"unknown config section {section!r} in override {item!r} (known: {', '.join(SECTIONS)})")
+            hints = _field_types(SECTIONS[section])
+            _require(name in hints, f"unknown config key {key} (known: {', '.join(hints)})")
+            sections[section][name] = _parse(text.strip(), hints[name], key)
+        return LordConfig(**{name: SECTIONS[name](**kw) for name, kw in sections.items()})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _tuple_item_type(tp: Any) -> Any | None:
+    """The element type of tuple[X, ...] / tuple[X, X], else None."""
+    if typing.get_origin(tp) is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return args[0] if args else Any
+    return None
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check a JSON value against a field type (int stays int, int -> float is allowed)."""
+    item = _tuple_item_type(tp)
+    if item is not None:
+        _require(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, item, key) for v in value)
+    if tp is bool:
+        _require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+    elif tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
+    elif tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                 f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        _require(isinstance(value, str), f"{key} must be a string, got {value!r}")
+    return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse(text: str, tp: Any, key: str) -> Any:
+    """Parse an override's text by the field's type."""
+    item = _tuple_item_type(tp)
+    if item is not None:
+        parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(_parse(p, item, key) for p in parts)
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"cannot parse {text!r} as {tp.__name__} for {key}") from None
+    return text
+
+
+# Per-dataset presets: overrides of the defaults, by section. The reference used the same model for
+# every dataset (content_dim 128, class_dim 256, 4 AdaIN layers of 256); real datasets keep those.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A small, CPU-friendly setting for the generated shapes set (tests, demos); to be tuned.
+    "synthetic": {
+        "model": dict(img_size=32, content_dim=16, class_dim=32, n_adain_layers=3, adain_dim=64,
+                      gen_last_dim=32, enc_conv_dims=(32, 64, 128, 128, 128), enc_fc_dim=128),
+        "latent": dict(batch_size=64, n_epochs=20, loss="l1"),
+        "amortized": dict(batch_size=64, n_epochs=20, loss="l1"),
+    },
+}
+
+
+def preset(dataset_id: str) -> LordConfig:
+    """The starting config for a dataset: its PRESETS entry, else the reference defaults."""
+    entry = PRESETS.get(dataset_id, {})
+    return LordConfig(**{name: SECTIONS[name](**entry.get(name, {})) for name in SECTIONS})

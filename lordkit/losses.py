@@ -1,0 +1,217 @@
+"""Reconstruction losses: pixel L1, and pixel L1 plus L1 distances of frozen ImageNet VGG16 features.
+
+Feature layers: torchvision vgg16 `features` indices 2, 7, 12, 21, 30 as the reference lists them,
+taken after their ReLU: relu1_2, relu2_2, relu3_2, relu4_3 and pool5. The reference appends the
+conv output at those indices and the following in-place ReLU of torchvision's VGG then rectifies the
+stored tensor, so what it actually compares is the post-ReLU activation (and the Keras original
+uses the same layers with their built-in ReLU). Unlike the reference, VGG is frozen and its inputs
+are ImageNet-normalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lordkit.errors import LordkitError
+
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_HASH_PREFIX = "397923af"  # first hex digits of the file's sha256, as torch.hub checks
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision vgg16 `features`: channels of each 3x3 conv, "M" = 2x2 max-pool. Each conv is followed
+# by a ReLU, so the convs sit at indices 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28 and the pools
+# at 4, 9, 16, 23, 30.
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG_LAYERS = (2, 7, 12, 21, 30)  # the reference's layer ids; outputs are read after their ReLU
+_VGG_TAPS = (3, 8, 13, 22, 30)  # index of the module whose output is read: the ReLU after a conv, or pool5
+
+
+class VGG16Features(nn.Module):
+    """Frozen VGG16 `features` (state-dict keys features.N.weight/bias, as torchvision's).
+
+    forward(x) with x (B, 3, H, W) already ImageNet-normalised -> 5 feature maps at VGG_LAYERS.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                c_in = int(v)
+        self.features = nn.Sequential(*layers)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "VGG16Features":
+        return super().train(False)  # always eval: frozen feature extractor
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "VGG16Features":
+        """Load torchvision-format weights (.pth via torch.load(weights_only=True), or .safetensors)."""
+        model = cls()
+        model.load_torchvision_state_dict(load_state_dict_file(path, "VGG16 weights"), source=str(path))
+        return model
+
+    def load_torchvision_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Copy features.N.* tensors; classifier.* and other keys are ignored; missing keys fail."""
+        own = self.state_dict()
+        for key, param in own.items():
+            if key not in state:
+                raise LordkitError(f"{source} is not a torchvision VGG16 state dict: missing {key}")
+            if tuple(state[key].shape) != tuple(param.shape):
+                raise LordkitError(
+                    f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}")
+        self.load_state_dict({k: state[k].float() for k in own})
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        outs: list[Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _VGG_TAPS:
+                outs.append(x)
+        return outs[0], outs[1], outs[2], outs[3], outs[4]
+
+
+def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+    """A tensor dict from .safetensors or a torch.save file (never unpickling arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LordkitError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: one line, no traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LordkitError(f"cannot read {what} {path}: {first}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise LordkitError(f"{what} {path} is not a state dict of tensors")
+    return state
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub's directory: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub."""
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home:
+        torch_home = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub"
+
+
+def vgg_cache_path() -> Path:
+    return torch_hub_dir() / "checkpoints" / VGG16_FILE
+
+
+def offline() -> bool:
+    return os.environ.get("LORDKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_vgg(url: str, dst: Path, timeout_s: float = 10.0) -> bool:
+    """Download `url` to `dst` (temporary name, sha256 prefix check, rename). False on any network error."""
+    from lordkit.console import make_progress  # rich; only needed when downloading
+    from lordkit.fsutil import atomic_open
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            digest = hashlib.sha256()
+            with atomic_open(dst, "wb") as f, make_progress(transient=True) as progress:
+                task = progress.add_task("download VGG16", total=(total / 2**20) or None, unit="MB")
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    progress.advance(task, len(chunk) / 2**20)
+                if not digest.hexdigest().startswith(VGG16_HASH_PREFIX):
+                    raise ValueError("hash mismatch")
+        return True
+    except (OSError, urllib.error.URLError, ValueError):  # offline, timeout, refused, truncated, bad hash
+        return False
+
+
+def find_vgg_weights(explicit: str | os.PathLike | None = None,
+                     download: Callable[[str, Path], bool] | None = download_vgg) -> Path:
+    """Where the VGG16 weights are: `explicit`, else torch.hub's cache, else downloaded there.
+
+    No download is tried when `download` is None or LORDKIT_OFFLINE=1. Raises a one-line
+    LordkitError saying how to get the file when none is available.
+    """
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise LordkitError(f"VGG16 weights not found: {path} (or choose --loss l1)")
+        return path
+    cached = vgg_cache_path()
+    if cached.is_file():
+        return cached
+    if download is not None and not offline() and download(VGG16_URL, cached) and cached.is_file():
+        return cached
+    raise LordkitError(
+        f"VGG16 weights are not available: download {VGG16_URL} to {cached}, "
+        "or pass --vgg-weights PATH, or choose --loss l1")
+
+
+def _l1(a: Tensor, b: Tensor) -> Tensor:
+    return (a.float() - b.float()).abs().mean()
+
+
+class L1Loss(nn.Module):
+    """Mean absolute pixel difference (computed in float32)."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return _l1(pred, target)
+
+
+class PerceptualLoss(nn.Module):
+    """Pixel L1 + sum over the 5 VGG layers of the mean L1 between features of pred and target.
+
+    Images (B, 1 or 3, H, W) in [0, 1]; grey images are repeated to 3 channels for VGG.
+    """
+
+    def __init__(self, vgg: VGG16Features):
+        super().__init__()
+        self.vgg = vgg
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        loss = _l1(pred, target)
+        b = pred.shape[0]
+        x = torch.cat([pred, target.to(pred.dtype)], dim=0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)  # one VGG pass for both
+        for f in self.vgg(x):
+            loss = loss + _l1(f[:b], f[b:])
+        return loss
+
+
+def make_loss(name: str, vgg_weights: str | os.PathLike | None = None,
+              download: Callable[[str, Path], bool] | None = download_vgg) -> nn.Module:
+    """"l1" -> L1Loss; "vgg" -> PerceptualLoss on VGG16 weights found by find_vgg_weights."""
+    if name == "l1":
+        return L1Loss()
+    if name == "vgg":
+        return PerceptualLoss(VGG16Features.from_file(find_vgg_weights(vgg_weights, download)))
+    raise LordkitError(f"unknown loss {name!r}: choose vgg or l1")
+
+
+def content_penalty(content_code: Tensor) -> Tensor:
+    """Content decay term of stage 1: mean over the batch of the squared L2 norm of each code."""
+    return content_code.float().pow(2).sum(dim=1).mean()

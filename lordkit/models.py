@@ -1,0 +1,259 @@
+"""LORD networks, written to script and export: explicit tensor arguments, tuples out, sizes from config.
+
+Architecture and parameter layout follow the public PyTorch re-implementation (avivga/lord-pytorch,
+model/modules.py), with two deliberate differences:
+- AdaIN parameters are an argument of the generator's forward, never assigned onto modules, so the
+  generator is stateless between calls (thread-safe, scriptable, exportable);
+- the encoder's flatten size and the generator's start size come from the config (the reference
+  hard-codes Linear(4096, ...), which only fits 64 px input).
+The AdaIN conv blocks are a ModuleList of `AdaINConvBlock`s (keys `adain_conv_layers.{i}.conv.*`);
+the reference's flat Sequential keys (`adain_conv_layers.{4i+1}.*`) are mapped by lordkit.reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lordkit.config import ModelConfig
+
+ADAIN_EPS = 1e-5
+EMBEDDING_INIT = 0.05  # embeddings start uniform(-0.05, 0.05), as in the reference
+
+
+def adain(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Tensor:
+    """Adaptive instance norm: normalise each (sample, channel) map over H, W, then scale and shift.
+
+    x (B, C, H, W); weight, bias (B, C). Mean and biased variance over H, W with eps inside the
+    square root: exactly what the reference computes with F.batch_norm(training=True) on x viewed
+    as (1, B*C, H, W). Computed in float32 (safe under bf16/fp16 autocast), returned in x's dtype.
+    """
+    xf = x.float()
+    mean = xf.mean(dim=(2, 3), keepdim=True)
+    centred = xf - mean
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    out = centred * torch.rsqrt(var + eps)
+    out = out * weight.float()[:, :, None, None] + bias.float()[:, :, None, None]
+    return out.to(x.dtype)
+
+
+class AdaIN(nn.Module):
+    """Module form of `adain` (no parameters of its own: they come from the class code)."""
+
+    def __init__(self, eps: float = ADAIN_EPS):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return adain(x, weight, bias, self.eps)
+
+
+class RegularizedEmbedding(nn.Module):
+    """Per-image content codes. In training mode, Gaussian noise of std `noise_std` is added.
+
+    The std is an argument so the trainer can ramp it up (noise warm-up); the reference adds noise
+    of std `content_std` whenever the module is in training mode. The trainer should compute the
+    content decay on the returned (noisy) code, as the reference does. In eval mode, or with
+    noise_std 0, the clean code is returned and no random numbers are drawn.
+    """
+
+    def __init__(self, n_embeddings: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_embeddings, dim)
+        nn.init.uniform_(self.embedding.weight, -EMBEDDING_INIT, EMBEDDING_INIT)
+
+    def forward(self, ids: Tensor, noise_std: float = 0.0) -> Tensor:
+        code = self.embedding(ids)  # (B, content_dim)
+        if self.training and noise_std > 0.0:
+            code = code + torch.randn_like(code) * noise_std
+        return code
+
+
+def class_embedding(n_classes: int, dim: int) -> nn.Embedding:
+    """Class-code table: a plain embedding initialised uniform(-0.05, 0.05)."""
+    emb = nn.Embedding(n_classes, dim)
+    nn.init.uniform_(emb.weight, -EMBEDDING_INIT, EMBEDDING_INIT)
+    return emb
+
+
+class Modulation(nn.Module):
+    """Class code -> AdaIN parameters (B, n_adain_layers, adain_dim, 2); [..., 0] bias, [..., 1] scale.
+
+    One Linear(class_dim, 2 * adain_dim) per layer; its outputs interleave (bias, scale) per channel,
+    as in the reference, so reference weights load unchanged.
+    """
+
+    def __init__(self, class_dim: int, n_adain_layers: int, adain_dim: int):
+        super().__init__()
+        self.n_adain_layers = n_adain_layers
+        self.adain_dim = adain_dim
+        self.adain_per_layer = nn.ModuleList(
+            [nn.Linear(class_dim, 2 * adain_dim) for _ in range(n_adain_layers)]
+        )
+
+    def forward(self, class_code: Tensor) -> Tensor:
+        params = torch.cat([layer(class_code) for layer in self.adain_per_layer], dim=-1)
+        return params.reshape(-1, self.n_adain_layers, self.adain_dim, 2)
+
+
+class AdaINConvBlock(nn.Module):
+    """2x nearest upsample -> 3x3 conv -> LeakyReLU -> AdaIN(weight, bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = F.leaky_relu(self.conv(x), 0.01)
+        return adain(x, weight, bias)
+
+
+class Generator(nn.Module):
+    """(content_code (B, content_dim), adain_params (B, n_adain_layers, adain_dim, 2)) -> image
+    (B, channels, img_size, img_size) in [0, 1]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        s, d = cfg.gen_init_size, cfg.adain_dim
+        self.init_size = s
+        self.adain_dim = d
+        self.fc_layers = nn.Sequential(
+            nn.Linear(cfg.content_dim, s * s * (d // 8)),
+            nn.LeakyReLU(),
+            nn.Linear(s * s * (d // 8), s * s * (d // 4)),
+            nn.LeakyReLU(),
+            nn.Linear(s * s * (d // 4), s * s * d),
+            nn.LeakyReLU(),
+        )
+        self.adain_conv_layers = nn.ModuleList([AdaINConvBlock(d) for _ in range(cfg.n_adain_layers)])
+        self.last_conv_layers = nn.Sequential(
+            nn.Conv2d(d, cfg.gen_last_dim, kernel_size=5, padding=2),
+            nn.LeakyReLU(),
+            nn.Conv2d(cfg.gen_last_dim, cfg.channels, kernel_size=7, padding=3),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, content_code: Tensor, adain_params: Tensor) -> Tensor:
+        x = self.fc_layers(content_code)
+        x = x.reshape(-1, self.adain_dim, self.init_size, self.init_size)  # (B, D, s, s)
+        for i, block in enumerate(self.adain_conv_layers):
+            x = block(x, adain_params[:, i, :, 1], adain_params[:, i, :, 0])
+        return self.last_conv_layers(x)  # (B, C, H, W)
+
+
+class Encoder(nn.Module):
+    """Image (B, channels, img_size, img_size), values in [0, 1] -> code (B, code_dim)."""
+
+    def __init__(self, cfg: ModelConfig, code_dim: int):
+        super().__init__()
+        dims = cfg.enc_conv_dims
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, dims[0], kernel_size=7, stride=1, padding=3), nn.LeakyReLU()]
+        for c_in, c_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.LeakyReLU()]
+        self.conv_layers = nn.Sequential(*layers)
+        self.fc_layers = nn.Sequential(
+            nn.Linear(cfg.enc_flat_dim, cfg.enc_fc_dim),
+            nn.LeakyReLU(),
+            nn.Linear(cfg.enc_fc_dim, cfg.enc_fc_dim),
+            nn.LeakyReLU(),
+            nn.Linear(cfg.enc_fc_dim, code_dim),
+        )
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = self.conv_layers(img)
+        x = torch.flatten(x, 1)  # NCHW order whatever the memory format (channels-last safe)
+        return self.fc_layers(x)
+
+
+class LatentModel(nn.Module):
+    """Stage 1: content table, class table, modulation and generator.
+
+    forward(img_id (B,), class_id (B,), noise_std) -> (img, content_code, class_code), where
+    content_code carries the training noise (compute the content decay on it).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.n_imgs < 1 or cfg.n_classes < 1:
+            raise ValueError("LatentModel needs model.n_imgs and model.n_classes >= 1, "
+                             f"got {cfg.n_imgs}, {cfg.n_classes}")
+        self.content_embedding = RegularizedEmbedding(cfg.n_imgs, cfg.content_dim)
+        self.class_embedding = class_embedding(cfg.n_classes, cfg.class_dim)
+        self.modulation = Modulation(cfg.class_dim, cfg.n_adain_layers, cfg.adain_dim)
+        self.generator = Generator(cfg)
+
+    def forward(self, img_id: Tensor, class_id: Tensor, noise_std: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        content_code = self.content_embedding(img_id, noise_std)
+        class_code = self.class_embedding(class_id)
+        img = self.generator(content_code, self.modulation(class_code))
+        return img, content_code, class_code
+
+
+class AmortizedModel(nn.Module):
+    """Stage 2: content encoder, class encoder, modulation and generator.
+
+    forward(img) -> (img, content_code, class_code): reconstruction of img;
+    convert(content_img, class_img) -> same tuple, content of the first in the class of the second.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.content_encoder = Encoder(cfg, cfg.content_dim)
+        self.class_encoder = Encoder(cfg, cfg.class_dim)
+        self.modulation = Modulation(cfg.class_dim, cfg.n_adain_layers, cfg.adain_dim)
+        self.generator = Generator(cfg)
+
+    def forward(self, img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.convert(img, img)
+
+    @torch.jit.export
+    def convert(self, content_img: Tensor, class_img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        content_code = self.content_encoder(content_img)
+        class_code = self.class_encoder(class_img)
+        img = self.generator(content_code, self.modulation(class_code))
+        return img, content_code, class_code
+
+
+class CodeGenerator(nn.Module):
+    """Export wrapper: (content_code, class_code) -> image. Shares (does not copy) its submodules."""
+
+    def __init__(self, modulation: Modulation, generator: Generator):
+        super().__init__()
+        self.modulation = modulation
+        self.generator = generator
+
+    def forward(self, content_code: Tensor, class_code: Tensor) -> Tensor:
+        return self.generator(content_code, self.modulation(class_code))
+
+
+class Transfer(nn.Module):
+    """Export wrapper: (content_img, class_img) -> image with the first's content in the second's class."""
+
+    def __init__(self, content_encoder: Encoder, class_encoder: Encoder, modulation: Modulation, generator: Generator):
+        super().__init__()
+        self.content_encoder = content_encoder
+        self.class_encoder = class_encoder
+        self.modulation = modulation
+        self.generator = generator
+
+    def forward(self, content_img: Tensor, class_img: Tensor) -> Tensor:
+        class_params = self.modulation(self.class_encoder(class_img))
+        return self.generator(self.content_encoder(content_img), class_params)
+
+
+def code_generator(model: LatentModel | AmortizedModel) -> CodeGenerator:
+    return CodeGenerator(model.modulation, model.generator)
+
+
+def transfer(model: AmortizedModel) -> Transfer:
+    return Transfer(model.content_encoder, model.class_encoder, model.modulation, model.generator)
+
+
+def amortized_from_latent(latent: LatentModel, cfg: ModelConfig) -> AmortizedModel:
+    """A stage-2 model whose modulation and generator start as copies of stage 1's (as in the reference)."""
+    model = AmortizedModel(cfg)
+    model.modulation.load_state_dict(latent.modulation.state_dict())
+    model.generator.load_state_dict(latent.generator.state_dict())
+    return model

@@ -1,0 +1,689 @@
+"""The two LORD training stages and the loop machinery they share.
+
+Stage 1 (`train_latent`): per-image content codes, per-class codes, modulation and generator are
+optimized jointly on reconstruction; content codes get Gaussian noise and an L2 decay.
+Stage 2 (`train_amortized`): content and class encoders learn to output the stage-1 codes while the
+generator (initialised from stage 1) is fine-tuned on reconstruction.
+
+A model dir holds:
+    config.json                 LordConfig (model, latent, amortized sections)
+    data.json                   what it was trained on: data name, class names, image size, ...
+    latent.safetensors          stage-1 weights, written when stage 1 completes
+    amortized.safetensors       stage-2 weights, written when stage 2 completes
+    checkpoints/<stage>/        model.safetensors + state.pt (optimizer, scheduler, RNG, step):
+                                the last complete checkpoint, replaced atomically
+    samples/<stage>-epoch-NNNN.png  transfer grids (rows: class source, columns: content source)
+    metrics.jsonl               one JSON object per logged step, appended
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lordkit.config import LordConfig
+from lordkit.console import console, make_progress
+from lordkit.data.store import Dataset
+from lordkit.errors import LordkitError
+from lordkit.fsutil import atomic_write_json, read_json, staged_dir
+from lordkit.losses import content_penalty, make_loss
+from lordkit.models import AmortizedModel, LatentModel, amortized_from_latent
+from lordkit.viz import image_grid, save_png
+
+STAGES = ("latent", "amortized")
+CHECKPOINT_EVERY_S = 600.0  # also checkpoint mid-epoch at least this often
+N_SAMPLE_IMGS = 8  # content columns / class rows of the per-epoch sample grid
+
+
+class TrainingInterrupted(LordkitError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the CLI exits with 130."""
+
+    exit_code = 130
+
+
+class NonFiniteLoss(LordkitError):
+    exit_code = 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Model dir: weights, checkpoints and the lock.
+
+
+def weights_path(model_dir: Path, stage: str) -> Path:
+    return Path(model_dir) / f"{stage}.safetensors"
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """safetensors file written to a temporary name and renamed (tied tensors stored once each)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise LordkitError(f"weights not found: {path}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LordkitError(f"{path} does not match the model in config.json "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_config(model_dir: Path) -> LordConfig:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise LordkitError(f"model not found: {model_dir} (no config.json; train it with `lordkit train`)")
+    return LordConfig.load(Path(model_dir) / "config.json")
+
+
+def load_latent(model_dir: Path, cfg: LordConfig | None = None) -> LatentModel:
+    cfg = cfg or load_config(model_dir)
+    model = LatentModel(cfg.model)
+    path = weights_path(model_dir, "latent")
+    if not path.is_file():
+        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
+    load_weights(model, path)
+    return model.eval()
+
+
+def load_amortized(model_dir: Path, cfg: LordConfig | None = None) -> AmortizedModel:
+    cfg = cfg or load_config(model_dir)
+    model = AmortizedModel(cfg.model)
+    path = weights_path(model_dir, "amortized")
+    if not path.is_file():
+        raise LordkitError(f"{model_dir} has no trained encoders ({path.name}); run `lordkit train-encoders` first")
+    load_weights(model, path)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def model_lock(model_dir: Path) -> Iterator[None]:
+    """Refuse a second training into the same model dir while one runs (advisory file lock)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    f = open(model_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LordkitError(f"{model_dir} is being trained by {holder}; wait for it or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            f.truncate(0)
+        f.close()
+
+
+def data_record(ds: Dataset, data_name: str) -> dict[str, Any]:
+    m = ds.meta
+    return {"data_name": data_name, "dataset_id": m.dataset_id, "n_imgs": m.n_imgs, "n_classes": m.n_classes,
+            "class_names": m.class_names, "img_size": m.img_size, "channels": m.channels,
+            "content_factors": m.content_factors, "face_template": m.face_template,
+            "content_grid": m.extra.get("content_grid"), "path": str(ds.path)}
+
+
+def check_data_matches(ds: Dataset, cfg: LordConfig, stage: str, n_imgs_must_match: bool) -> None:
+    m = ds.meta
+    mc = cfg.model
+    if (m.img_size, m.channels) != (mc.img_size, mc.channels):
+        raise LordkitError(f"data {ds.path.name} has {m.img_size}x{m.img_size}x{m.channels} images but the "
+                           f"model expects {mc.img_size}x{mc.img_size}x{mc.channels}")
+    if m.n_classes != mc.n_classes:
+        raise LordkitError(f"data {ds.path.name} has {m.n_classes} classes but the model was built for {mc.n_classes}")
+    if n_imgs_must_match and m.n_imgs != mc.n_imgs:
+        raise LordkitError(f"{stage} needs the data stage 1 was trained on: {ds.path.name} has {m.n_imgs} "
+                           f"images, the model's content table {mc.n_imgs}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and data on them.
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LordkitError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+class ImageBank:
+    """Training images on the device as uint8 when they fit, else gathered from the memory map.
+
+    `batch(idx)` returns float (B, C, H, W) in [0, 1], channels-last in memory. On the resident path
+    the gather, the layout change and the conversion all run on the device: no host work per step.
+    """
+
+    def __init__(self, ds: Dataset, device: torch.device, max_fraction: float = 0.5):
+        self.device = device
+        self.n = len(ds)
+        n_bytes = ds.images.nbytes
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            self.resident = n_bytes < max_fraction * free
+        else:
+            self.resident = n_bytes < 8 * 2**30
+        self._mm = ds.images
+        self.imgs: Tensor | None = None
+        if self.resident:
+            self.imgs = torch.from_numpy(np.array(ds.images)).to(device)  # (N, H, W, C) uint8, a writable copy
+
+    def batch(self, idx: Tensor) -> Tensor:
+        if self.imgs is not None:
+            x = self.imgs.index_select(0, idx)
+        else:
+            rows = idx.cpu().numpy()
+            order = np.argsort(rows)  # sorted reads from the memory map, then back to batch order
+            host = torch.from_numpy(np.ascontiguousarray(self._mm[rows[order]]))
+            host = host[torch.from_numpy(np.argsort(order))]
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            x = host.to(self.device, non_blocking=True)
+        return x.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage = channels-last NCHW
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> Tensor:
+    """The order of an epoch depends only on (seed, epoch), so a resumed run replays it exactly."""
+    g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop shared by both stages.
+
+
+@dataclass
+class LoopSpec:
+    """What differs between the stages; the loop does the rest."""
+
+    stage: str  # "latent" or "amortized"
+    model: nn.Module  # everything trained (and checkpointed)
+    optimizer: torch.optim.Optimizer
+    n_epochs: int
+    batch_size: int
+    seed: int
+    log_every: int
+    lr_min: float
+    # (idx (B,), imgs (B,C,H,W), class_ids (B,), epoch_float) -> (total loss, {name: term}) tensors
+    step: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, dict[str, Tensor]]]
+    # (epoch) -> sample grid image (H, W, 3) uint8, or None
+    sample: Callable[[], np.ndarray] | None = None
+    sample_every_epochs: int = 1
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps and saves before exiting."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_StopFlag"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.signum is not None:  # a second Ctrl-C while saving: give up immediately
+                signal.default_int_handler(signum, frame)
+            self.signum = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _checkpoint_dir(model_dir: Path, stage: str) -> Path:
+    return model_dir / "checkpoints" / stage
+
+
+def save_checkpoint(model_dir: Path, spec: LoopSpec, scheduler, step: int, epoch: int) -> None:
+    """model.safetensors + state.pt, written into a staging dir and swapped in as one unit."""
+    final = _checkpoint_dir(model_dir, spec.stage)
+    with staged_dir(final, force=True, what="checkpoint") as tmp:
+        save_weights(spec.model, tmp / "model.safetensors")
+        state = {"optimizer": spec.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": capture_rng(), "step": step, "epoch": epoch}
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / "progress.json", {"stage": spec.stage, "step": step, "epoch": epoch,
+                                                  "time": time.time()})
+
+
+def load_checkpoint(model_dir: Path, spec: LoopSpec, scheduler) -> int:
+    """Restore model, optimizer, scheduler and RNG; returns the step to continue from."""
+    d = _checkpoint_dir(model_dir, spec.stage)
+    if not (d / "state.pt").is_file():
+        raise LordkitError(f"no {spec.stage} checkpoint in {d} to resume from")
+    load_weights(spec.model, d / "model.safetensors")
+    try:
+        state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file: torch raises several types
+        raise LordkitError(f"checkpoint {d / 'state.pt'} is unreadable: {e}") from None
+    spec.optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    return int(state["step"])
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (+ TensorBoard scalars and images when tensorboard is installed)."""
+
+    def __init__(self, model_dir: Path, stage: str, tensorboard: bool = True):
+        self.path = model_dir / "metrics.jsonl"
+        self.stage = stage
+        self.tb = None
+        if tensorboard:
+            with contextlib.suppress(ImportError, ModuleNotFoundError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(model_dir / "tensorboard" / stage))
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {"stage": self.stage, **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{self.stage}/{k}", v, record["step"])
+
+    def image(self, tag: str, img: np.ndarray, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_image(f"{self.stage}/{tag}", img, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor, *, resume: bool,
+             show_progress: bool = True, on_step: Callable[[int], None] | None = None,
+             tensorboard: bool = True) -> dict[str, Any]:
+    """Train `spec.model` for spec.n_epochs over the bank; checkpoint each epoch and on interrupt."""
+    device = bank.device
+    n = bank.n
+    batch_size = min(spec.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch, as the reference
+    total_steps = steps_per_epoch * spec.n_epochs
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(total_steps, 1),
+                                                           eta_min=spec.lr_min)
+    step = load_checkpoint(model_dir, spec, scheduler) if resume else 0
+    log = MetricsLog(model_dir, spec.stage, tensorboard)
+    samples_dir = model_dir / "samples"
+    samples_dir.mkdir(exist_ok=True)
+    flag = _StopFlag()
+    loss_sum = torch.zeros((), device=device)
+    terms_sum: dict[str, Tensor] = {}
+    n_accumulated = 0
+    last_ckpt = time.monotonic()
+    t_log, step_log = time.perf_counter(), step
+    last_good = {"loss": math.nan}
+    img_per_sec = 0.0
+
+    def read_losses() -> dict[str, float]:
+        """One host sync: the mean of the accumulated losses since the last read."""
+        nonlocal loss_sum, terms_sum, n_accumulated
+        values = torch.stack([loss_sum, *terms_sum.values()]).div(max(n_accumulated, 1)).tolist()
+        out = dict(zip(["loss", *terms_sum.keys()], values))
+        loss_sum = torch.zeros((), device=device)
+        terms_sum = {}
+        n_accumulated = 0
+        return out
+
+    def check_finite(losses: dict[str, float], at_step: int) -> None:
+        if not all(math.isfinite(v) for v in losses.values()):
+            ckpt = _checkpoint_dir(model_dir, spec.stage)
+            kept = f"the last good checkpoint is kept in {ckpt}" if (ckpt / "state.pt").exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"{spec.stage} loss became {losses['loss']} near step {at_step}; {kept}; "
+                                "lower the learning rate and train again (--resume continues from it)")
+
+    def checkpoint(at_step: int) -> None:
+        nonlocal last_ckpt
+        if n_accumulated:
+            losses = read_losses()
+            check_finite(losses, at_step)
+        save_checkpoint(model_dir, spec, scheduler, at_step, at_step // steps_per_epoch)
+        last_ckpt = time.monotonic()
+
+    try:
+        with flag.installed(), make_progress(
+                transient=False) if show_progress else contextlib.nullcontext() as progress:
+            task = None
+            if progress is not None:
+                task = progress.add_task(spec.stage, total=total_steps, completed=step, unit="step")
+            spec.model.train()
+            while step < total_steps:
+                epoch, in_epoch = divmod(step, steps_per_epoch)
+                perm = epoch_permutation(n, spec.seed, epoch, device)
+                for k in range(in_epoch, steps_per_epoch):
+                    # Sample a batch (on the device).
+                    idx = perm[k * batch_size:(k + 1) * batch_size]
+                    imgs = bank.batch(idx)
+                    # Update.
+                    loss, terms = spec.step(idx, imgs, class_ids.index_select(0, idx), step / steps_per_epoch)
+                    spec.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    spec.optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    loss_sum += loss.detach().float()
+                    for name, value in terms.items():
+                        terms_sum[name] = terms_sum.get(name, torch.zeros((), device=device)) + value.detach().float()
+                    n_accumulated += 1
+                    if on_step is not None:
+                        on_step(step)
+                    # Log every log_every steps: the only host sync of the loop.
+                    if step % spec.log_every == 0 or k == steps_per_epoch - 1:
+                        losses = read_losses()
+                        check_finite(losses, step)
+                        now = time.perf_counter()
+                        img_per_sec = (step - step_log) * batch_size / max(now - t_log, 1e-9)
+                        t_log, step_log = now, step
+                        last_good = losses
+                        log.write({"step": step, "epoch": step / steps_per_epoch, **losses,
+                                   "lr": scheduler.get_last_lr()[0], "img_per_sec": img_per_sec,
+                                   "time": time.time()})
+                        if task is not None:
+                            progress.update(task, description=f"{spec.stage} ep {epoch + 1}/{spec.n_epochs} "
+                                            f"loss {losses['loss']:.4f} {img_per_sec:,.0f} img/s")
+                    if task is not None:
+                        progress.update(task, completed=step)
+                    if flag.signum is not None:
+                        checkpoint(step)
+                        name = signal.Signals(flag.signum).name
+                        raise TrainingInterrupted(f"{name} received: saved a checkpoint at step {step}/{total_steps} "
+                                                  f"in {_checkpoint_dir(model_dir, spec.stage)}; continue with --resume")
+                    if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
+                        checkpoint(step)
+                # Save a snapshot and a sample grid at the end of each epoch.
+                checkpoint(step)
+                done_epoch = step // steps_per_epoch
+                if spec.sample is not None and (done_epoch % spec.sample_every_epochs == 0 or step == total_steps):
+                    grid = spec.sample()
+                    save_png(samples_dir / f"{spec.stage}-epoch-{done_epoch:04d}.png", grid)
+                    log.image("samples", grid, step)
+                    spec.model.train()
+    finally:
+        log.close()
+    return {"stage": spec.stage, "steps": step, "epochs": spec.n_epochs, "img_per_sec": img_per_sec,
+            **{k: v for k, v in last_good.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample grids.
+
+
+def sample_indices(ds: Dataset, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
+    """k images of as many different classes as possible, fixed for the whole run."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.flatnonzero(ds.class_counts() > 0))[:k]
+    picks = [rng.choice(np.flatnonzero(ds.class_ids == c)) for c in classes]
+    while len(picks) < min(k, len(ds)):
+        picks.append(int(rng.integers(len(ds))))
+    return np.asarray(picks[:k], dtype=np.int64)
+
+
+def transfer_grid(content_imgs: Tensor, class_imgs: Tensor, generated: Tensor) -> np.ndarray:
+    """Papers' layout: top row = content sources, left column = class sources, cell (i, j) = content j
+    in class i. content_imgs (K, C, H, W), class_imgs (R, C, H, W), generated (R, K, C, H, W), all in [0, 1]."""
+
+    def np_img(t: Tensor) -> np.ndarray:
+        return t.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+    rows = [[None] + [np_img(c) for c in content_imgs]]
+    for i in range(class_imgs.shape[0]):
+        rows.append([np_img(class_imgs[i])] + [np_img(g) for g in generated[i]])
+    cell = max(64, content_imgs.shape[-1])
+    return image_grid(rows, cell=cell, pad=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1.
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
+def _adam(groups: list[dict[str, Any]], betas: tuple[float, float], device: torch.device) -> torch.optim.Optimizer:
+    # Fused Adam: one kernel for all parameters on CUDA; the plain for-each implementation on CPU.
+    return torch.optim.Adam(groups, betas=betas, fused=device.type == "cuda")
+
+
+def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool, stage: str) -> None:
+    """Refuse to touch an existing model unless --resume or --force; with --force start it anew."""
+    existing = [c for c in model_dir.iterdir() if c.name != ".lock"] if model_dir.exists() else []
+    if stage == "latent" and existing and not resume:
+        if not force:
+            raise LordkitError(f"model {model_dir} already exists; pass --resume to continue it "
+                               "or --force to train it anew")
+        for child in existing:
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def train_latent(
+    ds: Dataset,
+    model_dir: Path,
+    cfg: LordConfig,
+    *,
+    data_name: str = "",
+    device: str = "auto",  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True,  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False,  # torch.compile the generator path
+    resume: bool = False,  # continue from checkpoints/latent
+    force: bool = False,  # replace an existing model dir
+    vgg_weights: str | None = None,  # torchvision VGG16 file for loss "vgg" (else the hub cache)
+    show_progress: bool = True,
+    tensorboard: bool = True,
+    on_step: Callable[[int], None] | None = None,  # called after every step (tests, callbacks)
+) -> dict[str, Any]:
+    """Stage 1: latent optimization. Writes config.json, data.json, latent.safetensors."""
+    model_dir = Path(model_dir)
+    dev = pick_device(device)
+    with model_lock(model_dir):
+        prepare_model_dir(model_dir, resume=resume, force=force, stage="latent")
+        if resume:
+            saved = load_config(model_dir)
+            if weights_path(model_dir, "latent").exists() and not (model_dir / "checkpoints" / "latent").exists():
+                raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
+            cfg = saved
+            check_data_matches(ds, cfg, "stage 1", n_imgs_must_match=True)
+        else:
+            cfg = cfg.apply_overrides([f"model.n_imgs={len(ds)}", f"model.n_classes={ds.n_classes}",
+                                       f"model.img_size={ds.meta.img_size}", f"model.channels={ds.meta.channels}"])
+            cfg.save(model_dir / "config.json")
+            atomic_write_json(model_dir / "data.json", data_record(ds, data_name or ds.path.name))
+        lc = cfg.latent
+        loss_fn = make_loss(lc.loss, vgg_weights).to(dev)
+        torch.manual_seed(lc.seed)
+        model = _prepare(LatentModel(cfg.model), dev)
+        optimizer = _adam([
+            {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
+            {"params": list(model.content_embedding.parameters()) + list(model.class_embedding.parameters()),
+             "lr": lc.lr_latent},
+        ], lc.betas, dev)
+        bank = ImageBank(ds, dev)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)).to(dev)
+        content_std = cfg.model.content_std
+        generate = torch.compile(model.generator) if compile else model.generator
+
+        def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
+            # Content noise, optionally ramped up from 0 over the first noise_warmup_epochs.
+            ramp = min(1.0, epoch / lc.noise_warmup_epochs) if lc.noise_warmup_epochs > 0 else 1.0
+            with _autocast(dev, amp):
+                content_code = model.content_embedding(idx, content_std * ramp)
+                params = model.modulation(model.class_embedding(cls))
+                out = generate(content_code, params)
+                rec = loss_fn(out, imgs)
+            decay = content_penalty(content_code)
+            return rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
+
+        fixed = torch.from_numpy(sample_indices(ds)).to(dev)
+
+        @torch.no_grad()
+        def sample() -> np.ndarray:
+            model.eval()
+            content_code = model.content_embedding(fixed)
+            params = model.modulation(model.class_embedding(class_ids[fixed]))
+            k = len(fixed)
+            out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))
+            return transfer_grid(bank.batch(fixed), bank.batch(fixed), out.reshape(k, k, *out.shape[1:]))
+
+        spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
+                        batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
+                        step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs)
+        result = run_loop(spec, model_dir, bank, class_ids, resume=resume, show_progress=show_progress,
+                          on_step=on_step, tensorboard=tensorboard)
+        save_weights(model, weights_path(model_dir, "latent"))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2.
+
+
+def train_amortized(
+    ds: Dataset,
+    model_dir: Path,
+    *,
+    overrides: list[str] | None = None,  # "amortized.batch_size=64", ... (saved into config.json)
+    device: str = "auto",
+    amp: bool = True,
+    compile: bool = False,
+    resume: bool = False,  # continue from checkpoints/amortized
+    force: bool = False,  # retrain encoders that are already trained
+    vgg_weights: str | None = None,
+    show_progress: bool = True,
+    tensorboard: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Stage 2: train encoders to the stage-1 codes; writes amortized.safetensors."""
+    model_dir = Path(model_dir)
+    dev = pick_device(device)
+    with model_lock(model_dir):
+        cfg = load_config(model_dir)
+        if overrides:
+            bad = [o for o in overrides if not o.strip().startswith("amortized.")]
+            if bad:
+                raise LordkitError(f"train-encoders only takes amortized.* settings, got {bad[0]!r}")
+            cfg = cfg.apply_overrides(overrides)
+        check_data_matches(ds, cfg, "stage 2", n_imgs_must_match=True)
+        done = weights_path(model_dir, "amortized").exists()
+        if done and not (resume or force):
+            raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
+        if not resume:
+            ckpt = _checkpoint_dir(model_dir, "amortized")
+            if ckpt.exists() and not force:
+                raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
+                                   "or --force to start it anew")
+            cfg.save(model_dir / "config.json")
+        latent = load_latent(model_dir, cfg).to(dev)
+        for p in latent.parameters():
+            p.requires_grad_(False)
+        ac = cfg.amortized
+        loss_fn = make_loss(ac.loss, vgg_weights).to(dev)
+        torch.manual_seed(ac.seed)
+        model = _prepare(amortized_from_latent(latent.cpu(), cfg.model), dev)
+        latent = latent.to(dev)
+        optimizer = _adam([{"params": list(model.parameters()), "lr": ac.lr}], ac.betas, dev)
+        bank = ImageBank(ds, dev)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)).to(dev)
+        forward = torch.compile(model) if compile else model
+
+        def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
+            with torch.no_grad():
+                content_target = latent.content_embedding(idx)  # clean stage-1 codes (eval: no noise)
+                class_target = latent.class_embedding(cls)
+            with _autocast(dev, amp):
+                out, content_code, class_code = forward(imgs)
+                rec = loss_fn(out, imgs)
+            content_mse = (content_code.float() - content_target).pow(2).mean()
+            class_mse = (class_code.float() - class_target).pow(2).mean()
+            loss = rec + ac.content_weight * content_mse + ac.class_weight * class_mse
+            return loss, {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
+
+        fixed = torch.from_numpy(sample_indices(ds)).to(dev)
+
+        @torch.no_grad()
+        def sample() -> np.ndarray:
+            model.eval()
+            imgs = bank.batch(fixed)
+            k = len(fixed)
+            content_imgs = imgs.repeat(k, 1, 1, 1)
+            class_imgs = imgs.repeat_interleave(k, 0)
+            out, _, _ = model.convert(content_imgs, class_imgs)
+            return transfer_grid(imgs, imgs, out.reshape(k, k, *out.shape[1:]))
+
+        spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
+                        batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
+                        step=step, sample=sample)
+        latent.eval()
+        result = run_loop(spec, model_dir, bank, class_ids, resume=resume, show_progress=show_progress,
+                          on_step=on_step, tensorboard=tensorboard)
+        save_weights(model, weights_path(model_dir, "amortized"))
+        return result
