@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lordkit.console import console
+from lordkit.console import out_console
 from lordkit.fsutil import data_dir
 
 from .common import get_base, handle_errors, say
@@ -119,7 +119,7 @@ def info(
         if value is None or key == "face_template" and not value:
             continue
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    console.print(table)
+    out_console.print(table)
 
 
 @data_app.command("list")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lordkit.console import console
+from lordkit.console import out_console
 from lordkit.fsutil import data_dir, model_dir
 
 from .common import get_base, handle_errors, say
@@ -56,7 +56,7 @@ def evaluate(
     if as_json:
         say(json.dumps(r, indent=2))
         return
-    console.print(results_table(r))
+    out_console.print(results_table(r))
     say(f"results: {r['json']}\ntransfer grid: {r['grid_png']}")
 
 

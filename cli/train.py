@@ -92,6 +92,30 @@ def train_encoders(
     say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
 
 
+
+
+@handle_errors
+def import_reference(
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument(help="Model dir written by the public PyTorch LORD code (config.pkl, latent.pth, amortized.pth).")],
+    model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Name of the new lordkit model.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Convert a model trained with the original LORD code into a lordkit model (export, evaluate, transfer)."""
+    from pathlib import Path
+
+    from lordkit.reference import import_reference as read
+    from lordkit.training import write_imported_model
+
+    cfg, latent, amortized = read(src)
+    out = model_dir(get_base(ctx), model_name)
+    write_imported_model(out, cfg, latent, amortized, source=str(Path(src).resolve()), force=force)
+    stages = "stage 1 and encoders" if amortized is not None else "stage 1 only (no amortized.pth)"
+    say(f"imported {stages}: {cfg.model.n_imgs} content codes, {cfg.model.n_classes} classes, "
+        f"{cfg.model.img_size}px; model in {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("train-encoders")(train_encoders)
+    app.command("import-reference")(import_reference)

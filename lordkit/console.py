@@ -7,7 +7,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, warnings, diagnostics
+out_console = Console()  # results (tables) a user may redirect or pipe
 
 
 class RateColumn(ProgressColumn):

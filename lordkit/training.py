@@ -165,6 +165,25 @@ def check_data_matches(ds: Dataset, cfg: LordConfig, stage: str, n_imgs_must_mat
                            f"images, the model's content table {mc.n_imgs}")
 
 
+def write_imported_model(model_dir: Path, cfg: LordConfig, latent_state: dict[str, Tensor],
+                         amortized_state: dict[str, Tensor] | None, *, source: str, force: bool = False) -> None:
+    """A model dir from weights trained elsewhere (e.g. the reference code), written atomically."""
+    with staged_dir(Path(model_dir), force=force, what="model") as tmp:
+        cfg.save(tmp / "config.json")
+        latent = LatentModel(cfg.model)
+        latent.load_state_dict(latent_state)
+        save_weights(latent, weights_path(tmp, "latent"))
+        if amortized_state is not None:
+            amortized = AmortizedModel(cfg.model)
+            amortized.load_state_dict(amortized_state)
+            save_weights(amortized, weights_path(tmp, "amortized"))
+        m = cfg.model
+        atomic_write_json(tmp / "data.json", {
+            "data_name": None, "dataset_id": None, "n_imgs": m.n_imgs, "n_classes": m.n_classes,
+            "class_names": [str(i) for i in range(m.n_classes)], "img_size": m.img_size, "channels": m.channels,
+            "content_factors": [], "face_template": None, "content_grid": None, "imported_from": source})
+
+
 # ----------------------------------------------------------------------------------------------
 # Devices and data on them.
 

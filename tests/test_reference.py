@@ -238,3 +238,27 @@ def test_import_errors(tmp_path) -> None:
         pickle.dump({**cfg, "img_shape": (48, 48, 3)}, f)
     with pytest.raises(LordkitError, match="power of two"):
         import_reference(src)
+
+
+def test_cli_import_reference_writes_a_lordkit_model(tmp_path, cli, base) -> None:
+    from conftest import one_line_error
+
+    from lordkit.training import load_amortized, load_latent
+
+    ref_cfg = reference_config()
+    ref_latent, ref_amort = write_reference_dir(tmp_path / "ref", ref_cfg)
+    r = cli("import-reference", tmp_path / "ref", "--model-name", "imp")
+    assert r.exit_code == 0, r.output
+    assert "imported stage 1 and encoders" in r.stdout
+    m = base / "models" / "imp"
+    latent, amortized = load_latent(m), load_amortized(m)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = ref_amort.convert(x, x.flip(0))
+        got, _, _ = amortized.convert(x, x.flip(0))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        ids, cls = torch.tensor([0, 5]), torch.tensor([1, 3])
+        torch.testing.assert_close(latent(ids, cls)[0], ref_latent(ids, cls), atol=1e-5, rtol=0)
+    assert "--force" in one_line_error(cli("import-reference", tmp_path / "ref", "--model-name", "imp"))
+    assert "not found" in one_line_error(cli("import-reference", tmp_path / "nope", "--model-name", "x"))
+    assert not (base / "models" / "x").exists()

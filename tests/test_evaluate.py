@@ -1,0 +1,63 @@
+"""Evaluation: leakage is measured on held-out codes; the full report runs on a tiny trained model."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lordkit.data.preprocess import preprocess
+from lordkit.data.sources import Options
+from lordkit.data.store import Dataset
+from lordkit.evaluation import TruthLookup, evaluate, leakage
+from lordkit.errors import LordkitError
+from lordkit.training import train_amortized, train_latent
+from test_training import TINY_DATA, quiet, tiny_cfg
+
+
+def test_leakage_scores_held_out_codes_not_memorised_ones():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    # Random codes: an MLP can memorise its training part, but held-out accuracy stays near chance.
+    r = leakage(rng.normal(size=(400, 16)), labels, n_steps=400)
+    assert r["n_train"] + r["n_test"] == 400 and r["n_test"] == 120
+    assert r["accuracy"] < r["chance"] + 0.15
+    # Codes that carry the label: held-out accuracy is high.
+    informative = np.eye(4)[labels] + 0.1 * rng.normal(size=(400, 4))
+    r = leakage(informative, labels)
+    assert r["accuracy"] > 0.95 and r["chance"] < 0.5
+
+
+def test_truth_lookup_renders_synthetic_and_indexes_others(tmp_path):
+    preprocess("synthetic", None, tmp_path / "s", img_size=32, opts=Options(dict(TINY_DATA)), show_progress=False)
+    ds = Dataset(tmp_path / "s")
+    look = TruthLookup(ds, {})
+    for i in (0, 17, len(ds) - 1):
+        np.testing.assert_array_equal(look(int(ds.class_ids[i]), int(ds.content_ids[i])), ds.images[i])
+
+
+def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
+    preprocess("synthetic", None, base / "data" / "syn", img_size=32, opts=Options(dict(TINY_DATA)),
+               show_progress=False)
+    ds = Dataset(base / "data" / "syn")
+    m = base / "models" / "m"
+    train_latent(ds, m, tiny_cfg("latent.n_epochs=2"), **quiet())
+    with pytest.raises(LordkitError, match="train-encoders"):
+        evaluate(m, ds, data_name="syn")
+    train_amortized(ds, m, overrides=["amortized.n_epochs=2"], **quiet())
+    r = evaluate(m, ds, data_name="syn", n_pairs=64)
+    assert 0 <= r["reconstruction"]["l1"] <= 1 and r["reconstruction"]["psnr"] > 0
+    leak = r["leakage"]["class_from_content"]
+    assert leak["n_test"] == round(0.3 * len(ds)) and 0 <= leak["accuracy"] <= 1
+    assert "content_from_class" in r["leakage"]
+    tr = r["transfer"]
+    assert tr["n_pairs"] == 64 and tr["baseline_l1"] > 0 and tr["l1_ratio_to_baseline"] > 0
+    assert json.loads((m / "eval" / "syn.json").read_text())["transfer"]["n_pairs"] == 64
+    assert cv2.imread(r["grid_png"]) is not None
+
+    res = cli("evaluate", "-mn", "m", "-dn", "syn", "--device", "cpu", "--pairs", "32")
+    assert res.exit_code == 0, res.output
+    assert "leakage" in res.stdout + res.stderr and "copy baseline" in res.stdout + res.stderr
+    from conftest import one_line_error
+
+    assert "model not found" in one_line_error(cli("evaluate", "-mn", "none", "-dn", "syn"))
