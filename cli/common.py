@@ -25,7 +25,8 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except LordkitError as e:
-            err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            if not getattr(e, "reported", False):
+                err(str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err("interrupted")

@@ -15,6 +15,13 @@ SET_HELP = ("Override a config field, repeatable: --set latent.batch_size=64 --s
             "Sections: model, latent (stage 1), amortized (stage 2); see config.json of a model for every field.")
 
 
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 reports (the others train quietly)."""
+    from lordkit.distributed import from_env
+
+    return from_env().main
+
+
 def _common_overrides(loss: Optional[str], epochs: Optional[int], batch_size: Optional[int], section: str) -> list[str]:
     out = []
     if loss:
@@ -59,7 +66,8 @@ def train(
     out = model_dir(base, model_name)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, compile=compile_,
                           resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
-    say(f"stage 1 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
+    if _main_rank():
+        say(f"stage 1 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
 
 
 @handle_errors
@@ -89,7 +97,8 @@ def train_encoders(
     out = model_dir(base, model_name)
     result = train_amortized(ds, out, overrides=overrides, device=device, amp=amp, compile=compile_,
                              resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
-    say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
+    if _main_rank():
+        say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
 
 
 

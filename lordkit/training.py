@@ -23,6 +23,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -36,13 +37,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lordkit import distributed
 from lordkit.config import LordConfig
 from lordkit.console import console, make_progress
 from lordkit.data.store import Dataset
+from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json, staged_dir
 from lordkit.losses import content_penalty, make_loss
-from lordkit.models import AmortizedModel, LatentModel, amortized_from_latent
+from lordkit.models import AmortizedModel, LatentModel, RegularizedEmbedding, amortized_from_latent
 from lordkit.viz import image_grid, save_png
 
 STAGES = ("latent", "amortized")
@@ -69,8 +72,12 @@ def weights_path(model_dir: Path, stage: str) -> Path:
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
-    """safetensors file written to a temporary name and renamed (tied tensors stored once each)."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_state(module.state_dict(), path)
+
+
+def save_state(state: dict[str, Tensor], path: Path) -> None:
+    """safetensors file written to a temporary name, fsynced and renamed into place."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(state, str(tmp), metadata={"format": "pt"})
@@ -198,16 +205,16 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 class ImageBank:
-    """Training images on the device as uint8 when they fit, else gathered from the memory map.
+    """Training images (those of `rows`) on the device as uint8 when they fit, else read per batch
+    from the memory map. `batch(local_idx)` returns float (B, C, H, W) in [0, 1], channels-last in
+    memory; on the resident path the gather, the layout change and the conversion all run on the
+    device, with no host work per step."""
 
-    `batch(idx)` returns float (B, C, H, W) in [0, 1], channels-last in memory. On the resident path
-    the gather, the layout change and the conversion all run on the device: no host work per step.
-    """
-
-    def __init__(self, ds: Dataset, device: torch.device, max_fraction: float = 0.5):
+    def __init__(self, ds: Dataset, device: torch.device, rows: np.ndarray | None = None, max_fraction: float = 0.5):
         self.device = device
-        self.n = len(ds)
-        n_bytes = ds.images.nbytes
+        self.rows = np.arange(len(ds), dtype=np.int64) if rows is None else rows
+        self.n = len(self.rows)
+        n_bytes = self.n * int(np.prod(ds.images.shape[1:]))
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             self.resident = n_bytes < max_fraction * free
@@ -216,13 +223,16 @@ class ImageBank:
         self._mm = ds.images
         self.imgs: Tensor | None = None
         if self.resident:
-            self.imgs = torch.from_numpy(np.array(ds.images)).to(device)  # (N, H, W, C) uint8, a writable copy
+            host = np.empty((self.n, *ds.images.shape[1:]), np.uint8)
+            for start in range(0, self.n, 8192):  # bounded host memory for the copy out of the map
+                host[start:start + 8192] = ds.images[self.rows[start:start + 8192]]
+            self.imgs = torch.from_numpy(host).to(device)  # (N, H, W, C) uint8
 
     def batch(self, idx: Tensor) -> Tensor:
         if self.imgs is not None:
             x = self.imgs.index_select(0, idx)
         else:
-            rows = idx.cpu().numpy()
+            rows = self.rows[idx.cpu().numpy()]
             order = np.argsort(rows)  # sorted reads from the memory map, then back to batch order
             host = torch.from_numpy(np.ascontiguousarray(self._mm[rows[order]]))
             host = host[torch.from_numpy(np.argsort(order))]
@@ -232,10 +242,12 @@ class ImageBank:
         return x.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage = channels-last NCHW
 
 
-def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> Tensor:
-    """The order of an epoch depends only on (seed, epoch), so a resumed run replays it exactly."""
+def epoch_order(n: int, n_needed: int, seed: int, epoch: int, device: torch.device) -> Tensor:
+    """The first n_needed positions of an epoch: a permutation of range(n) (repeated with fresh
+    permutations if n_needed > n). It depends only on (seed, epoch): a resumed run replays it."""
     g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).to(device)
+    parts = [torch.randperm(n, generator=g) for _ in range(max(1, -(-n_needed // n)))]
+    return torch.cat(parts)[:n_needed].to(device)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -260,18 +272,21 @@ class LoopSpec:
     """What differs between the stages; the loop does the rest."""
 
     stage: str  # "latent" or "amortized"
-    model: nn.Module  # everything trained (and checkpointed)
+    model: nn.Module  # everything trained (its own shard of the content table under torchrun)
     optimizer: torch.optim.Optimizer
     n_epochs: int
-    batch_size: int
+    batch_size: int  # global: split evenly across ranks
     seed: int
     log_every: int
     lr_min: float
-    # (idx (B,), imgs (B,C,H,W), class_ids (B,), epoch_float) -> (total loss, {name: term}) tensors
+    # (local idx (B,), imgs (B,C,H,W), class_ids (B,), epoch_float) -> (total loss, {name: term}) tensors
     step: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, dict[str, Tensor]]]
-    # (epoch) -> sample grid image (H, W, 3) uint8, or None
+    # () -> sample grid image (H, W, 3) uint8; run on rank 0 only
     sample: Callable[[], np.ndarray] | None = None
     sample_every_epochs: int = 1
+    n_global: int = 0  # images in the whole dataset (all ranks)
+    dist: Dist = Dist()
+    sharded_param: str | None = None  # state-dict key of the per-image table sharded by rank
 
 
 class _StopFlag:
@@ -305,34 +320,87 @@ def _checkpoint_dir(model_dir: Path, stage: str) -> Path:
     return model_dir / "checkpoints" / stage
 
 
+def _sharded_param_index(spec: LoopSpec) -> int | None:
+    """Position of the sharded table in the optimizer's flat parameter list (its state-dict id)."""
+    if spec.sharded_param is None:
+        return None
+    target = dict(spec.model.named_parameters())[spec.sharded_param]
+    flat = [p for g in spec.optimizer.param_groups for p in g["params"]]
+    return next(i for i, p in enumerate(flat) if p is target)
+
+
+def full_states(spec: LoopSpec) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Model and optimizer state in the single-process layout: the sharded table (and its Adam
+    moments) gathered from all ranks in image order. Collective under torchrun."""
+    model_state = {k: v.detach() for k, v in spec.model.state_dict().items()}
+    optim_state = spec.optimizer.state_dict()
+    if not spec.dist.enabled or spec.sharded_param is None:
+        return model_state, optim_state
+    gather = lambda t: distributed.gather_rows(t, spec.n_global, spec.dist, spec.seed).cpu()  # noqa: E731
+    model_state[spec.sharded_param] = gather(model_state[spec.sharded_param])
+    i = _sharded_param_index(spec)
+    state = dict(optim_state["state"].get(i, {}))
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key] = gather(state[key])
+    optim_state = {**optim_state, "state": {**optim_state["state"], i: state}}
+    return model_state, optim_state
+
+
+def _shard_states(spec: LoopSpec, model_state: dict[str, Tensor], optim_state: dict[str, Any]) -> None:
+    """Load single-process-layout state, keeping this rank's rows of the sharded table."""
+    if spec.sharded_param is not None:
+        rows = torch.from_numpy(distributed.owned_indices(spec.n_global, spec.dist, spec.seed))
+        full = model_state[spec.sharded_param]
+        if full.shape[0] != spec.n_global:
+            raise LordkitError(f"checkpoint table has {full.shape[0]} rows, the data {spec.n_global} images")
+        model_state = {**model_state, spec.sharded_param: full[rows]}
+        i = _sharded_param_index(spec)
+        if i in optim_state["state"]:
+            state = dict(optim_state["state"][i])
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key] = state[key][rows]
+            optim_state = {**optim_state, "state": {**optim_state["state"], i: state}}
+    missing, unexpected = spec.model.load_state_dict(model_state, strict=False)
+    if missing or unexpected:
+        raise LordkitError(f"checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    spec.optimizer.load_state_dict(optim_state)
+
+
 def save_checkpoint(model_dir: Path, spec: LoopSpec, scheduler, step: int, epoch: int) -> None:
-    """model.safetensors + state.pt, written into a staging dir and swapped in as one unit."""
-    final = _checkpoint_dir(model_dir, spec.stage)
-    with staged_dir(final, force=True, what="checkpoint") as tmp:
-        save_weights(spec.model, tmp / "model.safetensors")
-        state = {"optimizer": spec.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": capture_rng(), "step": step, "epoch": epoch}
-        with open(tmp / "state.pt", "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        atomic_write_json(tmp / "progress.json", {"stage": spec.stage, "step": step, "epoch": epoch,
-                                                  "time": time.time()})
+    """model.safetensors + state.pt, written into a staging dir and swapped in as one unit by rank 0.
+    Collective under torchrun (the sharded table is gathered first)."""
+    model_state, optim_state = full_states(spec)
+    if spec.dist.main:
+        final = _checkpoint_dir(model_dir, spec.stage)
+        with staged_dir(final, force=True, what="checkpoint") as tmp:
+            save_state(model_state, tmp / "model.safetensors")
+            state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": capture_rng(),
+                     "step": step, "epoch": epoch, "world_size": spec.dist.world}
+            with open(tmp / "state.pt", "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            atomic_write_json(tmp / "progress.json", {"stage": spec.stage, "step": step, "epoch": epoch,
+                                                      "world_size": spec.dist.world, "time": time.time()})
+    distributed.barrier(spec.dist)
 
 
 def load_checkpoint(model_dir: Path, spec: LoopSpec, scheduler) -> int:
-    """Restore model, optimizer, scheduler and RNG; returns the step to continue from."""
+    """Restore model, optimizer, scheduler and (same world size) RNG; returns the step to continue from."""
     d = _checkpoint_dir(model_dir, spec.stage)
     if not (d / "state.pt").is_file():
         raise LordkitError(f"no {spec.stage} checkpoint in {d} to resume from")
-    load_weights(spec.model, d / "model.safetensors")
     try:
+        model_state = load_file(str(d / "model.safetensors"), device="cpu")
         state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file: torch raises several types
-        raise LordkitError(f"checkpoint {d / 'state.pt'} is unreadable: {e}") from None
-    spec.optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:  # a damaged file: safetensors and torch raise several types
+        raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
+    _shard_states(spec, model_state, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"])
+    if state.get("world_size", 1) == spec.dist.world and spec.dist.main:
+        restore_rng(state["rng"])  # exact continuation; other ranks (and other world sizes) reseed
     return int(state["step"])
 
 
@@ -367,21 +435,49 @@ class MetricsLog:
             self.tb.close()
 
 
+@contextlib.contextmanager
+def _peer_failures(d: Dist, model_dir: Path, stage: str) -> Iterator[None]:
+    """Under torchrun, a collective that fails because another rank died becomes one clear line."""
+    try:
+        yield
+    except LordkitError:
+        raise
+    except RuntimeError as e:  # gloo/NCCL report a lost peer as RuntimeError (DistBackendError)
+        if not d.enabled:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first)[:160]  # drop C++ source locations
+        err = LordkitError(f"rank {d.rank}: another process of the run failed or stopped answering ({first}); "
+                           f"the last complete checkpoint in {_checkpoint_dir(model_dir, stage)} is kept")
+        # Say it now: the launcher is about to SIGTERM this process, before the CLI could print it.
+        console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        err.reported = True
+        raise err from None
+
+
 def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor, *, resume: bool,
              show_progress: bool = True, on_step: Callable[[int], None] | None = None,
              tensorboard: bool = True) -> dict[str, Any]:
-    """Train `spec.model` for spec.n_epochs over the bank; checkpoint each epoch and on interrupt."""
+    """Train `spec.model` for spec.n_epochs over the bank; checkpoint each epoch and on interrupt.
+
+    Under torchrun every rank runs this with its own bank (its images) and batch_size / world
+    images per step; the schedule counts global steps, so it means the same for any world size."""
+    d = spec.dist
     device = bank.device
-    n = bank.n
-    batch_size = min(spec.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch, as the reference
+    n_global = spec.n_global or bank.n
+    batch_size = min(spec.batch_size, n_global)
+    if batch_size % d.world:
+        raise LordkitError(f"{spec.stage}.batch_size {batch_size} must be divisible by the number of processes ({d.world})")
+    local_batch = batch_size // d.world
+    steps_per_epoch = max(1, n_global // batch_size)  # drop the last partial batch, as the reference
     total_steps = steps_per_epoch * spec.n_epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(total_steps, 1),
                                                            eta_min=spec.lr_min)
     step = load_checkpoint(model_dir, spec, scheduler) if resume else 0
-    log = MetricsLog(model_dir, spec.stage, tensorboard)
+    log = MetricsLog(model_dir, spec.stage, tensorboard and d.main) if d.main else None
     samples_dir = model_dir / "samples"
-    samples_dir.mkdir(exist_ok=True)
+    if d.main:
+        samples_dir.mkdir(exist_ok=True)
     flag = _StopFlag()
     loss_sum = torch.zeros((), device=device)
     terms_sum: dict[str, Tensor] = {}
@@ -392,9 +488,10 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
     img_per_sec = 0.0
 
     def read_losses() -> dict[str, float]:
-        """One host sync: the mean of the accumulated losses since the last read."""
+        """One host sync (and one all-reduce): the mean of the losses accumulated since the last read."""
         nonlocal loss_sum, terms_sum, n_accumulated
-        values = torch.stack([loss_sum, *terms_sum.values()]).div(max(n_accumulated, 1)).tolist()
+        stacked = torch.stack([loss_sum, *terms_sum.values()]).div(max(n_accumulated, 1))
+        values = distributed.all_mean(stacked, d).tolist()
         out = dict(zip(["loss", *terms_sum.keys()], values))
         loss_sum = torch.zeros((), device=device)
         terms_sum = {}
@@ -411,24 +508,35 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
     def checkpoint(at_step: int) -> None:
         nonlocal last_ckpt
         if n_accumulated:
-            losses = read_losses()
-            check_finite(losses, at_step)
+            check_finite(read_losses(), at_step)
         save_checkpoint(model_dir, spec, scheduler, at_step, at_step // steps_per_epoch)
         last_ckpt = time.monotonic()
 
+    def stop_requested(at_log_step: bool) -> bool:
+        # One process checks its flag every step; ranks agree at log steps, so all stop together.
+        if not d.enabled:
+            return flag.signum is not None
+        return at_log_step and distributed.any_rank(flag.signum is not None, d, device)
+
+    def time_for_checkpoint(at_log_step: bool) -> bool:
+        due = time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S
+        if not d.enabled:
+            return due
+        return at_log_step and distributed.any_rank(due, d, device)
+
+    progress_cm = make_progress() if (show_progress and d.main) else contextlib.nullcontext()
     try:
-        with flag.installed(), make_progress(
-                transient=False) if show_progress else contextlib.nullcontext() as progress:
+        with flag.installed(), progress_cm as progress, _peer_failures(d, model_dir, spec.stage):
             task = None
             if progress is not None:
                 task = progress.add_task(spec.stage, total=total_steps, completed=step, unit="step")
             spec.model.train()
             while step < total_steps:
                 epoch, in_epoch = divmod(step, steps_per_epoch)
-                perm = epoch_permutation(n, spec.seed, epoch, device)
+                order = epoch_order(bank.n, steps_per_epoch * local_batch, spec.seed + 7919 * d.rank, epoch, device)
                 for k in range(in_epoch, steps_per_epoch):
-                    # Sample a batch (on the device).
-                    idx = perm[k * batch_size:(k + 1) * batch_size]
+                    # Sample a batch of this rank's images (on the device).
+                    idx = order[k * local_batch:(k + 1) * local_batch]
                     imgs = bank.batch(idx)
                     # Update.
                     loss, terms = spec.step(idx, imgs, class_ids.index_select(0, idx), step / steps_per_epoch)
@@ -444,54 +552,62 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
                     if on_step is not None:
                         on_step(step)
                     # Log every log_every steps: the only host sync of the loop.
-                    if step % spec.log_every == 0 or k == steps_per_epoch - 1:
+                    at_log = step % spec.log_every == 0 or k == steps_per_epoch - 1
+                    if at_log:
                         losses = read_losses()
                         check_finite(losses, step)
                         now = time.perf_counter()
                         img_per_sec = (step - step_log) * batch_size / max(now - t_log, 1e-9)
                         t_log, step_log = now, step
                         last_good = losses
-                        log.write({"step": step, "epoch": step / steps_per_epoch, **losses,
-                                   "lr": scheduler.get_last_lr()[0], "img_per_sec": img_per_sec,
-                                   "time": time.time()})
+                        if log is not None:
+                            log.write({"step": step, "epoch": step / steps_per_epoch, **losses,
+                                       "lr": scheduler.get_last_lr()[0], "img_per_sec": img_per_sec,
+                                       "world_size": d.world, "time": time.time()})
                         if task is not None:
                             progress.update(task, description=f"{spec.stage} ep {epoch + 1}/{spec.n_epochs} "
                                             f"loss {losses['loss']:.4f} {img_per_sec:,.0f} img/s")
                     if task is not None:
                         progress.update(task, completed=step)
-                    if flag.signum is not None:
+                    if stop_requested(at_log):
                         checkpoint(step)
-                        name = signal.Signals(flag.signum).name
+                        name = signal.Signals(flag.signum).name if flag.signum else "stop"
                         raise TrainingInterrupted(f"{name} received: saved a checkpoint at step {step}/{total_steps} "
                                                   f"in {_checkpoint_dir(model_dir, spec.stage)}; continue with --resume")
-                    if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
+                    if time_for_checkpoint(at_log):
                         checkpoint(step)
                 # Save a snapshot and a sample grid at the end of each epoch.
                 checkpoint(step)
                 done_epoch = step // steps_per_epoch
-                if spec.sample is not None and (done_epoch % spec.sample_every_epochs == 0 or step == total_steps):
+                if d.main and spec.sample is not None and (done_epoch % spec.sample_every_epochs == 0 or step == total_steps):
                     grid = spec.sample()
                     save_png(samples_dir / f"{spec.stage}-epoch-{done_epoch:04d}.png", grid)
-                    log.image("samples", grid, step)
+                    if log is not None:
+                        log.image("samples", grid, step)
                     spec.model.train()
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return {"stage": spec.stage, "steps": step, "epochs": spec.n_epochs, "img_per_sec": img_per_sec,
-            **{k: v for k, v in last_good.items()}}
+            "world_size": d.world, **{k: v for k, v in last_good.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
 # Sample grids.
 
 
-def sample_indices(ds: Dataset, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
-    """k images of as many different classes as possible, fixed for the whole run."""
+def sample_positions(class_ids: np.ndarray, n_classes: int, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
+    """Positions of k images of as many different classes as possible, fixed for the whole run."""
     rng = np.random.default_rng(seed)
-    classes = rng.permutation(np.flatnonzero(ds.class_counts() > 0))[:k]
-    picks = [rng.choice(np.flatnonzero(ds.class_ids == c)) for c in classes]
-    while len(picks) < min(k, len(ds)):
-        picks.append(int(rng.integers(len(ds))))
+    classes = rng.permutation(np.flatnonzero(np.bincount(class_ids, minlength=n_classes) > 0))[:k]
+    picks = [int(rng.choice(np.flatnonzero(class_ids == c))) for c in classes]
+    while len(picks) < min(k, len(class_ids)):
+        picks.append(int(rng.integers(len(class_ids))))
     return np.asarray(picks[:k], dtype=np.int64)
+
+
+def sample_indices(ds: Dataset, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
+    return sample_positions(np.asarray(ds.class_ids), ds.n_classes, k, seed)
 
 
 def transfer_grid(content_imgs: Tensor, class_imgs: Tensor, generated: Tensor) -> np.ndarray:
@@ -531,6 +647,14 @@ def _adam(groups: list[dict[str, Any]], betas: tuple[float, float], device: torc
     return torch.optim.Adam(groups, betas=betas, fused=device.type == "cuda")
 
 
+def _ddp(module: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+    if not d.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
 def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool, stage: str) -> None:
     """Refuse to touch an existing model unless --resume or --force; with --force start it anew."""
     existing = [c for c in model_dir.iterdir() if c.name != ".lock"] if model_dir.exists() else []
@@ -543,6 +667,49 @@ def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool, stage: str)
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+
+@contextlib.contextmanager
+def _session(model_dir: Path, device: str) -> Iterator[tuple[Dist, torch.device]]:
+    """This process's place in the run: rank, device, process group, and (rank 0) the model lock."""
+    d = distributed.from_env()
+    if d.enabled:
+        dev, created = distributed.setup(d, device)
+    else:
+        dev, created = pick_device(device), False
+    with contextlib.ExitStack() as stack:
+        # Rank 0 takes the lock; a refusal there stops every rank with the same message.
+        _on_main(d, lambda: stack.enter_context(model_lock(model_dir)))
+        yield d, dev
+    if created:  # only after success: with a dead peer the teardown itself can block
+        torch.distributed.destroy_process_group()
+
+
+def _on_main(d: Dist, fn: Callable[[], Any]) -> Any:
+    """Run fn on rank 0; a user error there stops every rank with the same message."""
+    error, result = None, None
+    if d.main:
+        try:
+            result = fn()
+        except LordkitError as e:
+            error = str(e)
+    error = distributed.broadcast_error(error, d)
+    if error is not None:
+        raise LordkitError(error)
+    return result
+
+
+class _SharedLatent(nn.Module):
+    """The stage-1 parts every rank shares (wrapped in DDP): class table, modulation, generator."""
+
+    def __init__(self, model: LatentModel):
+        super().__init__()
+        self.class_embedding = model.class_embedding
+        self.modulation = model.modulation
+        self.generator = model.generator
+
+    def forward(self, content_code: Tensor, class_id: Tensor) -> Tensor:
+        return self.generator(content_code, self.modulation(self.class_embedding(class_id)))
 
 
 def train_latent(
@@ -561,48 +728,61 @@ def train_latent(
     tensorboard: bool = True,
     on_step: Callable[[int], None] | None = None,  # called after every step (tests, callbacks)
 ) -> dict[str, Any]:
-    """Stage 1: latent optimization. Writes config.json, data.json, latent.safetensors."""
+    """Stage 1: latent optimization. Writes config.json, data.json, latent.safetensors.
+
+    Under torchrun each rank trains the content codes of its own images (see lordkit.distributed)."""
     model_dir = Path(model_dir)
-    dev = pick_device(device)
-    with model_lock(model_dir):
-        prepare_model_dir(model_dir, resume=resume, force=force, stage="latent")
-        if resume:
-            saved = load_config(model_dir)
-            if weights_path(model_dir, "latent").exists() and not (model_dir / "checkpoints" / "latent").exists():
-                raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
-            cfg = saved
-            check_data_matches(ds, cfg, "stage 1", n_imgs_must_match=True)
-        else:
-            cfg = cfg.apply_overrides([f"model.n_imgs={len(ds)}", f"model.n_classes={ds.n_classes}",
+    with _session(model_dir, device) as (d, dev):
+
+        def setup_dir() -> LordConfig:
+            prepare_model_dir(model_dir, resume=resume, force=force, stage="latent")
+            if resume:
+                saved = load_config(model_dir)
+                if weights_path(model_dir, "latent").exists() and not _checkpoint_dir(model_dir, "latent").exists():
+                    raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
+                check_data_matches(ds, saved, "stage 1", n_imgs_must_match=True)
+                return saved
+            new = cfg.apply_overrides([f"model.n_imgs={len(ds)}", f"model.n_classes={ds.n_classes}",
                                        f"model.img_size={ds.meta.img_size}", f"model.channels={ds.meta.channels}"])
-            cfg.save(model_dir / "config.json")
+            new.save(model_dir / "config.json")
             atomic_write_json(model_dir / "data.json", data_record(ds, data_name or ds.path.name))
+            return new
+
+        _on_main(d, setup_dir)
+        cfg = load_config(model_dir)  # every rank reads what rank 0 decided
         lc = cfg.latent
         loss_fn = make_loss(lc.loss, vgg_weights).to(dev)
+        owned = distributed.owned_indices(len(ds), d, lc.seed)
         torch.manual_seed(lc.seed)
-        model = _prepare(LatentModel(cfg.model), dev)
+        model = LatentModel(cfg.model)  # same seeded init on every rank and for any world size
+        if d.enabled:  # keep only this rank's rows of the content table
+            full_table = model.content_embedding.embedding.weight.detach()
+            model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)
+            model.content_embedding.embedding.weight.data.copy_(full_table[torch.from_numpy(owned)])
+            torch.manual_seed(lc.seed + d.rank)  # independent content noise per rank
+        model = _prepare(model, dev)
         optimizer = _adam([
             {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
             {"params": list(model.content_embedding.parameters()) + list(model.class_embedding.parameters()),
              "lr": lc.lr_latent},
         ], lc.betas, dev)
-        bank = ImageBank(ds, dev)
-        class_ids = torch.from_numpy(np.asarray(ds.class_ids)).to(dev)
+        bank = ImageBank(ds, dev, rows=owned)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)[owned]).to(dev)
         content_std = cfg.model.content_std
-        generate = torch.compile(model.generator) if compile else model.generator
+        shared = _ddp(_SharedLatent(model), d, dev)
+        generate = torch.compile(shared) if compile else shared
 
         def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
             # Content noise, optionally ramped up from 0 over the first noise_warmup_epochs.
             ramp = min(1.0, epoch / lc.noise_warmup_epochs) if lc.noise_warmup_epochs > 0 else 1.0
             with _autocast(dev, amp):
                 content_code = model.content_embedding(idx, content_std * ramp)
-                params = model.modulation(model.class_embedding(cls))
-                out = generate(content_code, params)
+                out = generate(content_code, cls)
                 rec = loss_fn(out, imgs)
             decay = content_penalty(content_code)
             return rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
 
-        fixed = torch.from_numpy(sample_indices(ds)).to(dev)
+        fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
 
         @torch.no_grad()
         def sample() -> np.ndarray:
@@ -611,14 +791,26 @@ def train_latent(
             params = model.modulation(model.class_embedding(class_ids[fixed]))
             k = len(fixed)
             out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))
-            return transfer_grid(bank.batch(fixed), bank.batch(fixed), out.reshape(k, k, *out.shape[1:]))
+            imgs = bank.batch(fixed)
+            return transfer_grid(imgs, imgs, out.reshape(k, k, *out.shape[1:]))
 
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
-                        step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs)
+                        step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
+                        n_global=len(ds), dist=d,
+                        sharded_param="content_embedding.embedding.weight" if d.enabled else None)
         result = run_loop(spec, model_dir, bank, class_ids, resume=resume, show_progress=show_progress,
                           on_step=on_step, tensorboard=tensorboard)
-        save_weights(model, weights_path(model_dir, "latent"))
+        final_state, _ = full_states(spec)
+        if d.main:
+            save_state(final_state, weights_path(model_dir, "latent"))
+        if d.enabled and os.environ.get("LORDKIT_SHARD_DUMP"):
+            # Each rank's own rows as it trained them: lets a test check the gathered table row by row.
+            dump = Path(os.environ["LORDKIT_SHARD_DUMP"])
+            dump.mkdir(parents=True, exist_ok=True)
+            save_state({"rows": torch.from_numpy(owned), "table": model.content_embedding.embedding.weight},
+                       dump / f"rank{d.rank}.safetensors")
+        distributed.barrier(d)
         return result
 
 
@@ -643,40 +835,51 @@ def train_amortized(
 ) -> dict[str, Any]:
     """Stage 2: train encoders to the stage-1 codes; writes amortized.safetensors."""
     model_dir = Path(model_dir)
-    dev = pick_device(device)
-    with model_lock(model_dir):
+    if not (model_dir / "config.json").is_file():
+        load_config(model_dir)  # one clear "model not found" before any lock file is created
+    with _session(model_dir, device) as (d, dev):
+
+        def setup_dir() -> None:
+            cfg = load_config(model_dir)
+            if overrides:
+                bad = [o for o in overrides if not o.strip().startswith("amortized.")]
+                if bad:
+                    raise LordkitError(f"train-encoders only takes amortized.* settings, got {bad[0]!r}")
+                cfg = cfg.apply_overrides(overrides)
+            check_data_matches(ds, cfg, "stage 2", n_imgs_must_match=True)
+            if not weights_path(model_dir, "latent").is_file():
+                raise LordkitError(f"{model_dir} has no trained stage 1 (latent.safetensors); run `lordkit train` first")
+            done = weights_path(model_dir, "amortized").exists()
+            if done and not (resume or force):
+                raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
+            if not resume:
+                ckpt = _checkpoint_dir(model_dir, "amortized")
+                if ckpt.exists() and not force:
+                    raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
+                                       "or --force to start it anew")
+                cfg.save(model_dir / "config.json")
+
+        _on_main(d, setup_dir)
         cfg = load_config(model_dir)
-        if overrides:
-            bad = [o for o in overrides if not o.strip().startswith("amortized.")]
-            if bad:
-                raise LordkitError(f"train-encoders only takes amortized.* settings, got {bad[0]!r}")
-            cfg = cfg.apply_overrides(overrides)
-        check_data_matches(ds, cfg, "stage 2", n_imgs_must_match=True)
-        done = weights_path(model_dir, "amortized").exists()
-        if done and not (resume or force):
-            raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
-        if not resume:
-            ckpt = _checkpoint_dir(model_dir, "amortized")
-            if ckpt.exists() and not force:
-                raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
-                                   "or --force to start it anew")
-            cfg.save(model_dir / "config.json")
-        latent = load_latent(model_dir, cfg).to(dev)
+        latent = load_latent(model_dir, cfg)
         for p in latent.parameters():
             p.requires_grad_(False)
         ac = cfg.amortized
         loss_fn = make_loss(ac.loss, vgg_weights).to(dev)
         torch.manual_seed(ac.seed)
-        model = _prepare(amortized_from_latent(latent.cpu(), cfg.model), dev)
-        latent = latent.to(dev)
+        model = _prepare(amortized_from_latent(latent, cfg.model), dev)
+        latent = latent.to(dev).eval()
         optimizer = _adam([{"params": list(model.parameters()), "lr": ac.lr}], ac.betas, dev)
-        bank = ImageBank(ds, dev)
-        class_ids = torch.from_numpy(np.asarray(ds.class_ids)).to(dev)
-        forward = torch.compile(model) if compile else model
+        owned = distributed.owned_indices(len(ds), d, ac.seed)
+        owned_t = torch.from_numpy(owned).to(dev)
+        bank = ImageBank(ds, dev, rows=owned)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)[owned]).to(dev)
+        wrapped = _ddp(model, d, dev)
+        forward = torch.compile(wrapped) if compile else wrapped
 
         def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
             with torch.no_grad():
-                content_target = latent.content_embedding(idx)  # clean stage-1 codes (eval: no noise)
+                content_target = latent.content_embedding(owned_t[idx])  # clean stage-1 codes (eval: no noise)
                 class_target = latent.class_embedding(cls)
             with _autocast(dev, amp):
                 out, content_code, class_code = forward(imgs)
@@ -686,23 +889,22 @@ def train_amortized(
             loss = rec + ac.content_weight * content_mse + ac.class_weight * class_mse
             return loss, {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
 
-        fixed = torch.from_numpy(sample_indices(ds)).to(dev)
+        fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
 
         @torch.no_grad()
         def sample() -> np.ndarray:
             model.eval()
             imgs = bank.batch(fixed)
             k = len(fixed)
-            content_imgs = imgs.repeat(k, 1, 1, 1)
-            class_imgs = imgs.repeat_interleave(k, 0)
-            out, _, _ = model.convert(content_imgs, class_imgs)
+            out, _, _ = model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))
             return transfer_grid(imgs, imgs, out.reshape(k, k, *out.shape[1:]))
 
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
-                        step=step, sample=sample)
-        latent.eval()
+                        step=step, sample=sample, n_global=len(ds), dist=d)
         result = run_loop(spec, model_dir, bank, class_ids, resume=resume, show_progress=show_progress,
                           on_step=on_step, tensorboard=tensorboard)
-        save_weights(model, weights_path(model_dir, "amortized"))
+        if d.main:
+            save_weights(model, weights_path(model_dir, "amortized"))
+        distributed.barrier(d)
         return result
