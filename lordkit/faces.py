@@ -107,21 +107,28 @@ def as_dlib_image(img: np.ndarray) -> np.ndarray:
 # Geometry: similarity transforms between image landmarks and a template.
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity_transform(src: np.ndarray, dst: np.ndarray,
+                         weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Least-squares rotation + uniform scale + translation taking `src` points onto `dst`.
 
     Umeyama's closed form (no reflection); returns the (2, 3) matrix M with dst ~ M @ [x, y, 1].
+    weights: optional non-negative weight per point (None: all equal), for fits that should favour
+    the more reliable points.
     """
     src = np.asarray(src, np.float64).reshape(-1, 2)
     dst = np.asarray(dst, np.float64).reshape(-1, 2)
     if len(src) != len(dst) or len(src) < 2:
         raise ValueError(f"need two equal sets of at least 2 points, got {len(src)} and {len(dst)}")
-    mu_src, mu_dst = src.mean(0), dst.mean(0)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    if len(w) != len(src) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need {len(src)} non-negative weights with a positive sum, got {w.tolist()}")
+    w = w / w.sum()
+    mu_src, mu_dst = w @ src, w @ dst
     src_c, dst_c = src - mu_src, dst - mu_dst
-    var_src = (src_c ** 2).sum() / len(src)
+    var_src = float(w @ (src_c ** 2).sum(1))
     if var_src <= 1e-12:
         raise ValueError("source points all coincide")
-    cov = dst_c.T @ src_c / len(src)  # (2, 2)
+    cov = (dst_c * w[:, None]).T @ src_c  # (2, 2)
     u, s, vt = np.linalg.svd(cov)
     d = np.diag([1.0, 1.0 if np.linalg.det(u) * np.linalg.det(vt) >= 0 else -1.0])
     rot = u @ d @ vt
@@ -143,12 +150,15 @@ def pixels_to_template(points: np.ndarray, size: int) -> np.ndarray:
 
 
 def alignment_transform(landmarks: np.ndarray, template: np.ndarray | Sequence[Sequence[float]],
-                        size: int) -> np.ndarray:
-    """(2, 3) matrix taking image pixel coordinates into a size-px crop where `landmarks` meet `template`."""
+                        size: int, weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """(2, 3) matrix taking image pixel coordinates into a size-px crop where `landmarks` meet `template`.
+
+    weights: optional weight per landmark for the least-squares fit (None: all equal).
+    """
     dst = template_to_pixels(template, size)
     if len(dst) != len(np.asarray(landmarks).reshape(-1, 2)):
         raise ValueError(f"template has {len(dst)} points, landmarks have {len(np.asarray(landmarks).reshape(-1, 2))}")
-    return similarity_transform(landmarks, dst)
+    return similarity_transform(landmarks, dst, weights)
 
 
 def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:

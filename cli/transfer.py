@@ -1,0 +1,188 @@
+"""`lordkit transfer`: draw photos' content in other classes with an export, without torch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lordkit.errors import LordkitError
+
+from .common import get_base, handle_errors, say
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe(label: str) -> str:
+    """A label usable in a file name: anything but letters, digits, '.', '_' and '-' becomes '_'."""
+    return _SAFE.sub("_", label).strip("._") or "image"
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Make labels distinct (a.jpg from two folders, a class given twice): later ones get -2, -3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        k = seen.get(label, 0) + 1
+        seen[label] = k
+        out.append(label if k == 1 else f"{label}-{k}")
+    return out
+
+
+def _layout(out: Path, single: bool, grid: bool) -> str:
+    """"file" (OUT is the PNG), "dir_single" (one PNG into an existing dir) or "dir" (one PNG per pair)."""
+    if grid or single:
+        return "dir_single" if out.is_dir() else "file"
+    if out.exists() and not out.is_dir():
+        raise LordkitError(f"{out} is a file, but this run writes several images; give a directory (or --grid)")
+    if out.suffix.lower() == ".png" and not out.exists():
+        raise LordkitError(f"{out} looks like a file, but this run writes several images; give a directory "
+                           "(or --grid for one image)")
+    return "dir"
+
+
+@handle_errors
+def transfer(
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(help="Content photos (their pose, expression, layout... is kept).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Export dir, or a name under <base-dir>/exports/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (one input, one class), else a directory of <input>__<class>.png; with --grid the grid PNG.")],
+    class_imgs: Annotated[Optional[list[Path]], typer.Option("--class", help="Class reference photo, repeatable.")] = None,
+    class_ids: Annotated[Optional[list[int]], typer.Option("--class-id", help="Class id of the training set (row of the class bank), repeatable.")] = None,
+    class_names: Annotated[Optional[list[str]], typer.Option("--class-name", help="Class name of the training set, repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or pairs per onnxruntime call.")] = 32,
+    provider: Annotated[str, typer.Option("--provider", help="auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: one per core).")] = None,
+    no_align: Annotated[bool, typer.Option("--no-align", help="Face models: the photos are crops aligned already.")] = False,
+    all_faces: Annotated[bool, typer.Option("--all-faces", help="Face models: every face of each photo, not only the largest.")] = False,
+    paste_back: Annotated[bool, typer.Option("--paste-back", help="Face models: write the whole photo with the generated face pasted in.")] = False,
+    landmarks: Annotated[str, typer.Option("--landmarks", help="68, 5, or the path of a dlib shape predictor .dat file.")] = "68",
+    detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's MMOD, slow on CPU).")] = "hog",
+    alpha_background: Annotated[str, typer.Option("--alpha-background", help="white or black under transparent pixels.")] = "white",
+    grid: Annotated[bool, typer.Option("--grid", help="Write one grid PNG: a row per class, a column per input, sources shown.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
+) -> None:
+    """Draw each input's content in each given class (N inputs x M classes images)."""
+    from lordkit.runtime import Transfer, resolve_export
+
+    class_imgs, class_ids, class_names = class_imgs or [], class_ids or [], class_names or []
+    if not (class_imgs or class_ids or class_names):
+        raise LordkitError("give at least one class: --class REF.jpg, --class-id N or --class-name NAME")
+    if grid and paste_back:
+        raise LordkitError("--grid shows the model's crops; it cannot be combined with --paste-back")
+    if paste_back and no_align:
+        raise LordkitError("--paste-back needs faces found in the photos; it cannot be combined with --no-align")
+
+    t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=threads, batch_size=batch_size,
+                 align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
+    if not t.is_face:
+        for flag, used in (("--paste-back", paste_back), ("--all-faces", all_faces)):
+            if used:
+                raise LordkitError(f"{flag} needs a face model; {t.bundle.path} has no face template")
+
+    # Class sources: reference photos first, then ids, then names (grid rows follow this order).
+    class_refs: list = [t.prepare(p)[0] for p in class_imgs]
+    class_labels = [p.stem for p in class_imgs]
+    for i in class_ids:
+        class_refs.append(t.bundle.class_id(i))
+        class_labels.append(t.class_names[class_refs[-1]])
+    for name in class_names:
+        class_refs.append(t.bundle.class_id(name))
+        class_labels.append(name)
+    class_labels = _unique([_safe(x) for x in class_labels])
+
+    # Content: the largest face (or every face) of each photo, or the centre square.
+    contents, photo_of = [], []
+    for k, path in enumerate(inputs):
+        found = t.prepare(path, all_faces=all_faces)
+        contents += found
+        photo_of += [k] * len(found)
+        if paste_back and found[0].photo_scale < 1:
+            h, w = found[0].photo.shape[:2]
+            t.warn(f"{path} is about {w / found[0].photo_scale:.0f}x{h / found[0].photo_scale:.0f} px; "
+                   f"the pasted result is written at the working size {w}x{h}")
+    content_labels = _unique([_safe(p.label) for p in contents])
+    photo_labels = _unique([_safe(p.stem) for p in inputs])
+
+    # Where everything goes; refuse to overwrite before any work.
+    single_known = len(inputs) == 1 and len(class_refs) == 1 and not (all_faces and not paste_back)
+    layout = _layout(out, single_known, grid)
+    if grid:
+        targets = [out]
+    elif paste_back:
+        targets = [out / f"{photo_labels[k]}__{c}.png" for k in range(len(inputs)) for c in class_labels]
+    else:
+        targets = [out / f"{a}__{c}.png" for a in content_labels for c in class_labels]
+    if layout == "file":
+        targets = [out]
+    elif layout == "dir_single" and grid:
+        targets = [out / "transfer_grid.png"]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise LordkitError(f"output {existing[0]} already exists{more}; pass --force to replace it")
+
+    written = _run(t, contents, photo_of, class_refs, content_labels, class_labels, targets, grid, paste_back)
+    say(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} images to {out}")
+
+
+def _run(t, contents, photo_of, class_refs, content_labels, class_labels, targets, grid, paste_back) -> list[Path]:
+    import numpy as np
+
+    from lordkit.console import make_progress
+    from lordkit.runtime import to_uint8_image
+    from lordkit.viz import image_grid, save_png
+
+    m = len(class_refs)
+    cc = t.content_codes(contents)
+    kc = t.class_codes(class_refs)
+    written: list[Path] = []
+    keep = grid or paste_back
+    results: dict[tuple[int, int], np.ndarray] = {}  # (content, class) -> uint8 crop, while still needed
+    # With paste-back, a photo is written once all its faces are generated in every class.
+    faces_of: dict[int, list[int]] = {}
+    for i, k in enumerate(photo_of):
+        faces_of.setdefault(k, []).append(i)
+    next_photo = 0  # photos come in input order: pairs are generated content-major
+    with make_progress(transient=True) as progress:
+        task = progress.add_task("transfer", total=len(contents) * m, unit="img")
+        for a, b, imgs in t.generate_iter(cc, kc):
+            for p, img in zip(range(a, b), imgs):
+                i, j = divmod(p, m)
+                crop = to_uint8_image(img)
+                if keep:
+                    results[(i, j)] = crop
+                else:
+                    written.append(save_png(targets[p], crop))
+            progress.advance(task, b - a)
+            while paste_back and next_photo in faces_of and b >= (faces_of[next_photo][-1] + 1) * m:
+                written += _paste_photo(t, contents, faces_of[next_photo], next_photo, m, results, targets)
+                next_photo += 1
+    if grid:
+        rows = [[None] + [c.image for c in contents]]
+        for j, ref in enumerate(class_refs):
+            source = ref.image if hasattr(ref, "image") else None  # class-bank rows have no picture
+            rows.append([source] + [results[(i, j)] for i in range(len(contents))])
+        sheet = image_grid(rows, cell=max(64, t.img_size), row_labels=[""] + class_labels,
+                           col_labels=[""] + content_labels)
+        written.append(save_png(targets[0], sheet))
+    return written
+
+
+def _paste_photo(t, contents, faces, k, m, results, targets) -> list[Path]:
+    """Write photo k once per class, with each of its faces (content indices `faces`) pasted in."""
+    from lordkit.viz import save_png
+
+    out = []
+    for j in range(m):
+        photo = None
+        for i in faces:  # faces pasted one after another into the same photo
+            photo = t.paste_back(contents[i], results.pop((i, j)), photo)
+        out.append(save_png(targets[k * m + j], photo))
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("transfer")(transfer)

@@ -1,0 +1,352 @@
+"""Reading photos for the runtime: size checks before decoding, bounded memory, alpha and channel handling.
+
+Every problem a user can fix is a LordkitError with one line naming the file. Conversions that
+still give a usable image (grey into a colour model, transparency) are not errors: they are
+reported through a `warn` callback as one line each.
+
+What happens to each kind of input
+----------------------------------
+- not a file, unreadable, empty, or bytes no decoder accepts: LordkitError.
+- more than MAX_PIXELS pixels (read from the header where the format allows, before decoding):
+  LordkitError, the image is never decoded.
+- larger than `max_side` on its longer side: JPEGs are decoded at 1/2, 1/4 or 1/8 size by libjpeg
+  itself (cv2.IMREAD_REDUCED_*), other formats are decoded and shrunk with area averaging; the
+  result is at most `max_side` on its longer side and keeps its shorter side >= `keep_min_side`.
+- 16-bit or float pixels: scaled to uint8.
+- an alpha channel with any transparent pixel: composited onto white (or black), with a warning;
+  a fully opaque alpha channel is dropped silently.
+- grey file into a colour model: replicated to RGB, with a warning; colour into a grey model:
+  converted with OpenCV's luma weights, with a warning.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from lordkit.errors import LordkitError
+
+MAX_PIXELS = 100_000_000  # refuse anything larger (a 10000 x 10000 photo is the largest square accepted)
+WORK_MAX_SIDE = 4096  # photos are worked on at most this size on their longer side (50 MB as RGB)
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class ImageInfo:
+    """What a file's header says, read without decoding the pixels."""
+
+    format: str  # "png", "jpeg", "bmp", "gif", "webp", "pnm", "tiff"
+    width: int
+    height: int
+    grey: bool | None = None  # None: the header does not say
+    alpha: bool | None = None
+
+
+@dataclass
+class LoadedImage:
+    """A decoded photo in the model's channel layout."""
+
+    pixels: np.ndarray  # (H, W, 3) RGB or (H, W) grey, uint8, C-contiguous
+    path: Path | None
+    original_size: tuple[int, int]  # (width, height) of the file
+    scale: float  # pixels / original size (< 1 when the photo was decoded or shrunk smaller)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "image"
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers: the size of an image without decoding it, so that a huge file is refused before it
+# occupies memory and a big JPEG can be decoded at reduced size.
+
+
+def _png(data: bytes) -> ImageInfo | None:
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    colour_type = data[25]
+    return ImageInfo("png", width, height, grey=colour_type in (0, 4), alpha=colour_type in (4, 6) or None)
+
+
+def _jpeg(data: bytes | np.ndarray) -> ImageInfo | None:
+    i = 2
+    while i + 4 <= len(data):
+        seg = bytes(data[i:i + 10])  # read segment by segment: never copy the whole file
+        if seg[0] != 0xFF:
+            return None
+        marker = seg[1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", seg[2:4])
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if len(seg) < 10:
+                return None
+            height, width = struct.unpack(">HH", seg[5:9])
+            n_components = seg[9]
+            return ImageInfo("jpeg", width, height, grey=n_components == 1, alpha=False)
+        if marker == 0xDA:  # start of scan before any frame header: broken file
+            return None
+        i += 2 + length
+    return None
+
+
+def _bmp(data: bytes) -> ImageInfo | None:
+    if len(data) < 30:
+        return None
+    width, height = struct.unpack("<ii", data[18:26])
+    (bits,) = struct.unpack("<H", data[28:30])
+    return ImageInfo("bmp", abs(width), abs(height), alpha=bits == 32 or None)  # 8-bit BMPs may be palette colour
+
+
+def _gif(data: bytes) -> ImageInfo | None:
+    if len(data) < 10:
+        return None
+    width, height = struct.unpack("<HH", data[6:10])
+    return ImageInfo("gif", width, height)
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return ImageInfo("webp", width, height, alpha=bool(data[20] & 0x10))
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return ImageInfo("webp", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF))
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return ImageInfo("webp", width & 0x3FFF, height & 0x3FFF, alpha=False)
+    return None
+
+
+def _pnm(data: bytes) -> ImageInfo | None:
+    tokens: list[bytes] = []
+    for line in data[2:512].splitlines():
+        tokens += line.split(b"#")[0].split()
+        if len(tokens) >= 2:
+            break
+    try:
+        width, height = int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None
+    return ImageInfo("pnm", width, height, grey=data[1:2] in (b"1", b"2", b"4", b"5"))
+
+
+def _tiff(data: bytes | np.ndarray) -> ImageInfo | None:
+    end = "<" if bytes(data[:2]) == b"II" else ">"
+    try:
+        (offset,) = struct.unpack(end + "I", bytes(data[4:8]))
+        (n_entries,) = struct.unpack(end + "H", bytes(data[offset:offset + 2]))  # the IFD may sit after the pixels
+        size: dict[int, int] = {}
+        for k in range(min(n_entries, 4096)):
+            entry = bytes(data[offset + 2 + 12 * k:offset + 14 + 12 * k])
+            tag, kind = struct.unpack(end + "HH", entry[:4])
+            if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+                short = kind == 3
+                size[tag] = struct.unpack(end + ("H" if short else "I"), entry[8:10] if short else entry[8:12])[0]
+    except struct.error:
+        return None
+    if 256 not in size or 257 not in size:
+        return None
+    return ImageInfo("tiff", size[256], size[257])
+
+
+def sniff(data: bytes | np.ndarray) -> ImageInfo | None:
+    """Format, size and (where the header says) channels of an encoded image; None if unrecognised."""
+    head = bytes(data[:4096])  # every header but JPEG's lies within the first bytes
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png(head)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg(data)  # the frame header can follow EXIF, ICC and XMP segments of any length
+    if head.startswith(b"BM"):
+        return _bmp(head)
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif(head)
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return _webp(head)
+    if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
+        return _pnm(head)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff(data)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+_REDUCED = {  # (grey, factor) -> imread flag; libjpeg decodes at 1/2, 1/4, 1/8 without the full image
+    (False, 2): cv2.IMREAD_REDUCED_COLOR_2, (False, 4): cv2.IMREAD_REDUCED_COLOR_4,
+    (False, 8): cv2.IMREAD_REDUCED_COLOR_8,
+    (True, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (True, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (True, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def _target_scale(width: int, height: int, max_side: int | None, keep_min_side: int) -> float:
+    """Scale at which to work on a width x height photo: <= 1, longer side <= max_side where possible."""
+    if not max_side or max(width, height) <= max_side:
+        return 1.0
+    scale = max_side / max(width, height)
+    # Never let the shorter side drop below what the model needs (very elongated images).
+    return min(1.0, max(scale, keep_min_side / max(1, min(width, height))))
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.integer):  # 16-bit PNG / TIFF
+        return (img / (np.iinfo(img.dtype).max / 255.0) + 0.5).astype(np.uint8)
+    return (np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # HDR / EXR
+
+
+def composite_alpha(rgba: np.ndarray, background: str = "white") -> np.ndarray:
+    """(H, W, 4) or (H, W, 2) uint8 with straight alpha -> (H, W, 3) or (H, W) over a white or black background."""
+    colour, alpha = rgba[..., :-1].astype(np.float32), rgba[..., -1:].astype(np.float32) / 255.0
+    bg = 255.0 if background == "white" else 0.0
+    out = colour * alpha + bg * (1.0 - alpha)
+    out = (out + 0.5).astype(np.uint8)
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+def convert_channels(img: np.ndarray, channels: int, name: str, warn: Warn | None) -> np.ndarray:
+    """RGB (H, W, 3) or grey (H, W) -> the model's layout, with one warning line when converting."""
+    if channels == 3 and img.ndim == 2:
+        if warn:
+            warn(f"{name} is greyscale; converted to RGB for this colour model")
+        return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_GRAY2RGB))
+    if channels == 1 and img.ndim == 3:
+        if warn:
+            warn(f"{name} is in colour; converted to greyscale for this grey model")
+        return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    return img
+
+
+def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WORK_MAX_SIDE,
+               keep_min_side: int = 0, alpha_background: str = "white", max_pixels: int = MAX_PIXELS,
+               warn: Warn | None = None) -> LoadedImage:
+    """Decode an image file for a model with `channels` (1 or 3) channels.
+
+    max_side: work on at most this many pixels on the longer side (None: full size).
+    keep_min_side: but never shrink the shorter side below this (e.g. the model's img_size).
+    alpha_background: "white" or "black", what transparent pixels are composited onto.
+    """
+    if alpha_background not in ("white", "black"):
+        raise LordkitError(f"alpha background must be 'white' or 'black', got {alpha_background!r}")
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise LordkitError(f"{name} is a directory, not an image file")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise LordkitError(f"image not found: {name}") from None
+    except OSError as e:
+        raise LordkitError(f"cannot read {name}: {e.strerror or e}") from None
+    if data.size == 0:
+        raise LordkitError(f"{name} is empty, not an image")
+
+    info = sniff(data)
+    if info is not None:
+        _check_pixels(info.width, info.height, name, max_pixels)
+
+    # Choose how to decode: JPEGs at reduced size when big (and with EXIF orientation applied);
+    # everything else unchanged so that an alpha channel survives.
+    flag, factor = cv2.IMREAD_UNCHANGED, 1
+    if info is not None and info.format == "jpeg":
+        flag = cv2.IMREAD_GRAYSCALE if info.grey else cv2.IMREAD_COLOR
+        scale = _target_scale(info.width, info.height, max_side, keep_min_side)
+        for f in (8, 4, 2):
+            if scale * f <= 1.0 + 1e-9:  # decoding at 1/f still leaves at least the size we want
+                flag, factor = _REDUCED[(bool(info.grey), f)], f
+                break
+    try:
+        img = cv2.imdecode(data, flag)
+    except cv2.error as e:  # e.g. OpenCV's own pixel limit, or a truncated file some decoders reject loudly
+        raise LordkitError(f"{name} could not be decoded as an image: {str(e).strip().splitlines()[-1]}") from None
+    del data
+    if img is None:
+        raise LordkitError(f"{name} is not an image file (no decoder accepts it)")
+    if info is None:  # a format whose header we do not read: check after decoding
+        _check_pixels(img.shape[1], img.shape[0], name, max_pixels)
+    original = (info.width, info.height) if info is not None else (img.shape[1] * factor, img.shape[0] * factor)
+    if (img.shape[1] > img.shape[0]) != (original[0] > original[1]) and original[0] != original[1]:
+        original = (original[1], original[0])  # OpenCV applied a JPEG's EXIF rotation
+
+    # Bring it to uint8 RGB / grey.
+    img = _to_uint8(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[2] in (2, 4):  # BGRA, or grey + alpha
+        if int(img[..., -1].min()) < 255:
+            if warn:
+                warn(f"{name} has transparent pixels; composited onto {alpha_background}")
+            img = composite_alpha(img, alpha_background)
+        else:  # an opaque alpha channel carries nothing
+            img = img[..., :-1] if img.shape[2] == 4 else img[..., 0]
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[..., ::-1]  # BGR -> RGB
+        if info is not None and info.grey:  # OpenCV expands grey + alpha to BGRA: keep it grey
+            img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise LordkitError(f"{name} has an unsupported pixel layout {img.shape}")
+
+    # Shrink to the working size (JPEGs are already close to it).
+    h, w = img.shape[:2]
+    scale = _target_scale(original[0], original[1], max_side, keep_min_side)
+    want_w, want_h = max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+    if (w, h) != (want_w, want_h) and want_w <= w and want_h <= h:
+        img = cv2.resize(np.ascontiguousarray(img), (want_w, want_h), interpolation=cv2.INTER_AREA)
+    img = convert_channels(np.ascontiguousarray(img), channels, name, warn)
+    return LoadedImage(pixels=np.ascontiguousarray(img), path=path, original_size=original,
+                       scale=img.shape[1] / original[0])
+
+
+def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise LordkitError(f"{name} declares an empty image ({width}x{height} px)")
+    if width * height > max_pixels:
+        raise LordkitError(f"{name} is {width}x{height} px ({width * height / 1e6:.0f} MP), above the "
+                           f"{max_pixels / 1e6:.0f} MP limit; shrink it first")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model inputs from whole images (non-face models, or faces that are already aligned).
+
+
+def center_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to a square and resize to size x size (as `lordkit preprocess` makes training images)."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    img = img[top:top + s, left:left + s]
+    if s != size:
+        interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
+        img = cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
+    return np.ascontiguousarray(img)
+
+
+def check_min_size(loaded: LoadedImage, size: int) -> None:
+    """A whole-image model input must not be upsampled: refuse a photo smaller than the model's input."""
+    w, h = loaded.original_size
+    if min(w, h) < size:
+        raise LordkitError(f"{loaded.name} is {w}x{h} px, smaller than this model's {size}x{size} input; "
+                           f"use an image at least {size} px on its shorter side")
+
+
+def to_uint8_image(img: np.ndarray) -> np.ndarray:
+    """A model output (H, W, C) float in [0, 1] -> uint8 (H, W, C), or (H, W) for one channel."""
+    out = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out[..., 0] if out.ndim == 3 and out.shape[2] == 1 else out

@@ -1,0 +1,199 @@
+"""`Transfer`: class/content transfer from an export dir with onnxruntime, in batches, without torch.
+
+For N content images and M class sources the work is:
+- the content encoder once per content image (in chunks of batch_size),
+- the class encoder once per class *image*; class ids and names take their row of the class bank,
+- the generator once per (content, class) pair, on chunks of batch_size pairs.
+The result is (N, M, H, W, C) float32 in [0, 1]: result[i, j] is content i drawn in class j.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from lordkit.errors import LordkitError
+from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
+from lordkit.runtime.bundle import RUNTIME_NETWORKS, Bundle
+from lordkit.runtime.session import Device, OrtModel, check_inputs, open_models, select_device
+
+ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)
+ClassLike = Any  # a class id (int), a class name (str), a Prepared, an array, or an image path
+
+
+def print_warning(message: str) -> None:
+    """The default warning sink: one `warning: ...` line on stderr (never wrapped)."""
+    from lordkit.console import console
+
+    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True, style="yellow")
+
+
+class Transfer:
+    """Run a lordkit export: encode contents and classes, generate every pair, paste faces back.
+
+    export: an export dir (or an open Bundle).
+    provider: "auto" (CUDA when onnxruntime offers it, else CPU), "cpu", "cuda" or "cuda:N"; CUDA
+        asked for but missing gives a warning and CPU.
+    threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
+    batch_size: images (encoders) or pairs (generator) per onnxruntime call.
+    io_binding: run through device buffers bound with IOBinding; None = on CUDA only.
+    precision: "fp32", or "fp16" for the *.fp16.onnx files of an export made with --fp16.
+    optimized: run the *.opt.onnx files when the export has them.
+    verify: how the export is checked on opening: "all" files hashed, "used" ones only, or "none".
+    align: align faces for face models (False: images are crops aligned already). Non-face models
+        never align.
+    landmarks: "68", "5", or the path of a dlib shape predictor .dat file; detector: "hog" or "cnn".
+    eye_weight: weight of the eyes in the alignment fit (1 = plain least squares on all points).
+    alpha_background: "white" or "black" under transparent pixels.
+    warn: called with one line per warning (default: `warning: ...` on stderr).
+    """
+
+    def __init__(self, export: str | os.PathLike | Bundle, *, provider: str = "auto", threads: int | None = None,
+                 batch_size: int = 32, io_binding: bool | None = None, precision: str = "fp32",
+                 optimized: bool = True, verify: str = "all", align: bool = True, landmarks: str | Path = "68",
+                 detector: str = "hog", eye_weight: float = EYE_WEIGHT, alpha_background: str = "white",
+                 warn: Callable[[str], None] | None = print_warning):
+        if int(batch_size) < 1:
+            raise LordkitError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.warn = warn or (lambda message: None)
+        self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify)
+        b = self.bundle
+        device = select_device(provider, self.warn)
+        paths = {n: b.model_path(n, precision, optimized) for n in RUNTIME_NETWORKS}
+        self.models: dict[str, OrtModel] = open_models(paths, device, threads, io_binding, self.warn)
+        for name, model in self.models.items():
+            check_inputs(model, b.manifest["models"][name].get("inputs", model.input_names))
+        self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
+                                 landmarks=landmarks, detector=detector, eye_weight=eye_weight,
+                                 alpha_background=alpha_background, warn=self.warn)
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> Device:
+        return self.models["generator"].device
+
+    @property
+    def img_size(self) -> int:
+        return self.bundle.img_size
+
+    @property
+    def channels(self) -> int:
+        return self.bundle.channels
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    @property
+    def is_face(self) -> bool:
+        return self.bundle.is_face
+
+    @property
+    def io_binding(self) -> bool:
+        return self.models["generator"].io_binding
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def prepare(self, source: str | os.PathLike | np.ndarray, *, all_faces: bool = False,
+                label: str | None = None, align: bool | None = None) -> list[Prepared]:
+        """Model inputs from a photo (file or RGB / grey array): aligned faces, or the centre square."""
+        if isinstance(source, os.PathLike):
+            source = Path(source)
+        return self.preparer(source, all_faces=all_faces, label=label, align=align)
+
+    def _image(self, item: ImageLike, what: str) -> np.ndarray:
+        """One model input as (C, H, W) float32 in [0, 1]."""
+        if isinstance(item, (str, os.PathLike)):
+            item = self.prepare(Path(item))[0]
+        img = item.image if isinstance(item, Prepared) else np.asarray(item)
+        s, c = self.img_size, self.channels
+        if img.ndim == 2 and c == 1:
+            img = img[..., None]
+        if img.shape != (s, s, c):
+            raise LordkitError(f"{what} is {'x'.join(map(str, img.shape))}; this model takes {s}x{s}x{c} "
+                               "(Transfer.prepare makes model inputs from photos)")
+        if img.dtype == np.uint8:
+            x = img.astype(np.float32) / 255.0
+        elif np.issubdtype(img.dtype, np.floating):
+            x = img.astype(np.float32)
+        else:
+            raise LordkitError(f"{what}: expected uint8 pixels or floats in [0, 1], got {img.dtype}")
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def _encode(self, network: str, images: Sequence[ImageLike], what: str) -> np.ndarray:
+        """Run an encoder over images in chunks of batch_size; (N, dim) float32."""
+        model = self.models[network]
+        dim = self.bundle.content_dim if network == "content_encoder" else self.bundle.class_dim
+        out = np.empty((len(images), dim), np.float32)
+        for a in range(0, len(images), self.batch_size):
+            chunk = images[a:a + self.batch_size]
+            batch = np.stack([self._image(x, f"{what} {a + k}") for k, x in enumerate(chunk)])  # (B, C, H, W)
+            out[a:a + len(chunk)] = model(image=batch)
+        return out
+
+    def content_codes(self, contents: Sequence[ImageLike]) -> np.ndarray:
+        """(N, content_dim): the content encoder once per image."""
+        return self._encode("content_encoder", list(contents), "content image")
+
+    def class_codes(self, classes: Sequence[ClassLike]) -> np.ndarray:
+        """(M, class_dim): class-bank rows for ids and names, the class encoder once per class image."""
+        classes = list(classes)
+        codes = np.empty((len(classes), self.bundle.class_dim), np.float32)
+        image_at, images = [], []
+        names = set(self.class_names)
+        for j, ref in enumerate(classes):
+            if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+                codes[j] = self.bundle.class_bank[self.bundle.class_id(int(ref))]
+            elif isinstance(ref, str) and (ref in names or not Path(ref).is_file()):
+                codes[j] = self.bundle.class_bank[self.bundle.class_id(ref)]  # names win over file names
+            else:
+                image_at.append(j)
+                images.append(ref)
+        if images:
+            codes[image_at] = self._encode("class_encoder", images, "class image")
+        return codes
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate_iter(self, content_codes: np.ndarray,
+                      class_codes: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Every (content, class) pair, in chunks: yields (start, stop, images) with images
+        (stop - start, H, W, C) float32 for the flat pair indices start..stop-1 (pair p = content
+        p // M in class p % M)."""
+        cc = np.asarray(content_codes, np.float32)
+        kc = np.asarray(class_codes, np.float32)
+        n, m = len(cc), len(kc)
+        generator = self.models["generator"]
+        for a in range(0, n * m, self.batch_size):
+            p = np.arange(a, min(a + self.batch_size, n * m))
+            out = generator(content_code=cc[p // m], class_code=kc[p % m])  # (B, C, H, W)
+            yield a, a + len(p), out.transpose(0, 2, 3, 1)
+
+    def transfer(self, contents: Sequence[ImageLike], classes: Sequence[ClassLike]) -> np.ndarray:
+        """(N, M, H, W, C) float32: each content image drawn in each class."""
+        contents, classes = list(contents), list(classes)
+        if not contents or not classes:
+            raise LordkitError("transfer needs at least one content image and one class")
+        cc = self.content_codes(contents)
+        kc = self.class_codes(classes)
+        s, c = self.img_size, self.channels
+        out = np.empty((len(cc) * len(kc), s, s, c), np.float32)
+        for a, b, imgs in self.generate_iter(cc, kc):
+            out[a:b] = imgs
+        return out.reshape(len(cc), len(kc), s, s, c)
+
+    def paste_back(self, prepared: Prepared, generated: np.ndarray, photo: np.ndarray | None = None) -> np.ndarray:
+        """The photo `prepared` was cut from, with `generated` (a result crop) pasted over its face."""
+        return paste_back(prepared, generated, photo)
+
+    def __repr__(self) -> str:
+        return (f"Transfer({self.bundle.path}, device={self.device}, io_binding={self.io_binding}, "
+                f"batch_size={self.batch_size})")
+
+
+__all__ = ["Transfer", "print_warning"]
