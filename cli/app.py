@@ -9,7 +9,8 @@ import typer
 
 import lordkit
 
-from . import data, demo, evaluate, train
+from . import data, demo, evaluate, export_cmd, train
+from . import transfer as transfer_cmd
 
 app = typer.Typer(
     name="lordkit",
@@ -39,6 +40,8 @@ data.register(app)
 train.register(app)
 evaluate.register(app)
 demo.register(app)
+export_cmd.register(app)
+transfer_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,43 @@
+"""`lordkit export`: a trained model's networks as ONNX and TorchScript, verified, in an export dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lordkit.fsutil import export_dir, model_dir
+
+from .common import get_base, handle_errors, say
+
+
+@handle_errors
+def export(
+    ctx: typer.Context,
+    model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model with trained encoders (`lordkit train-encoders`).")],
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Write ONNX files (plain and onnxruntime-optimised).")] = True,
+    torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript", help="Write frozen TorchScript .pt files.")] = True,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write half-precision ONNX files with float32 inputs and outputs.")] = False,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (13 to 20).")] = 17,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export dir (default: <base-dir>/exports/<model name>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export dir.")] = False,
+) -> None:
+    """Export content/class encoders, generator and transfer; check each file against PyTorch."""
+    from lordkit.console import out_console
+    from lordkit.export.exporter import check_opset, export_model, parity_table
+
+    base = get_base(ctx)
+    src = model_dir(base, model_name)
+    dst = out.expanduser() if out is not None else export_dir(base, model_name)
+    if onnx:
+        check_opset(opset)  # before loading anything: a bad opset is a typo, not a late export failure
+    manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
+                            show=False, progress=True)
+    out_console.print(parity_table(manifest["parity"]))
+    n_files = len(manifest["sha256"]) + 1
+    say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,444 @@
+"""Export a trained model dir to ONNX and TorchScript, verified against the eager model.
+
+Every network goes through the same steps (STYLE item 7): eval(), reference outputs under
+inference_mode, export with a dynamic batch axis, onnx.checker, then numeric parity against
+onnxruntime (CPU) and the reloaded TorchScript module on fresh random inputs. The export dir is
+built under a temporary name and renamed into place only when every file has passed, so a failed
+export leaves nothing behind. The file layout and manifest are specified in docs/export-format.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import lordkit
+from lordkit.config import ModelConfig
+from lordkit.console import console, make_progress
+from lordkit.errors import LordkitError
+from lordkit.fsutil import atomic_write_json, read_json, staged_dir
+from lordkit.models import AmortizedModel, code_generator, transfer
+from lordkit.training import load_amortized, load_config, weights_path
+
+FORMAT = "lordkit-export/1"
+# Name -> (inputs, outputs) of every exported network, in export order.
+NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "content_encoder": (("image",), ("content_code",)),
+    "class_encoder": (("image",), ("class_code",)),
+    "generator": (("content_code", "class_code"), ("image",)),
+    "transfer": (("content_image", "class_image"), ("image",)),
+}
+MIN_OPSET = 13  # Resize with scales and every op the networks use have their current form from 13 on
+MAX_OPSET = 20  # the newest opset torch's TorchScript-based ONNX exporter writes
+FP32_TOL = 1e-4
+FP16_TOL = 1e-2
+BATCH_SIZES = (1, 3, 8)
+EXPORT_BATCH = 2  # example batch for tracing: not 1, so no size-1 axis gets specialised away
+PARITY_SEED = 20260101  # parity inputs are seeded (reproducible) and never the tracing inputs
+FACE_POINTS_DEFAULT = "eyes_nose_mouth"
+CLASS_TABLE_KEY = "class_embedding.weight"  # stage-1 class codes in latent.safetensors
+ORT_PROVIDERS = ["CPUExecutionProvider"]
+ADAIN_SCOPE = re.compile(r"/adain_conv_layers\.\d+/")  # ONNX node names carry the module path
+
+
+@dataclass
+class Network:
+    """One exported network: its eager module and named inputs and outputs."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def networks(model: AmortizedModel) -> list[Network]:
+    """The four exported networks, sharing (not copying) the amortized model's submodules."""
+    modules = {"content_encoder": model.content_encoder, "class_encoder": model.class_encoder,
+               "generator": code_generator(model), "transfer": transfer(model)}
+    return [Network(name, modules[name], *io) for name, io in NETWORK_IO.items()]
+
+
+def tensor_shape(name: str, cfg: ModelConfig, batch: int) -> tuple[int, ...]:
+    """Shape of a named input or output at a given batch size."""
+    if name in ("image", "content_image", "class_image"):
+        return (batch, cfg.channels, cfg.img_size, cfg.img_size)
+    if name == "content_code":
+        return (batch, cfg.content_dim)
+    if name == "class_code":
+        return (batch, cfg.class_dim)
+    raise ValueError(f"unknown tensor name {name!r}")
+
+
+def random_inputs(net: Network, cfg: ModelConfig, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Images uniform in [0, 1]; codes standard normal (wider than trained codes: a harder test)."""
+    out = []
+    for name in net.inputs:
+        shape = tensor_shape(name, cfg, batch)
+        x = rng.random(shape) if name.endswith("image") else rng.standard_normal(shape)
+        out.append(x.astype(np.float32))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Writers. Each is a separate function so that tests can intercept one step.
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence deprecation notices of the TorchScript-based exporters (chosen on purpose); TracerWarnings still show."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _export_onnx(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, opset: int) -> None:
+    """torch.onnx.export (TorchScript-based: onnxscript is not a dependency) with a dynamic batch axis."""
+    gen = torch.Generator().manual_seed(0)  # a private stream: the caller's global RNG is left alone
+    example = tuple(torch.rand(tensor_shape(n, cfg, EXPORT_BATCH), generator=gen) for n in net.inputs)
+    with _quiet():
+        torch.onnx.export(
+            module, example, str(path), input_names=list(net.inputs), output_names=list(net.outputs),
+            dynamic_axes={n: {0: "batch"} for n in net.inputs + net.outputs}, opset_version=opset,
+            do_constant_folding=True, dynamo=False)
+
+
+def _convert_fp16(src: Path, dst: Path) -> None:
+    """Half-precision copy of an fp32 ONNX file, float32 at the inputs and outputs, AdaIN kept in float32.
+
+    Converting the graph, not tracing a .half() model: PyTorch's fp16 convolutions on CPU take
+    minutes at real sizes. AdaIN nodes are found by their scope name (adain_conv_layers.N, outside
+    its conv) and stay float32 as in lordkit.models.adain: its variance would overflow fp16 easily.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    adain = [n.name for n in model.graph.node
+             if ADAIN_SCOPE.search(n.name) and n.op_type not in ("Conv", "Resize", "LeakyRelu")]
+    with _quiet():
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
+                                        node_block_list=adain)
+    _topological_sort(half.graph)  # the converter appends its input Casts after their consumers
+    onnx.save(half, str(dst))
+
+
+def _topological_sort(graph) -> None:
+    """Reorder graph.node so every node follows the producers of its inputs (stable otherwise)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise LordkitError(f"graph {graph.name!r} has a cycle or an undefined input")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+    nodes = [copy.deepcopy(n) for n in ordered]  # protobuf repeated fields cannot hold aliases
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def _optimise_onnx(src: Path, dst: Path) -> None:
+    """onnxruntime's offline optimisation at the basic level: only ONNX ops, portable across providers."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), opts, providers=ORT_PROVIDERS)
+    # onnxruntime declares all its own op domains; keep only those the graph uses, for other tools.
+    model = onnx.load(str(dst))
+    used = {n.domain for n in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    onnx.save(model, str(dst))
+
+
+def _export_torchscript(module: nn.Module, path: Path, extra: str) -> None:
+    """torch.jit.script (no tracing: nothing specialised to a shape), frozen so weights become constants."""
+    with _quiet():
+        frozen = torch.jit.freeze(torch.jit.script(module.eval()))
+        torch.jit.save(frozen, str(path), _extra_files={"lordkit.json": extra})
+
+
+def _check_onnx(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise LordkitError(f"onnx.checker rejected {path.name}: {str(e).splitlines()[0]}") from None
+    got = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    missing = [k for k, v in props.items() if got.get(k) != v]
+    if missing:
+        raise LordkitError(f"{path.name} lost its metadata ({', '.join(missing)})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity.
+
+
+class _Runner:
+    """Runs one exported file on numpy inputs: an onnxruntime session or a reloaded TorchScript module."""
+
+    def __init__(self, path: Path, net: Network):
+        self.path = path
+        self.net = net
+        if path.suffix == ".onnx":
+            import onnxruntime as ort
+
+            self.backend = "onnxruntime-cpu"
+            opts = ort.SessionOptions()
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield to torch's
+            self.session = ort.InferenceSession(str(path), opts, providers=ORT_PROVIDERS)
+        else:
+            self.backend = "torchscript-cpu"
+            with _quiet():
+                extra = {"lordkit.json": ""}
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            if not extra["lordkit.json"]:
+                raise LordkitError(f"{path.name} lost its lordkit.json extra file")
+
+    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+        if self.backend.startswith("onnxruntime"):
+            return self.session.run([self.net.outputs[0]], dict(zip(self.net.inputs, inputs)))[0]
+        with torch.inference_mode():
+            return self.module(*(torch.from_numpy(x) for x in inputs)).numpy()
+
+
+def check_parity(path: Path, net: Network, references: dict[int, tuple[list[np.ndarray], np.ndarray]],
+                 tolerance: float) -> list[dict[str, Any]]:
+    """Max abs error of one file against the eager outputs at every batch size; raises past `tolerance`."""
+    runner = _Runner(path, net)
+    rows = []
+    for batch, (inputs, expected) in references.items():
+        try:
+            got = runner(inputs)
+        except Exception as e:  # onnxruntime and TorchScript raise their own types on a broken graph
+            raise LordkitError(f"{net.name}: {path.name} failed to run at batch {batch}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if got.shape != expected.shape or got.dtype != np.float32:
+            raise LordkitError(f"{net.name}: {path.name} at batch {batch} gave {got.dtype} {tuple(got.shape)}, "
+                               f"expected float32 {tuple(expected.shape)}")
+        err = float(np.max(np.abs(got.astype(np.float64) - expected)))
+        rows.append({"model": net.name, "file": path.name, "backend": runner.backend, "batch": batch,
+                     "max_abs_err": err, "tolerance": tolerance})
+        if not err < tolerance:  # also catches NaN
+            raise LordkitError(f"parity check failed for {net.name}: {path.name} ({runner.backend}) at batch "
+                               f"{batch} has max abs error {err:.3g}, tolerance {tolerance:g}")
+    return rows
+
+
+def parity_table(rows: Sequence[dict[str, Any]]):
+    """The parity rows as a rich table: one line per file, one column per batch size."""
+    from rich.table import Table
+
+    batches = sorted({r["batch"] for r in rows})
+    by_file: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_file.setdefault((r["file"], r["backend"]), {})[r["batch"]] = r
+    table = Table(title=f"max abs error vs eager PyTorch on CPU (limit {FP32_TOL:g} fp32, {FP16_TOL:g} fp16)")
+    table.add_column("file", no_wrap=True)
+    table.add_column("backend", no_wrap=True)
+    for b in batches:
+        table.add_column(f"B={b}", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for (file, backend), cells in by_file.items():
+        ok = len(cells) == len(batches) and all(c["max_abs_err"] < c["tolerance"] for c in cells.values())
+        errs = [f"{cells[b]['max_abs_err']:.1e}" if b in cells else "-" for b in batches]
+        table.add_row(file, backend.removesuffix("-cpu"), *errs, "[green]ok[/]" if ok else "[red]FAIL[/]")
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# The export.
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:
+    """Stage-1 class codes (n_classes, class_dim) float32, read without loading the content table."""
+    from safetensors import safe_open
+
+    path = weights_path(model_dir, "latent")
+    if not path.is_file():
+        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if CLASS_TABLE_KEY not in f.keys():
+                raise LordkitError(f"{path} has no {CLASS_TABLE_KEY}; it is not a lordkit stage-1 file")
+            bank = f.get_tensor(CLASS_TABLE_KEY)
+    except LordkitError:
+        raise
+    except Exception as e:  # safetensors raises its own types for corrupt headers
+        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
+    if bank.shape != (cfg.n_classes, cfg.class_dim):
+        raise LordkitError(f"{path}: class table is {bank.shape}, config.json says "
+                           f"({cfg.n_classes}, {cfg.class_dim})")
+    return np.ascontiguousarray(bank, dtype=np.float32)
+
+
+def _file_table(onnx: bool, torchscript: bool, fp16: bool) -> dict[str, dict[str, Any]]:
+    """models section of the manifest: inputs, outputs and files of each network."""
+    out = {}
+    for name, (inputs, outputs) in NETWORK_IO.items():
+        files = {}
+        if onnx:
+            files["onnx"] = f"{name}.onnx"
+            files["onnx_opt"] = f"{name}.opt.onnx"
+            if fp16:
+                files["onnx_fp16"] = f"{name}.fp16.onnx"
+        if torchscript:
+            files["torchscript"] = f"{name}.pt"
+        out[name] = {"inputs": list(inputs), "outputs": list(outputs), "files": files}
+    return out
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LordkitError(f"--opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
+    return opset
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = True, torchscript: bool = True,
+                 fp16: bool = False, opset: int = 17, force: bool = False,
+                 batch_sizes: Sequence[int] = BATCH_SIZES, show: bool = True,
+                 progress: bool | None = None) -> dict[str, Any]:
+    """Export a model dir's amortized networks to `out_dir` (written atomically); returns the manifest.
+
+    onnx / torchscript choose the formats; fp16 adds *.fp16.onnx; opset is the ONNX opset; force
+    replaces an existing `out_dir`; batch_sizes are the parity batch sizes; show prints the parity
+    table on the (stderr) console; progress shows a progress bar (default: as show). Raises
+    LordkitError, leaving no output behind, when any file fails its checks.
+    """
+    t_start = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (onnx or torchscript):
+        raise LordkitError("nothing to export: pass --onnx, --torchscript or both")
+    if fp16 and not onnx:
+        raise LordkitError("--fp16 makes half-precision ONNX files; it needs --onnx")
+    if onnx:
+        check_opset(opset)
+    batch_sizes = tuple(int(b) for b in batch_sizes)
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise LordkitError(f"batch sizes must be >= 1, got {batch_sizes}")
+    if out_dir.exists() and not force:  # fail before the slow part; staged_dir checks again
+        raise LordkitError(f"export {out_dir} already exists; pass --force to replace it")
+
+    # Load the model, its data record and the class bank.
+    cfg = load_config(model_dir)
+    mc = cfg.model
+    model = load_amortized(model_dir, cfg).eval()
+    bank = load_class_bank(model_dir, mc)
+    data = read_json(model_dir / "data.json", "model data record") if (model_dir / "data.json").is_file() else {}
+    class_names = [str(n) for n in (data.get("class_names") or range(mc.n_classes))]
+    if len(class_names) != mc.n_classes:
+        raise LordkitError(f"{model_dir / 'data.json'} names {len(class_names)} classes, the model has {mc.n_classes}")
+    face_template = data.get("face_template") or None
+    face_points = data.get("face_points") or (FACE_POINTS_DEFAULT if face_template else None)
+
+    meta: dict[str, Any] = {
+        "format": FORMAT, "lordkit_version": lordkit.__version__, "model_name": model_dir.name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "img_size": mc.img_size, "channels": mc.channels, "layout": "NCHW", "value_range": [0.0, 1.0],
+        "dtype": "float32", "content_dim": mc.content_dim, "class_dim": mc.class_dim,
+        "class_names": class_names, "dataset_id": data.get("dataset_id"),
+        "face_template": face_template, "face_points": face_points,
+        "opset": opset if onnx else None,
+        "models": _file_table(onnx, torchscript, fp16),
+        "class_bank": "class_bank.npy",
+    }
+    meta_json = json.dumps(meta)
+
+    def props(name: str) -> dict[str, str]:
+        return {"lordkit.format": FORMAT, "lordkit.model": name, "lordkit.version": lordkit.__version__,
+                "lordkit.manifest": meta_json}
+
+    rng = np.random.default_rng(PARITY_SEED)
+    parity: list[dict[str, Any]] = []
+    nets = networks(model)
+    with staged_dir(out_dir, force=force, what="export") as tmp, torch.no_grad(), \
+            (make_progress(transient=True) if (show if progress is None else progress)
+             else contextlib.nullcontext()) as bar:
+        task = bar.add_task("export", total=len(nets), unit="net") if bar else None
+        np.save(tmp / "class_bank.npy", bank)
+        for net in nets:
+            if bar:
+                bar.update(task, description=f"export {net.name}")
+            net.module.eval()
+            # Reference outputs of the eager model, on fresh inputs per batch size.
+            references = {}
+            with torch.inference_mode():
+                for b in batch_sizes:
+                    inputs = random_inputs(net, mc, b, rng)
+                    expected = net.module(*(torch.from_numpy(x) for x in inputs)).numpy().astype(np.float64)
+                    references[b] = (inputs, expected)
+            files = meta["models"][net.name]["files"]
+            # ONNX: export, stamp metadata, optimise, check, then parity in onnxruntime.
+            if onnx:
+                plain, opt = tmp / files["onnx"], tmp / files["onnx_opt"]
+                _export_onnx(net.module, net, mc, plain, opset)
+                _stamp_onnx(plain, props(net.name))
+                _optimise_onnx(plain, opt)
+                to_check = [(plain, FP32_TOL), (opt, FP32_TOL)]
+                if fp16:
+                    half = tmp / files["onnx_fp16"]
+                    _convert_fp16(plain, half)  # keeps the metadata stamped on `plain`
+                    to_check.append((half, FP16_TOL))
+                for path, tol in to_check:
+                    _check_onnx(path, props(net.name))
+                    parity += check_parity(path, net, references, tol)
+            # TorchScript: script, freeze, save with metadata, reload and compare.
+            if torchscript:
+                ts = tmp / files["torchscript"]
+                _export_torchscript(net.module, ts, json.dumps(props(net.name)))
+                parity += check_parity(ts, net, references, FP32_TOL)
+            if bar:
+                bar.advance(task)
+
+        # Manifest last: it carries the hash of every other file.
+        manifest = dict(meta)
+        manifest["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest["parity"] = parity
+        atomic_write_json(tmp / "manifest.json", manifest)
+
+    if show:
+        console.print(parity_table(parity))
+        console.print(f"exported {model_dir.name} to {out_dir} in {time.perf_counter() - t_start:.1f} s")
+    return manifest

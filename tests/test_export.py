@@ -1,0 +1,201 @@
+"""Export round trip on a tiny random model: files, checker, onnxruntime and TorchScript parity, metadata, CLI."""
+
+import functools
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import one_line_error
+from factories import make_export, make_model_dir
+from safetensors.numpy import load_file
+
+from lordkit.errors import LordkitError
+from lordkit.export import exporter
+from lordkit.models import code_generator, transfer
+from lordkit.training import load_amortized
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+NETS = ("content_encoder", "class_encoder", "generator", "transfer")
+TEMPLATE = [[0.37, 0.45], [0.63, 0.45], [0.5, 0.6], [0.4, 0.75], [0.6, 0.75]]
+KINDS = {"onnx": 1e-4, "onnx_opt": 1e-4, "onnx_fp16": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A face model (RGB, template) exported in every format, fp16 included."""
+    root = tmp_path_factory.mktemp("export")
+    model = make_model_dir(root / "faces", face_template=TEMPLATE, class_names=["ann", "bob", "cid"])
+    out = make_export(model, root / "out", fp16=True)
+    return model, out, json.loads((out / "manifest.json").read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def eager(model_dir, name):
+    m = load_amortized(model_dir)
+    return {"content_encoder": m.content_encoder, "class_encoder": m.class_encoder,
+            "generator": code_generator(m), "transfer": transfer(m)}[name].eval()
+
+
+def inputs(manifest, name, batch, seed=1):
+    rng = np.random.default_rng(seed)
+    c, s = manifest["channels"], manifest["img_size"]
+    shapes = {"image": (batch, c, s, s), "content_image": (batch, c, s, s), "class_image": (batch, c, s, s),
+              "content_code": (batch, manifest["content_dim"]), "class_code": (batch, manifest["class_dim"])}
+    names = manifest["models"][name]["inputs"]
+    return {n: (rng.random(shapes[n]) if "image" in n else rng.standard_normal(shapes[n])).astype(np.float32)
+            for n in names}
+
+
+def reference(model_dir, name, feed):
+    with torch.inference_mode():
+        return eager(model_dir, name)(*(torch.from_numpy(x) for x in feed.values())).numpy()
+
+
+def test_manifest_files_and_hashes(exported):
+    _, out, man = exported
+    assert man["format"] == "lordkit-export/1" and man["model_name"] == "faces"
+    assert (man["img_size"], man["channels"], man["content_dim"], man["class_dim"]) == (32, 3, 8, 8)
+    assert man["class_names"] == ["ann", "bob", "cid"] and man["opset"] == 17
+    assert man["face_template"] == TEMPLATE and man["face_points"] == "eyes_nose_mouth"
+    assert set(man["models"]) == set(NETS)
+    listed = {f for m in man["models"].values() for f in m["files"].values()} | {man["class_bank"]}
+    on_disk = {p.name for p in out.iterdir()}
+    assert on_disk == listed | {"manifest.json"} == set(man["sha256"]) | {"manifest.json"}
+    for name, digest in man["sha256"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    for m in man["models"].values():
+        assert set(m["files"]) == {"onnx", "onnx_opt", "onnx_fp16", "torchscript"}
+    # One parity row per file and batch size, all within tolerance.
+    rows = {(r["file"], r["batch"]) for r in man["parity"]}
+    assert rows == {(f, b) for f in listed - {"class_bank.npy"} for b in (1, 3, 8)}
+    assert all(r["max_abs_err"] < r["tolerance"] for r in man["parity"])
+
+
+def test_class_bank_is_the_latent_table(exported):
+    model, out, man = exported
+    bank = np.load(out / man["class_bank"])
+    assert bank.dtype == np.float32 and bank.shape == (3, 8)
+    np.testing.assert_array_equal(bank, load_file(model / "latent.safetensors")["class_embedding.weight"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", NETS)
+def test_onnx_checks_runs_and_matches(exported, name, kind):
+    model, out, man = exported
+    path = out / man["models"][name]["files"][kind]
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["lordkit.format"] == "lordkit-export/1" and props["lordkit.model"] == name
+    assert props["lordkit.version"] == man["lordkit_version"]
+    embedded = json.loads(props["lordkit.manifest"])
+    assert embedded == {k: v for k, v in man.items() if k not in ("parity", "sha256")}
+    assert [i.name for i in proto.graph.input] == man["models"][name]["inputs"]
+    assert [o.name for o in proto.graph.output] == man["models"][name]["outputs"]
+    for t in list(proto.graph.input) + list(proto.graph.output):
+        assert t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges, fp16 too
+        assert t.type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    halves = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert bool(halves) == (kind == "onnx_fp16")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8):
+        feed = inputs(man, name, batch)
+        got = sess.run(None, feed)[0]
+        want = reference(model, name, feed)
+        assert got.shape == want.shape and np.isfinite(got).all()
+        assert np.abs(got - want).max() < KINDS[kind], (name, kind, batch)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_torchscript_loads_and_matches(exported, name):
+    model, out, man = exported
+    extra = {"lordkit.json": ""}
+    ts = torch.jit.load(str(out / man["models"][name]["files"]["torchscript"]), _extra_files=extra)
+    meta = json.loads(extra["lordkit.json"])
+    assert meta["lordkit.format"] == "lordkit-export/1" and meta["lordkit.model"] == name
+    assert json.loads(meta["lordkit.manifest"])["model_name"] == "faces"
+    for batch in (1, 3, 8):
+        feed = inputs(man, name, batch, seed=batch)
+        with torch.inference_mode():
+            got = ts(*(torch.from_numpy(x) for x in feed.values())).numpy()
+        assert np.abs(got - reference(model, name, feed)).max() < 1e-4
+
+
+def test_grey_model_without_template(tmp_path):
+    model = make_model_dir(tmp_path / "grey", channels=1, n_classes=2, seed=3)
+    man = exporter.export_model(model, tmp_path / "out", torchscript=False, show=False)
+    assert man["channels"] == 1 and man["face_template"] is None and man["face_points"] is None
+    assert "onnx_fp16" not in man["models"]["transfer"]["files"]
+    sess = ort.InferenceSession(str(tmp_path / "out" / "transfer.onnx"), providers=["CPUExecutionProvider"])
+    feed = inputs(man, "transfer", 3)
+    assert sess.run(None, feed)[0].shape == (3, 1, 32, 32)
+
+
+def test_parity_failure_names_model_and_leaves_nothing(tmp_path, monkeypatch):
+    model = make_model_dir(tmp_path / "m")
+    real = exporter._export_onnx
+
+    def perturbed(module, net, cfg, path, opset):
+        real(module, net, cfg, path, opset)
+        if net.name == "content_encoder":  # shift one weight: the graph stays valid, the numbers do not
+            proto = onnx.load(str(path))
+            w = next(t for t in proto.graph.initializer if len(t.dims) > 1)
+            arr = onnx.numpy_helper.to_array(w) + 0.5
+            w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+            onnx.save(proto, str(path))
+
+    monkeypatch.setattr(exporter, "_export_onnx", perturbed)
+    with pytest.raises(LordkitError, match=r"parity check failed for content_encoder: content_encoder\.onnx .*batch 1"):
+        make_export(model, tmp_path / "out", torchscript=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging dir left either
+
+
+def test_needs_encoders(tmp_path):
+    model = make_model_dir(tmp_path / "m")
+    (model / "amortized.safetensors").unlink()
+    with pytest.raises(LordkitError, match="train-encoders"):
+        make_export(model, tmp_path / "out")
+
+
+def test_cli_export(cli, base):
+    make_model_dir(base / "models" / "tiny")
+    r = cli("export", "--model-name", "tiny")
+    assert r.exit_code == 0, r.output
+    out = base / "exports" / "tiny"
+    assert str(out) in r.stdout and "transfer.opt.onnx" in r.stdout and "torchscript" in r.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["sha256"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+
+    # Existing output: refused without --force, replaced with it.
+    assert "already exists" in one_line_error(cli("export", "--model-name", "tiny"))
+    alt = base / "alt"
+    r = cli("export", "--model-name", "tiny", "--no-onnx", "--out", alt)
+    assert r.exit_code == 0, r.output
+    assert not list(alt.glob("*.onnx")) and (alt / "generator.pt").is_file()
+    man = json.loads((alt / "manifest.json").read_text())
+    assert man["opset"] is None and {r["backend"] for r in man["parity"]} == {"torchscript-cpu"}
+    r = cli("export", "--model-name", "tiny", "--no-torchscript", "--opset", "18", "--out", alt, "--force")
+    assert r.exit_code == 0, r.output
+    man = json.loads((alt / "manifest.json").read_text())
+    assert man["opset"] == 18 and not list(alt.glob("*.pt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-name", "nope"], "model not found"),
+    (["--model-name", "../x"], "invalid model name"),
+    (["--model-name", "tiny", "--opset", "9"], "--opset must be an integer from 13 to 20"),
+    (["--model-name", "tiny", "--no-onnx", "--no-torchscript"], "nothing to export"),
+    (["--model-name", "tiny", "--no-onnx", "--fp16"], "needs --onnx"),
+    (["--model-name", "stage1only"], "run `lordkit train-encoders` first"),
+])
+def test_cli_bad_inputs(cli, base, args, message):
+    make_model_dir(base / "models" / "tiny")
+    (make_model_dir(base / "models" / "stage1only") / "amortized.safetensors").unlink()
+    assert message in one_line_error(cli("export", *args))
+    assert not (base / "exports").exists()
