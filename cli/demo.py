@@ -1,47 +1,173 @@
-"""`lordkit demo`: the whole flow on the embedded synthetic dataset, offline, on CPU."""
+"""`lordkit demo`: the whole flow on the embedded synthetic dataset, offline, on CPU.
+
+generate -> split -> train (stage 1) -> train-encoders (stage 2) -> export (ONNX + TorchScript,
+verified) -> transfer grid (torch-free runtime) -> bench -> evaluate -> summary.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
-from lordkit.console import console
-from lordkit.fsutil import data_dir
+from lordkit.console import console, out_console
+from lordkit.fsutil import atomic_write_json, data_dir, export_dir, model_dir
 
 from .common import get_base, handle_errors, say
+
+# The demo's data: 5 shapes x 108 contents (3 x, 3 y, 2 scales, 2 rotations, 3 hues) at 32 px.
+DEMO_GRID = {"n_x": "3", "n_y": "3", "n_scale": "2", "n_rotation": "2", "n_hue": "3"}
+QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_hue": "2", "n_shapes": "3"}
+QUICK_SETTINGS = ["latent.n_epochs=2", "amortized.n_epochs=2", "model.adain_dim=16", "model.gen_last_dim=8",
+                  "model.enc_conv_dims=8,16,16", "model.enc_fc_dim=32", "latent.batch_size=8",
+                  "amortized.batch_size=8"]
+# Pass marks from the demo's purpose: transfer error at most half the copy baseline's, leakage near chance.
+MAX_TRANSFER_RATIO = 0.5
+MAX_LEAK_ABOVE_CHANCE = 0.05
+
+
+class _Steps:
+    """Numbered step headers and their durations."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.n = 0
+
+    def run(self, title: str, fn):
+        self.n += 1
+        console.rule(f"[bold]{self.n}. {title}")
+        t = time.perf_counter()
+        result = fn()
+        self.times[title] = round(time.perf_counter() - t, 1)
+        return result
+
+
+def _transfer_grid(export: Path, test, out: Path, n_contents: int = 6) -> Path:
+    """Contents from the held-out split (columns) in every class (rows, one reference image each),
+    through the torch-free runtime."""
+    import numpy as np
+
+    from lordkit.runtime import Transfer
+    from lordkit.viz import image_grid, save_png
+
+    rng = np.random.default_rng(0)
+    picks = np.sort(rng.choice(len(test), min(n_contents, len(test)), replace=False))
+    contents = [np.asarray(test.images[i]) for i in picks]
+    refs = []
+    for c in range(test.n_classes):
+        idx = np.flatnonzero(test.class_ids == c)
+        if len(idx):
+            refs.append(np.asarray(test.images[int(rng.choice(idx))]))
+    t = Transfer(export, provider="cpu", align=False, warn=lambda message: None)
+    out_imgs = t.transfer(contents, refs)  # (N, M, H, W, C) in [0, 1]
+    rows = [[None] + contents]
+    for j, ref in enumerate(refs):
+        rows.append([ref] + [out_imgs[i, j] for i in range(len(contents))])
+    return save_png(out, image_grid(rows, cell=64))
 
 
 @handle_errors
 def demo(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", help="Prefix of every dataset, model and export the demo writes.")] = "demo",
-    img_size: Annotated[int, typer.Option("--img-size", help="Image size of the synthetic set.")] = 32,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny version of the same flow (seconds; numbers meaningless).")] = False,
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Include the latency benchmark step.")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a training setting, e.g. --set latent.n_epochs=10.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the results of an earlier demo run.")] = False,
 ) -> None:
-    """Generate the synthetic shapes set, split it, and show what is in it (no downloads, no GPU)."""
+    """Run the whole flow on the generated shapes set, offline on the CPU, and summarise it."""
+    from lordkit.config import preset
     from lordkit.data.info import contact_sheet
     from lordkit.data.preprocess import preprocess
+    from lordkit.data.sources import Options
     from lordkit.data.splits import split_samples
     from lordkit.data.store import Dataset
+    from lordkit.errors import LordkitError
+    from lordkit.evaluation import evaluate
+    from lordkit.export.exporter import export_model
+    from lordkit.training import train_amortized, train_latent
 
     base = get_base(ctx)
     full, train, test = (data_dir(base, f"{name}-{part}") for part in ("full", "train", "test"))
-    console.rule("[bold]1. generate the synthetic dataset")
-    preprocess("synthetic", None, full, img_size=img_size, force=force)
+    mdir, edir = model_dir(base, name), export_dir(base, name)
+    outputs = [full, train, test, mdir, edir]
+    if not force and any(p.exists() for p in outputs):
+        existing = next(p for p in outputs if p.exists())
+        raise LordkitError(f"{existing} exists from an earlier demo; pass --force to run it again")
+    grid = QUICK_GRID if quick else DEMO_GRID
+    cfg = preset("synthetic").apply_overrides((QUICK_SETTINGS if quick else []) + list(set_ or []))
+    steps = _Steps()
+    quiet = dict(show_progress=True, tensorboard=False, device="cpu")
+
+    steps.run("generate the synthetic shapes set",
+              lambda: preprocess("synthetic", None, full, img_size=cfg.model.img_size, opts=Options(dict(grid)), force=force))
     ds = Dataset(full)
-    console.rule("[bold]2. hold out 20% of the (shape, content) pairs")
-    split_samples(ds, train, test, 0.2, force=force)
     sheet = contact_sheet(ds, full / "contact_sheet.png")
+    steps.run("hold out 20% of the (shape, content) pairs", lambda: split_samples(ds, train, test, 0.2, force=force))
+    train_ds, test_ds = Dataset(train), Dataset(test)
+    s1 = steps.run("stage 1: latent optimization", lambda: train_latent(
+        train_ds, mdir, cfg, data_name=train.name, force=force, **quiet))
+    s2 = steps.run("stage 2: encoders", lambda: train_amortized(train_ds, mdir, **quiet))
+    manifest = steps.run("export ONNX + TorchScript, verified", lambda: export_model(
+        mdir, edir, onnx=True, torchscript=True, force=force, show=True))
+    grid_png = steps.run("transfer held-out contents into every class (torch-free runtime)",
+                         lambda: _transfer_grid(edir, test_ds, mdir / "demo-transfer.png"))
+    bench_result: dict[str, Any] | None = None
+    if bench:
+        from lordkit.bench import results_table, run_benchmark
+
+        bench_result = steps.run("benchmark", lambda: run_benchmark(
+            edir, mdir, batch_sizes=[1, 8, 32], backends=["eager", "torchscript", "ort-cpu", "ort-cpu-opt"],
+            networks=["transfer"], warmup=2, iters=10 if not quick else 2, max_time_s=5.0 if not quick else 1.0,
+            device="cpu", align=False))
+        out_console.print(results_table(bench_result))
+    ev = steps.run("evaluate on the held-out split", lambda: evaluate(mdir, test_ds, data_name=test.name, device="cpu"))
+
+    from .evaluate import results_table as eval_table
+
+    out_console.print(eval_table(ev))
+    tr = ev.get("transfer") or {}
+    leak = ev["leakage"]["class_from_content"]
+    transfer_ok = bool(tr) and tr["l1_ratio_to_baseline"] <= MAX_TRANSFER_RATIO
+    leak_ok = leak["accuracy"] <= leak["chance"] + MAX_LEAK_ABOVE_CHANCE
     summary = {
-        "dataset": f"{full} ({len(ds)} images, {ds.n_classes} classes, {img_size}x{img_size})",
-        "train / test": f"{train}, {test}",
-        "contact sheet": str(sheet),
+        "dataset": str(full), "train": str(train), "test": str(test), "contact_sheet": str(sheet),
+        "model": str(mdir), "samples": str(mdir / "samples"), "export": str(edir), "transfer_grid": str(grid_png),
+        "evaluation": ev["json"],
+        "transfer_l1": tr.get("l1"), "baseline_l1": tr.get("baseline_l1"),
+        "transfer_ratio_to_baseline": tr.get("l1_ratio_to_baseline"), "transfer_ok": transfer_ok,
+        "leakage_accuracy": leak["accuracy"], "leakage_chance": leak["chance"], "leakage_ok": leak_ok,
+        "stage1_loss": s1.get("rec", s1.get("loss")), "stage2_loss": s2.get("loss"),
+        "parity_max_abs_err": max((r["max_abs_err"] for r in manifest.get("parity", [])), default=None),
+        "seconds": steps.times, "quick": quick,
     }
+    if bench_result is not None:
+        summary["bench"] = [{"network": r["network"], "backend": r["backend"], "batch": r["batch"],
+                             "p50_ms": r["latency_ms"]["p50"], "img_per_sec": r["img_per_sec"]}
+                            for r in bench_result.get("rows", []) if r.get("status") == "ok"]
+    atomic_write_json(mdir / "demo-summary.json", summary)
+
     console.rule("[bold]summary")
-    for key, value in summary.items():
-        say(f"{key:>14}: {value}")
+    lines = [
+        ("dataset", f"{full} ({len(ds)} images, contact sheet {sheet.name})"),
+        ("model", f"{mdir} (samples/ has a grid per epoch)"),
+        ("export", f"{edir} (max parity error {summary['parity_max_abs_err']:.2e})"),
+        ("transfer grid", str(grid_png)),
+        ("evaluation", ev["json"]),
+    ]
+    if tr:
+        mark = "ok" if transfer_ok else f"above the {MAX_TRANSFER_RATIO:.0%} target"
+        lines.append(("transfer error", f"L1 {tr['l1']:.4f} vs copy baseline {tr['baseline_l1']:.4f} "
+                                         f"= {tr['l1_ratio_to_baseline']:.2f}x ({mark})"))
+    mark = "ok" if leak_ok else f"more than {MAX_LEAK_ABOVE_CHANCE:.0%} above chance"
+    lines.append(("leakage", f"class from content codes {leak['accuracy']:.1%} vs chance {leak['chance']:.1%} ({mark})"))
+    lines.append(("time", ", ".join(f"{k.split(':')[0]} {v:.0f}s" for k, v in steps.times.items())))
+    for key, value in lines:
+        say(f"{key:>15}: {value}")
+    say(f"{'summary':>15}: {mdir / 'demo-summary.json'}")
 
 
 def register(app: typer.Typer) -> None:

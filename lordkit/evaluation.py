@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -73,13 +74,29 @@ def leakage(codes: np.ndarray, labels: np.ndarray, seed: int = 0, test_fraction:
     chance = float(np.bincount(y[test]).max() / len(test))
     if len(uniq) < 2 or len(train) < 2:
         return {"accuracy": 1.0, "chance": chance, "n_train": int(len(train)), "n_test": int(len(test))}
+    with _single_thread():  # a small MLP: thread start-up and barriers cost more than they save
+        return _fit_and_score(codes, y, len(uniq), train, test, chance, seed, n_steps)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_and_score(codes: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
+                   chance: float, seed: int, n_steps: int) -> dict[str, float]:
     torch.manual_seed(seed)
     x = torch.from_numpy(codes.astype(np.float32))
     mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
     x = (x - mean) / std
     yt = torch.from_numpy(y)
     clf = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                        nn.Linear(256, len(uniq)))
+                        nn.Linear(256, n_labels))
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     train_t = torch.from_numpy(train)
     g = torch.Generator().manual_seed(seed)

@@ -45,7 +45,7 @@ from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json, staged_dir
 from lordkit.losses import content_penalty, make_loss
-from lordkit.models import AmortizedModel, LatentModel, RegularizedEmbedding, amortized_from_latent
+from lordkit.models import EMBEDDING_INIT, AmortizedModel, LatentModel, RegularizedEmbedding, amortized_from_latent
 from lordkit.viz import image_grid, save_png
 
 STAGES = ("latent", "amortized")
@@ -755,6 +755,8 @@ def train_latent(
         owned = distributed.owned_indices(len(ds), d, lc.seed)
         torch.manual_seed(lc.seed)
         model = LatentModel(cfg.model)  # same seeded init on every rank and for any world size
+        if lc.content_init != EMBEDDING_INIT:
+            nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
         if d.enabled:  # keep only this rank's rows of the content table
             full_table = model.content_embedding.embedding.weight.detach()
             model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)

@@ -25,7 +25,7 @@ TINY_DATA = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue":
 TINY_MODEL = ["model.content_dim=8", "model.class_dim=8", "model.n_adain_layers=2", "model.adain_dim=16",
               "model.gen_last_dim=8", "model.enc_conv_dims=8,16,16", "model.enc_fc_dim=32",
               "latent.batch_size=16", "latent.log_every=1", "amortized.batch_size=16", "amortized.log_every=1",
-              "latent.loss=l1", "amortized.loss=l1"]
+              "latent.loss=l1", "amortized.loss=l1", "latent.sample_every_epochs=1"]
 TINY_SET = [a for o in TINY_MODEL for a in ("--set", o)]
 
 

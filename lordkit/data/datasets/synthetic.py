@@ -54,9 +54,9 @@ def factor_values(grid: dict[str, int]) -> dict[str, np.ndarray]:
         return np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
 
     return {
-        "x": lin(0.3, 0.7, grid["x"]),
-        "y": lin(0.3, 0.7, grid["y"]),
-        "scale": lin(0.12, 0.22, grid["scale"]),  # circumradius / image size
+        "x": lin(0.33, 0.67, grid["x"]),
+        "y": lin(0.33, 0.67, grid["y"]),
+        "scale": lin(0.17, 0.3, grid["scale"]),  # circumradius / image size: shapes stay inside
         "rotation": np.arange(grid["rotation"]) * (45.0 / max(grid["rotation"], 1)),  # 0..45 degrees
         "hue": np.arange(grid["hue"]) / grid["hue"],
     }
