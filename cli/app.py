@@ -9,7 +9,7 @@ import typer
 
 import lordkit
 
-from . import data, demo, evaluate, export_cmd, train
+from . import bench, data, demo, evaluate, export_cmd, train
 from . import transfer as transfer_cmd
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ evaluate.register(app)
 demo.register(app)
 export_cmd.register(app)
 transfer_cmd.register(app)
+bench.register(app)
 
 
 def main() -> None:

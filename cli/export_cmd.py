@@ -21,22 +21,47 @@ def export(
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write half-precision ONNX files with float32 inputs and outputs.")] = False,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (13 to 20).")] = 17,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export dir (default: <base-dir>/exports/<model name>).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX files (onnxruntime static quantization calibrated on training images).")] = False,
+    calibration_data: Annotated[Optional[str], typer.Option("--calibration-data", help="Dataset for --int8 calibration (default: the model's training data).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export dir.")] = False,
 ) -> None:
     """Export content/class encoders, generator and transfer; check each file against PyTorch."""
     from lordkit.console import out_console
+    from lordkit.errors import LordkitError
     from lordkit.export.exporter import check_opset, export_model, parity_table
 
     base = get_base(ctx)
     src = model_dir(base, model_name)
     dst = out.expanduser() if out is not None else export_dir(base, model_name)
+    if int8 and not onnx:
+        raise LordkitError("--int8 quantizes the ONNX files; it needs --onnx")
     if onnx:
         check_opset(opset)  # before loading anything: a bad opset is a typo, not a late export failure
+    calibration, calibration_name = (_calibration(base, src, calibration_data) if int8 else (None, None))
     manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
                             show=False, progress=True)
+    if int8:
+        from lordkit.export.quantize import quantize_export
+
+        manifest = quantize_export(dst, calibration, calibration_source=calibration_name, show=False)
     out_console.print(parity_table(manifest["parity"]))
     n_files = len(manifest["sha256"]) + 1
     say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'})")
+
+
+def _calibration(base: Path, src: Path, name: Optional[str]):
+    """The dataset --int8 calibrates on, opened before the (slow) export so a typo fails fast."""
+    from lordkit.data.store import Dataset
+    from lordkit.errors import LordkitError
+    from lordkit.fsutil import data_dir, read_json
+
+    name = name or read_json(src / "data.json", "model data record").get("data_name")
+    if not name:
+        raise LordkitError("--int8 needs images to calibrate on: pass --calibration-data NAME")
+    try:
+        return Dataset(data_dir(base, name)), name
+    except LordkitError as e:
+        raise LordkitError(f"--int8 calibration data: {e}; pass --calibration-data NAME") from None
 
 
 def register(app: typer.Typer) -> None:

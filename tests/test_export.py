@@ -199,3 +199,26 @@ def test_cli_bad_inputs(cli, base, args, message):
     (make_model_dir(base / "models" / "stage1only") / "amortized.safetensors").unlink()
     assert message in one_line_error(cli("export", *args))
     assert not (base / "exports").exists()
+
+
+def test_cli_export_int8_calibrates_on_a_dataset(cli, base):
+    import json
+
+    from conftest import one_line_error
+    from factories import make_model_dir
+
+    from lordkit.data.preprocess import preprocess
+    from lordkit.data.sources import Options
+
+    preprocess("synthetic", None, base / "data" / "cal", img_size=32,
+               opts=Options({"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue": "2", "n_shapes": "3"}),
+               show_progress=False)
+    make_model_dir(base / "models" / "q")
+    assert "--calibration-data" in one_line_error(cli("export", "-mn", "q", "--int8"))
+    assert not (base / "exports" / "q").exists()
+    r = cli("export", "-mn", "q", "--int8", "--calibration-data", "cal", "--force")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((base / "exports" / "q" / "manifest.json").read_text())
+    int8 = [f for f in manifest["sha256"] if f.endswith(".int8.onnx")]
+    assert len(int8) == 4 and all((base / "exports" / "q" / f).exists() for f in int8)
+    assert "--onnx" in one_line_error(cli("export", "-mn", "q", "--int8", "--no-onnx", "--force"))
