@@ -32,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from lordkit.config import LordConfig
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.losses import PerceptualLoss, VGG16Features, content_penalty
 from lordkit.models import LatentModel, amortized_from_latent
-from lordkit.training import load_latent, train_amortized, train_latent
+from lordkit.training import train_amortized, train_latent
 
 VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
              (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]

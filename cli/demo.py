@@ -6,7 +6,6 @@ verified) -> transfer grid (torch-free runtime) -> bench -> evaluate -> summary.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional

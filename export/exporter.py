@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import re
 import time
@@ -31,6 +30,7 @@ from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json, staged_dir
 from lordkit.models import AmortizedModel, code_generator, transfer
+from lordkit.runtime.bundle import sha256_file  # the runtime checks exports with the same digest
 from lordkit.training import load_amortized, load_config, weights_path
 
 FORMAT = "lordkit-export/1"
@@ -282,14 +282,6 @@ def parity_table(rows: Sequence[dict[str, Any]]):
 
 # ----------------------------------------------------------------------------------------------
 # The export.
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from lordkit.data.store import Dataset
-from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json
 from lordkit.models import AmortizedModel
 from lordkit.training import check_data_matches, load_amortized, load_config, transfer_grid

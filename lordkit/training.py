@@ -43,7 +43,7 @@ from lordkit.console import console, make_progress
 from lordkit.data.store import Dataset
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.fsutil import atomic_write_json, read_json, staged_dir
+from lordkit.fsutil import atomic_write_json, staged_dir
 from lordkit.losses import content_penalty, make_loss
 from lordkit.models import EMBEDDING_INIT, AmortizedModel, LatentModel, RegularizedEmbedding, amortized_from_latent
 from lordkit.viz import image_grid, save_png

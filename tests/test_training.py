@@ -1,7 +1,6 @@
 """Training on tiny configs, CPU: loss falls, resume equals uninterrupted, interrupts and NaNs are safe."""
 
 import json
-import math
 import os
 import signal
 import subprocess
