@@ -106,9 +106,9 @@ def benchmark_target(model: str | None, model_dir: str | None, base: Path | None
             return
         with (contextlib.nullcontext(str(work_dir)) if work_dir is not None
               else tempfile.TemporaryDirectory(prefix="lordkit-bench-")) as tmp:
-            md, ex, info = reference_export(Path(tmp), size, chans, onnx=onnx, fp16=fp16, int8=int8,
-                                            progress=progress, model_overrides=model_overrides, log=log)
-            yield ex, md, {"model_name": REFERENCE_NAME, **info}
+            random_md, random_ex, done = reference_export(Path(tmp), size, chans, onnx=onnx, fp16=fp16, int8=int8,
+                                                          progress=progress, model_overrides=model_overrides, log=log)
+            yield random_ex, random_md, {"model_name": REFERENCE_NAME, **done}
         return
     export_dir = resolve_export(model, base)
     Bundle(export_dir, verify="none")  # a missing or foreign export fails here, before any work

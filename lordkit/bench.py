@@ -65,7 +65,6 @@ ORT_CUDA = "CUDAExecutionProvider"
 ORT_CPU = "CPUExecutionProvider"
 # The CelebA-like landmark template used to time alignment when the export is not a face model.
 DEFAULT_FACE_TEMPLATE = [[0.37, 0.45], [0.63, 0.45], [0.5, 0.6], [0.4, 0.75], [0.6, 0.75]]
-DETECT_SIDE = 1280  # as lordkit.runtime.align: faces are searched on a copy this big at most
 FLOP_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Targets of the issue, reported (never asserted): see targets().
 TARGET_SPEEDUP_VS_EAGER = 1.5
@@ -124,6 +123,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "amx_tile", "asimd", "sve")  # what decides which kernels onnxruntime and oneDNN pick
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD extensions of the CPU that matter for the kernels (int8 without VNNI is slower, ...)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in have]
+    return []
+
+
 def physical_cores() -> int:
     """Physical cores this process may use (SMT siblings counted once)."""
     try:
@@ -156,7 +169,7 @@ def load_average() -> list[float] | None:
 def environment(threads: int, torch_device: str | None = None) -> dict[str, Any]:
     """CPU, GPU, library versions and thread settings: what a reader needs to compare two runs."""
     env: dict[str, Any] = {
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
         "threads": threads, "load_average": load_average(), "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {
@@ -633,10 +646,10 @@ def bench_alignment(image: str | Path | None, img_size: int, template: Sequence[
         import dlib  # noqa: F401
 
         from lordkit.faces import FaceAligner, alignment_transform, reduce_68_to_5, warp_face
-        from lordkit.runtime.align import Preparer
+        from lordkit.runtime.align import DETECT_SIDE, EYE_WEIGHT, Preparer
         from lordkit.runtime.images import load_image
 
-        aligner = FaceAligner(landmarks="68", detector="hog")
+        aligner = FaceAligner(landmarks="68", detector="hog")  # dlib's models are cached: Preparer shares them
     except ImportError as e:
         return {"status": "missing", "reason": f"{e.name or 'dlib'} is not installed"}
     except LordkitError as e:
@@ -644,16 +657,15 @@ def bench_alignment(image: str | Path | None, img_size: int, template: Sequence[
     template = np.asarray(template if template is not None else DEFAULT_FACE_TEMPLATE, np.float64)
     photo = load_image(path, 3).pixels
     preparer = Preparer(img_size, 3, template, "eyes_nose_mouth")
-    preparer._aligner = aligner  # share the loaded dlib models (the same ones it would load)
     h, w = photo.shape[:2]
     side = min(max(h, w), DETECT_SIDE)
-    upsample = 0 if side >= 800 else 1 if side >= 300 else 2  # lordkit.runtime.align's rule
+    upsample = 0 if side >= 800 else 1 if side >= 300 else 2  # lordkit.runtime.align's rule for small photos
     faces = aligner.detect(photo, upsample=upsample, max_side=DETECT_SIDE)
     if not faces:
         return {"status": "missing", "reason": f"no face found in {path.name}"}
     face = faces[0]
     points = aligner.landmark_points(photo, face)
-    m = alignment_transform(reduce_68_to_5(points), template, img_size, [4.0, 4.0, 1.0, 1.0, 1.0])
+    m = alignment_transform(reduce_68_to_5(points), template, img_size, [EYE_WEIGHT] * 2 + [1.0] * 3)
     steps = {
         "total": lambda: preparer(photo),
         "detect": lambda: aligner.detect(photo, upsample=upsample, max_side=DETECT_SIDE),
