@@ -250,6 +250,24 @@ def test_ort_settings_sweep(exported):
     assert all(r["img_per_sec"] > 0 for r in rows)
 
 
+def test_time_interleaved_takes_turns_and_isolates_failures():
+    order = []
+
+    def call(name, fail_at=None):
+        def fn():
+            order.append(name)
+            if fail_at is not None and order.count(name) == fail_at:
+                raise RuntimeError(f"{name} broke")
+        return fn, lambda: None
+
+    got = bench.time_interleaved({"a": call("a"), "b": call("b"), "c": call("c", fail_at=3)}, warmup=1, iters=3,
+                                 max_time_s=10.0)
+    assert order[:3] == ["a", "b", "c"]  # one warm-up call each
+    assert order[3:9] == ["a", "b", "c", "a", "b", "c"]  # then one timed call of each in turn; c fails on its 3rd
+    assert len(got["a"][0]) == len(got["b"][0]) == 3 and got["a"][1] == 1
+    assert isinstance(got["c"], RuntimeError)
+
+
 def test_time_calls_budget_and_percentiles():
     calls = []
     times, n_warm = bench.time_calls(lambda: calls.append(1), lambda: None, warmup=2, iters=50, max_time_s=1e-9)
