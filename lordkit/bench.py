@@ -10,8 +10,8 @@ rich table, a PNG and a JSON file. docs/bench.md says what each backend row mean
 Measurement (STYLE item 9): every backend gets the same seeded inputs; a few warm-up calls first
 (TorchScript profiling runs, cuDNN autotuning, onnxruntime's arenas); the device is synchronised
 before every clock read; latencies are per call, reported as p50 / p90 / p99, images/s = batch / p50.
-The backends of one network and batch size are timed interleaved, one call each in turn, so that
-other processes starting or stopping mid-run slow every backend alike (time_interleaved).
+Each row's calls run back to back (steady state). The matmul rate is measured at the start and at
+the end: a drop between the two says other processes took CPU time during the run.
 A time budget per row bounds slow rows (at least MIN_TIMED_ITERS calls are timed), and a row whose
 predicted call time is far above the budget (SKIP_FACTOR times) is skipped and says so, so that a
 2-core CPU finishes.
@@ -856,8 +856,9 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
 
         for network in networks:
             feeds = {b: make_inputs(network, b, **dims, seed=seed) for b in batch_sizes}
-            rows += _bench_network(sources, network, backends, batch_sizes, feeds, flops.get(network), warmup, iters,
-                                   max_time_s, advance)
+            for backend in backends:
+                rows += _bench_backend(sources, network, backend, batch_sizes, feeds, flops.get(network), warmup,
+                                       iters, max_time_s, advance)
     result["env"]["load_average_end"] = load_average()
     log("measuring the matrix-multiply rate again")
     result["matmul"] = merge_matmul(result["matmul"], matmul_rate(
@@ -890,116 +891,53 @@ def _row(network: str, backend: str, batch: int, **kw: Any) -> dict[str, Any]:
     return {"network": network, "backend": backend, "precision": BACKENDS[backend][1], "batch": batch, **kw}
 
 
-def time_interleaved(steps: dict[str, tuple[Callable[[], Any], Callable[[], None]]], *, warmup: int, iters: int,
-                     max_time_s: float) -> dict[str, tuple[list[float], int] | BaseException]:
-    """time_calls for several backends at once, one call of each in turn (round robin), so that load
-    that comes and goes on a shared machine hits every backend alike and their ratios stay fair.
-
-    steps: name -> (call, sync). Each backend has its own budget (the sum of its own call times) and
-    leaves the rotation when it has `iters` calls, or at least MIN_TIMED_ITERS and its budget is spent.
-    Returns name -> (times, warm-up calls), or the exception a backend raised.
-    """
-    out: dict[str, tuple[list[float], int] | BaseException] = {}
-    warm: dict[str, int] = {}
-    for name, (fn, sync) in steps.items():
-        t_start = time.perf_counter()
-        warm[name] = 0
-        try:
-            for _ in range(warmup):
-                fn()
-                sync()
-                warm[name] += 1
-                if time.perf_counter() - t_start > max_time_s / 2:
-                    break
-        except Exception as e:  # reported as this backend's error row; the others go on
-            out[name] = e
-    times: dict[str, list[float]] = {name: [] for name in steps if name not in out}
-    spent = dict.fromkeys(times, 0.0)
-    floor = min(iters, MIN_TIMED_ITERS)
-    active = list(times)
-    while active:
-        for name in list(active):
-            fn, sync = steps[name]
-            try:
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                dt = time.perf_counter() - t0
-            except Exception as e:
-                out[name] = e
-                active.remove(name)
-                continue
-            times[name].append(dt)
-            spent[name] += dt
-            if len(times[name]) >= iters or (len(times[name]) >= floor and spent[name] > max_time_s):
-                active.remove(name)
-    for name, t in times.items():
-        if name not in out:
-            out[name] = (t, warm[name])
-    return out
-
-
-def _bench_network(sources: _Sources, network: str, backends: Sequence[str], batch_sizes: Sequence[int],
+def _bench_backend(sources: _Sources, network: str, backend: str, batch_sizes: Sequence[int],
                    feeds: dict[int, dict[str, np.ndarray]], flops: dict[str, Any] | None,
                    warmup: int, iters: int, max_time_s: float, advance: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every backend of one network at every batch size, timed interleaved (time_interleaved)."""
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    runners: dict[str, Runner] = {}
-    for backend in backends:
-        try:
-            runners[backend] = sources.open(backend, network)
-        except Exception as e:  # Unavailable, or a backend that fails to load: a row, not a crashed benchmark
-            status = "missing" if isinstance(e, Unavailable) else "error"
-            for b in batch_sizes:
-                rows[backend, b] = _row(network, backend, b, status=status,
-                                        reason=str(e) if status == "missing" else _fmt_reason(e))
-                advance(f"{network} {backend}")
-    per_img_s: dict[str, tuple[float, int]] = {}  # backend -> (seconds per image, at batch)
+    """One backend of one network at every batch size, timed back to back (steady state: warm caches,
+    the engine's threads awake). Interleaving backends call by call was tried and rejected: each
+    call then starts cold after another engine's (eager PyTorch 2x slower at batch 1 here)."""
+    rows = []
+    try:
+        runner = sources.open(backend, network)
+    except Exception as e:  # Unavailable, or a backend that fails to load: a row, not a crashed benchmark
+        status = "missing" if isinstance(e, Unavailable) else "error"
+        for b in batch_sizes:
+            rows.append(_row(network, backend, b, status=status, reason=str(e) if status == "missing" else _fmt_reason(e)))
+            advance(f"{network} {backend}")
+        return rows
+    base = dict(device=runner.device, file=runner.file, **runner.info)
+    per_img_s = None
     for b in batch_sizes:
-        steps: dict[str, tuple[Callable[[], Any], Callable[[], None]]] = {}
-        compile_s: dict[str, float] = {}
-        for backend, runner in runners.items():
-            base = dict(device=runner.device, file=runner.file, **runner.info)
-            if backend in per_img_s and per_img_s[backend][0] * b > SKIP_FACTOR * max_time_s:
-                predicted, at = per_img_s[backend][0] * b, per_img_s[backend][1]
-                rows[backend, b] = _row(network, backend, b, status="skipped", **base,
-                                        reason=f"predicted {predicted:.0f} s per call from batch {at}, above "
-                                               f"{SKIP_FACTOR:g} x --max-time {max_time_s:g} s")
-                advance(f"{network} {backend} B={b}")
-                continue
-            try:
-                step = runner.prepare(feeds[b])
-                if runner.compile:  # the first call of a shape compiles: timed apart, never in the latency
-                    t0 = time.perf_counter()
-                    step()
-                    runner.sync()
-                    compile_s[backend] = time.perf_counter() - t0
-            except Exception as e:  # out of memory, a provider failure, a compile error: report and go on
-                rows[backend, b] = _row(network, backend, b, status="error", reason=_fmt_reason(e), **base)
-                advance(f"{network} {backend} B={b}")
-                continue
-            steps[backend] = (step, runner.sync)
-        for backend, got in time_interleaved(steps, warmup=warmup, iters=iters, max_time_s=max_time_s).items():
-            runner = runners[backend]
-            base = dict(device=runner.device, file=runner.file, **runner.info)
-            if isinstance(got, BaseException):
-                rows[backend, b] = _row(network, backend, b, status="error", reason=_fmt_reason(got), **base)
-                advance(f"{network} {backend} B={b}")
-                continue
-            times, n_warm = got
-            lat = percentile_ms(times)
-            row = _row(network, backend, b, status="ok", **base, latency_ms=lat, n_iters=len(times),
-                       n_warmup=n_warm, img_per_sec=b / (lat["p50"] / 1e3), open_s=runner.open_s)
-            if backend in compile_s:
-                row["compile_s"] = compile_s[backend]
-            if flops:
-                row["gflop_per_img"] = flops["per_image"] / 1e9
-                row["gflops"] = flops["per_image"] * b / (lat["p50"] / 1e3) / 1e9
-            per_img_s[backend] = (lat["p50"] / 1e3 / b, b)
-            rows[backend, b] = row
-            advance(f"{network} {backend} B={b}")
-    return [rows[backend, b] for backend in backends for b in batch_sizes]
+        advance(f"{network} {backend} B={b}")
+        if per_img_s is not None and per_img_s * b > SKIP_FACTOR * max_time_s:
+            rows.append(_row(network, backend, b, status="skipped", **base,
+                             reason=f"predicted {per_img_s * b:.0f} s per call from batch {rows[-1]['batch']}, "
+                                    f"above {SKIP_FACTOR:g} x --max-time {max_time_s:g} s"))
+            continue
+        try:
+            step = runner.prepare(feeds[b])
+            compile_s = None
+            if runner.compile:  # the first call of a shape compiles: timed apart, never in the latency
+                t0 = time.perf_counter()
+                step()
+                runner.sync()
+                compile_s = time.perf_counter() - t0
+            times, n_warm = time_calls(step, runner.sync, warmup=warmup, iters=iters, max_time_s=max_time_s)
+        except Exception as e:  # out of memory, a provider failure, a compile error: report and go on
+            rows.append(_row(network, backend, b, status="error", reason=_fmt_reason(e), **base))
+            continue
+        lat = percentile_ms(times)
+        row = _row(network, backend, b, status="ok", **base, latency_ms=lat, n_iters=len(times), n_warmup=n_warm,
+                   img_per_sec=b / (lat["p50"] / 1e3), open_s=runner.open_s)
+        if compile_s is not None:
+            row["compile_s"] = compile_s
+        if flops:
+            row["gflop_per_img"] = flops["per_image"] / 1e9
+            row["gflops"] = flops["per_image"] * b / (lat["p50"] / 1e3) / 1e9
+        per_img_s = lat["p50"] / 1e3 / b
+        rows.append(row)
+    return rows
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
@@ -1121,13 +1059,21 @@ def _load_text(env: dict[str, Any]) -> str:
 
 
 def load_warning(result: dict[str, Any]) -> str | None:
-    """A line when other processes were busy while the benchmark ran (its timings are then disturbed)."""
-    env = result["env"]
-    loads = [x[0] for x in (env.get("load_average_start"), env.get("load_average_end")) if x]
+    """A line when other processes were busy while the benchmark ran (its timings are then disturbed):
+    load before the run, load at its end beyond the benchmark's own threads, or a matmul rate that
+    fell between the start and the end of the run."""
+    env, mm = result["env"], result.get("matmul") or {}
     cores = env.get("physical_cores") or 1
-    if loads and max(loads) > 0.5 * cores:
-        return (f"load average {max(loads):.1f} on {cores} cores while measuring: other processes competed for the "
-                "CPU, so these timings are pessimistic and noisy (multi-threaded PyTorch most of all)")
+    start, end = env.get("load_average_start"), env.get("load_average_end")
+    others = max(start[0] if start else 0.0, (end[0] - env["threads"]) if end else 0.0)
+    first, last = (mm.get("gflops_start") or {}), (mm.get("gflops_end") or {})
+    drops = [last[k] / v for k, v in first.items() if v and last.get(k)]
+    if others > 0.5 * cores or (drops and min(drops) < 0.85):
+        loads = " -> ".join(f"{x[0]:.1f}" for x in (start, end) if x)
+        fell = f", matmul rate {100 * (1 - min(drops)):.0f}% lower at the end" if drops and min(drops) < 0.85 else ""
+        return (f"load average {loads} on {cores} cores (this run's own threads count in the second){fell}: other "
+                "processes competed for the CPU, so these timings are pessimistic and noisy (multi-threaded "
+                "PyTorch most of all)")
     return None
 
 

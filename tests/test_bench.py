@@ -250,22 +250,16 @@ def test_ort_settings_sweep(exported):
     assert all(r["img_per_sec"] > 0 for r in rows)
 
 
-def test_time_interleaved_takes_turns_and_isolates_failures():
-    order = []
+def test_load_warning_counts_other_processes_only():
+    def result(start, end, mm_start=100.0, mm_end=100.0):
+        return {"env": {"physical_cores": 2, "threads": 2, "load_average_start": [start, 0, 0],
+                        "load_average_end": [end, 0, 0]},
+                "matmul": {"gflops_start": {"onnxruntime-cpu": mm_start}, "gflops_end": {"onnxruntime-cpu": mm_end}}}
 
-    def call(name, fail_at=None):
-        def fn():
-            order.append(name)
-            if fail_at is not None and order.count(name) == fail_at:
-                raise RuntimeError(f"{name} broke")
-        return fn, lambda: None
-
-    got = bench.time_interleaved({"a": call("a"), "b": call("b"), "c": call("c", fail_at=3)}, warmup=1, iters=3,
-                                 max_time_s=10.0)
-    assert order[:3] == ["a", "b", "c"]  # one warm-up call each
-    assert order[3:9] == ["a", "b", "c", "a", "b", "c"]  # then one timed call of each in turn; c fails on its 3rd
-    assert len(got["a"][0]) == len(got["b"][0]) == 3 and got["a"][1] == 1
-    assert isinstance(got["c"], RuntimeError)
+    assert bench.load_warning(result(0.3, 2.2)) is None  # the run's own two threads, nothing else
+    assert "load average 1.5 -> 2.2" in bench.load_warning(result(1.5, 2.2))
+    assert "3.4" in bench.load_warning(result(0.3, 3.4))
+    assert "matmul rate 40% lower" in bench.load_warning(result(0.3, 2.0, mm_end=60.0))
 
 
 def test_time_calls_budget_and_percentiles():
