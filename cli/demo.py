@@ -17,9 +17,10 @@ from lordkit.fsutil import atomic_write_json, data_dir, export_dir, model_dir
 
 from .common import get_base, handle_errors, say
 
-# The demo's data: 5 shapes x 108 contents (3 x, 3 y, 2 scales, 2 rotations, 3 hues) at 32 px.
-DEMO_GRID = {"n_x": "3", "n_y": "3", "n_scale": "2", "n_rotation": "2", "n_hue": "3"}
-QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_hue": "2", "n_shapes": "3"}
+# The demo's data: 5 shapes, each in its own colour (class), x 96 contents (4 x, 4 y, 3 scales,
+# 2 rotations) at 32 px: 480 images. README ("The embedded demo") has the numbers behind this choice.
+DEMO_GRID = {"n_x": "4", "n_y": "4", "n_scale": "3", "n_rotation": "2", "colour": "class"}
+QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_shapes": "3", "colour": "class"}
 QUICK_SETTINGS = ["latent.n_epochs=2", "amortized.n_epochs=2", "model.adain_dim=16", "model.gen_last_dim=8",
                   "model.enc_conv_dims=8,16,16", "model.enc_fc_dim=32", "latent.batch_size=8",
                   "amortized.batch_size=8"]

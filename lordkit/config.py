@@ -291,7 +291,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The generated shapes set on 2 CPU cores (the demo): a small model, and settings under which
     # stage 1 learns within minutes at all (see README, "The embedded demo"): learning rates 3x
     # (generator) and 10x (codes) the reference's, content noise std 0.5 ramped up over the first 50
-    # epochs. A 10x generator rate collapsed to black on some splits.
+    # epochs. A 10x generator rate collapsed to black on some splits. The demo draws each shape in its
+    # own colour (--opt colour=class): with hue a content factor this model never learns colour.
     "synthetic": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -9,6 +11,10 @@ from rich.text import Text
 
 console = Console(stderr=True)  # progress, warnings, diagnostics
 out_console = Console()  # results (tables) a user may redirect or pipe
+if not out_console.is_terminal and "COLUMNS" not in os.environ:
+    # Redirected to a file or a pipe: rich would assume 80 columns and squeeze wide tables into
+    # ellipses; a file has room, so give tables their natural width (COLUMNS still wins).
+    out_console = Console(width=160)
 
 
 class RateColumn(ProgressColumn):

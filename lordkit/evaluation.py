@@ -129,7 +129,8 @@ class TruthLookup:
             from lordkit.data.datasets.synthetic import render_truth
 
             # Class names are the shape names (a sorted prefix of SHAPES), so they index the drawing.
-            return render_truth(class_id, content_id, self.ds.meta.img_size, self.grid, self.ds.meta.class_names)
+            return render_truth(class_id, content_id, self.ds.meta.img_size, self.grid, self.ds.meta.class_names,
+                                colour=self.ds.meta.extra.get("colour", "content"))
         i = self.index.get((class_id, content_id))
         return None if i is None else np.asarray(self.ds.images[i])
 

@@ -79,6 +79,35 @@ def test_synthetic_is_deterministic_and_complete(tmp_path):
     assert np.abs(a.images[0].astype(int) - a.images[n_contents].astype(int)).sum() > 0
 
 
+def test_synthetic_class_colours(tmp_path):
+    from lordkit.data.datasets.synthetic import render_truth
+    from lordkit.evaluation import TruthLookup
+
+    opts = {"n_x": "2", "n_y": "1", "n_scale": "1", "n_rotation": "1", "n_shapes": "3", "colour": "class"}
+    preprocess("synthetic", None, tmp_path / "c", img_size=32, opts=Options(opts), show_progress=False)
+    ds = Dataset(tmp_path / "c")
+    assert ds.meta.content_factors == ["x", "y", "scale", "rotation"] and ds.meta.extra["colour"] == "class"
+    assert len(ds) == 3 * 2
+    # One colour per shape, the same for every content; different shapes, different colours.
+    mean_colour = [ds.images[ds.class_ids == c].reshape(-1, 3).max(0) for c in range(3)]
+    for c in range(3):
+        imgs = ds.images[ds.class_ids == c]
+        np.testing.assert_array_equal(imgs[0].reshape(-1, 3).max(0), imgs[1].reshape(-1, 3).max(0))
+    assert len({tuple(m) for m in mean_colour}) == 3
+    # The truth used for scoring transfer draws the same images.
+    look = TruthLookup(ds, {})
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(look(int(ds.class_ids[i]), int(ds.content_ids[i])), ds.images[i])
+    i = int(np.flatnonzero(ds.class_ids == 1)[0])  # a cross: its class hue is not the grid's hue 0
+    assert not np.array_equal(render_truth(1, int(ds.content_ids[i]), 32, ds.meta.extra["content_grid"]), ds.images[i])
+    with pytest.raises(LordkitError, match="n_hue"):
+        preprocess("synthetic", None, tmp_path / "bad", img_size=32, opts=Options({"colour": "class", "n_hue": "3"}),
+                   show_progress=False)
+    with pytest.raises(LordkitError, match="colour"):
+        preprocess("synthetic", None, tmp_path / "bad", img_size=32, opts=Options({"colour": "shape"}),
+                   show_progress=False)
+
+
 @pytest.mark.parametrize("size", [32, 64, 128, 256])
 def test_image_sizes(tmp_path, size):
     ds = tiny_synthetic(tmp_path, f"s{size}", size)

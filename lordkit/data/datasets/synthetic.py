@@ -1,6 +1,8 @@
 """The embedded default dataset: 2-D shapes drawn with OpenCV, generated deterministically, no download.
 
-class = shape; content = (x, y, scale, rotation, hue), every combination on a grid. Because any
+class = shape; content = (x, y, scale, rotation, hue), every combination on a grid. With
+`--opt colour=class` each shape has its own hue instead (a class attribute, as colour is for the
+cars and chairs of LORD's datasets) and content is (x, y, scale, rotation). Because any
 (class, content) pair can be rendered, content transfer can be scored against the true image:
 `render_truth(class_id, content_id, img_size, grid)` draws exactly what the store would hold.
 """
@@ -66,12 +68,19 @@ def content_factors_of(content_id: int, grid: dict[str, int]) -> tuple[int, ...]
     return tuple(int(i) for i in np.unravel_index(content_id, [grid[f] for f in FACTORS]))
 
 
+def class_hue(shape: str) -> float:
+    """The hue of a shape when colour is a class attribute: fixed per shape name."""
+    return SHAPES.index(shape) / len(SHAPES)
+
+
 def render(shape_id: int, content_id: int, grid: dict[str, int], shapes: Sequence[str] = SHAPES,
-           size: int = CANVAS) -> np.ndarray:
-    """Draw one image, (size, size, 3) uint8 RGB."""
+           size: int = CANVAS, colour: str = "content") -> np.ndarray:
+    """Draw one image, (size, size, 3) uint8 RGB. colour: "content" (hue from the grid) or "class"."""
     levels = content_factors_of(content_id, grid)
     vals = factor_values(grid)
     x, y, scale, rot, hue = (vals[f][i] for f, i in zip(FACTORS, levels))
+    if colour == "class":
+        hue = class_hue(shapes[shape_id])
     big = size * _SUPERSAMPLE
     angle = np.deg2rad(rot)
     rotm = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -84,22 +93,29 @@ def render(shape_id: int, content_id: int, grid: dict[str, int], shapes: Sequenc
 
 
 def render_truth(class_id: int, content_id: int, img_size: int, grid: dict[str, int],
-                 shapes: Sequence[str] = SHAPES) -> np.ndarray:
+                 shapes: Sequence[str] = SHAPES, colour: str = "content") -> np.ndarray:
     """The image the store holds for (class, content) at img_size: same drawing, same resize."""
     from lordkit.data.preprocess import normalise_image
 
-    return normalise_image(render(class_id, content_id, grid, shapes), img_size, 3)
+    return normalise_image(render(class_id, content_id, grid, shapes, colour=colour), img_size, 3)
 
 
-def _load(shape_id: int, content_ids: np.ndarray, grid: dict[str, int], shapes: Sequence[str]) -> Loaded:
-    imgs = np.stack([render(shape_id, int(c), grid, shapes) for c in content_ids])
+def _load(shape_id: int, content_ids: np.ndarray, grid: dict[str, int], shapes: Sequence[str],
+          colour: str) -> Loaded:
+    imgs = np.stack([render(shape_id, int(c), grid, shapes, colour=colour) for c in content_ids])
     return Loaded(images=imgs, class_ids=shape_id, content_ids=content_ids)
 
 
 @register("synthetic", "generated 2-D shapes (class = shape; content = x, y, scale, rotation, hue); no path",
           needs_path=False)
 def open_synthetic(path: Path | None, opts: Options) -> Source:
-    grid = {f: opts.get(f"n_{f}", DEFAULT_GRID[f], int) for f in FACTORS}
+    colour = opts.get("colour", "content")
+    if colour not in ("content", "class"):
+        raise LordkitError(f"--opt colour={colour!r}: expected content (hue is a content factor) or class "
+                           "(each shape has its own hue)")
+    grid = {f: opts.get(f"n_{f}", 1 if f == "hue" and colour == "class" else DEFAULT_GRID[f], int) for f in FACTORS}
+    if colour == "class" and grid["hue"] != 1:
+        raise LordkitError("--opt colour=class gives each shape its own hue: leave out --opt n_hue")
     n_shapes = opts.get("n_shapes", len(SHAPES), int)
     if not 2 <= n_shapes <= len(SHAPES):
         raise LordkitError(f"--opt n_shapes must be between 2 and {len(SHAPES)}")
@@ -112,8 +128,9 @@ def open_synthetic(path: Path | None, opts: Options) -> Source:
         for start in range(0, n_contents, 64):
             ids = np.arange(start, min(start + 64, n_contents))
             chunks.append(Chunk(f"{shapes[s]}[{start}:{start + len(ids)}]", len(ids),
-                                partial(_load, s, ids, grid, shapes)))
+                                partial(_load, s, ids, grid, shapes, colour)))
     return Source(
-        class_names=shapes, channels=3, chunks=chunks, content_factors=list(FACTORS),
-        extra={"content_grid": grid, "renderable": True, "n_contents": n_contents},
+        class_names=shapes, channels=3, chunks=chunks,
+        content_factors=[f for f in FACTORS if not (f == "hue" and colour == "class")],
+        extra={"content_grid": grid, "renderable": True, "n_contents": n_contents, "colour": colour},
     )
