@@ -168,6 +168,33 @@ def load_average() -> list[float] | None:
     return None
 
 
+def cpu_times() -> dict[str, float] | None:
+    """Seconds of CPU time used so far by the whole machine (busy, from /proc/stat) and by this
+    process with its children (os.times), and the wall clock: two readings give the share of the
+    machine that *other* processes took in between (others_cpu_share). None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None
+    if fields[0] != "cpu":
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in (fields[1:9] + ["0"] * 8)[:8])
+    t = os.times()
+    return {"busy_s": (user + nice + system + irq + softirq + steal) / tick,
+            "own_s": t.user + t.system + t.children_user + t.children_system,
+            "wall_s": time.monotonic(), "cpus": os.cpu_count() or 1}
+
+
+def others_cpu_share(start: dict[str, float] | None, end: dict[str, float] | None) -> float | None:
+    """Fraction of the machine's CPU time (all logical CPUs) that other processes used between two
+    cpu_times() readings; steal time (a hypervisor serving other guests) counts as others'."""
+    if not start or not end or end["wall_s"] <= start["wall_s"]:
+        return None
+    others = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return max(0.0, others / ((end["wall_s"] - start["wall_s"]) * start["cpus"]))
+
+
 def environment(threads: int, torch_device: str | None = None) -> dict[str, Any]:
     """CPU, GPU, library versions and thread settings: what a reader needs to compare two runs."""
     env: dict[str, Any] = {
@@ -305,7 +332,9 @@ def count_flops(model_or_path: Any, batch: int = 1) -> dict[str, Any]:
     return {"flops": total, "macs": total // 2, "by_op": by_op, "uncounted": uncounted, "batch": batch}
 
 
-def _median_rate(fn: Callable[[], Any], flops: float, repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+def _best_rate(fn: Callable[[], Any], flops: float, repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+    """GFLOP/s of the fastest of `repeats` calls after one warm-up call: a ceiling is what the
+    hardware can do, and interference from other processes only ever slows a call down."""
     fn()
     sync()
     times = []
@@ -314,7 +343,7 @@ def _median_rate(fn: Callable[[], Any], flops: float, repeats: int, sync: Callab
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return flops / float(np.median(times)) / 1e9
+    return flops / float(min(times)) / 1e9
 
 
 CPU_MATMUL_SIZES = (1024, 2048)
@@ -337,9 +366,9 @@ def _ort_matmul(n: int, threads: int):
     return lambda: sess.run(None, feeds)
 
 
-def matmul_rate(threads: int, *, n: int | Sequence[int] | None = None, repeats: int = 5,
+def matmul_rate(threads: int, *, n: int | Sequence[int] | None = None, repeats: int = 10,
                 torch_device: str | None = None, use_torch: bool | None = None) -> dict[str, Any]:
-    """The machine's measured fp32 matrix-multiply rate in GFLOP/s: the median of `repeats` n x n
+    """The machine's measured fp32 matrix-multiply rate in GFLOP/s: the fastest of `repeats` n x n
     products, the best over the sizes n (CPU default: 1024 and 2048; CUDA: 8192).
 
     Measured with onnxruntime's MatMul (the MLAS kernels of the ONNX rows, same threads) and, when
@@ -355,7 +384,7 @@ def matmul_rate(threads: int, *, n: int | Sequence[int] | None = None, repeats: 
 
     if _has("onnx"):
         for size in sizes:
-            record("onnxruntime-cpu", size, _median_rate(_ort_matmul(size, threads), 2 * size**3, repeats))
+            record("onnxruntime-cpu", size, _best_rate(_ort_matmul(size, threads), 2 * size**3, repeats))
     if use_torch if use_torch is not None else _has("torch"):
         import torch
 
@@ -369,7 +398,7 @@ def matmul_rate(threads: int, *, n: int | Sequence[int] | None = None, repeats: 
                 a = torch.randn(size, size, device=dev, generator=gen).to(dtype)
                 b = torch.randn(size, size, device=dev, generator=gen).to(dtype)
                 with torch.inference_mode():
-                    rate = _median_rate(lambda: torch.mm(a, b), 2 * size**3, repeats, sync)
+                    rate = _best_rate(lambda: torch.mm(a, b), 2 * size**3, repeats, sync)
                 record(f"torch-{dev.type}" + ("" if label == "fp32" else f"-{label}"), size, rate)
                 del a, b
     out["peak"] = matmul_peaks(out["gflops"])
@@ -843,6 +872,7 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
     result["matmul"] = matmul_rate(threads, n=matmul_n, torch_device=torch_device if needs_torch else None,
                                    use_torch=_has("torch") and (needs_torch or torch_device == "cpu"))
     result["env"]["load_average_start"] = load_average()
+    times_start = cpu_times()
 
     sources = _Sources(export_dir, manifest, model_dir_path, threads, torch_device, io_binding, note)
     rows: list[dict[str, Any]] = []
@@ -860,6 +890,7 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
                 rows += _bench_backend(sources, network, backend, batch_sizes, feeds, flops.get(network), warmup,
                                        iters, max_time_s, advance)
     result["env"]["load_average_end"] = load_average()
+    result["env"]["others_cpu_share"] = others_cpu_share(times_start, cpu_times())
     log("measuring the matrix-multiply rate again")
     result["matmul"] = merge_matmul(result["matmul"], matmul_rate(
         threads, n=matmul_n, torch_device=torch_device if needs_torch else None,
@@ -1054,26 +1085,30 @@ def results_table(result: dict[str, Any]):
 
 
 def _load_text(env: dict[str, Any]) -> str:
+    share = env.get("others_cpu_share")
+    if share is not None:
+        return f", other processes {100 * share:.0f}% CPU"
     loads = [x[0] for x in (env.get("load_average_start"), env.get("load_average_end")) if x]
     return f", load average {' -> '.join(f'{x:.1f}' for x in loads)}" if loads else ""
 
 
 def load_warning(result: dict[str, Any]) -> str | None:
-    """A line when other processes were busy while the benchmark ran (its timings are then disturbed):
-    load before the run, load at its end beyond the benchmark's own threads, or a matmul rate that
-    fell between the start and the end of the run."""
+    """A line when other processes took CPU time while the rows were timed (the timings are then
+    disturbed): more than a quarter of the machine's CPU time by others (from /proc/stat; load
+    averages cannot tell this run's own earlier work from others'), or a matmul rate that fell
+    between the start and the end of the run."""
     env, mm = result["env"], result.get("matmul") or {}
-    cores = env.get("physical_cores") or 1
-    start, end = env.get("load_average_start"), env.get("load_average_end")
-    others = max(start[0] if start else 0.0, (end[0] - env["threads"]) if end else 0.0)
+    share = env.get("others_cpu_share")
     first, last = (mm.get("gflops_start") or {}), (mm.get("gflops_end") or {})
     drops = [last[k] / v for k, v in first.items() if v and last.get(k)]
-    if others > 0.5 * cores or (drops and min(drops) < 0.85):
-        loads = " -> ".join(f"{x[0]:.1f}" for x in (start, end) if x)
-        fell = f", matmul rate {100 * (1 - min(drops)):.0f}% lower at the end" if drops and min(drops) < 0.85 else ""
-        return (f"load average {loads} on {cores} cores (this run's own threads count in the second){fell}: other "
-                "processes competed for the CPU, so these timings are pessimistic and noisy (multi-threaded "
-                "PyTorch most of all)")
+    fell = drops and min(drops) < 0.85
+    if (share is not None and share > 0.25) or fell:
+        parts = []
+        if share is not None:
+            parts.append(f"other processes used {100 * share:.0f}% of the machine's CPU time while the rows were timed")
+        if fell:
+            parts.append(f"the matmul rate was {100 * (1 - min(drops)):.0f}% lower at the end than at the start")
+        return ("; ".join(parts) + ": these timings are pessimistic and noisy (multi-threaded PyTorch most of all)")
     return None
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -251,15 +252,32 @@ def test_ort_settings_sweep(exported):
 
 
 def test_load_warning_counts_other_processes_only():
-    def result(start, end, mm_start=100.0, mm_end=100.0):
-        return {"env": {"physical_cores": 2, "threads": 2, "load_average_start": [start, 0, 0],
-                        "load_average_end": [end, 0, 0]},
+    def result(share, mm_start=100.0, mm_end=100.0):
+        return {"env": {"physical_cores": 2, "threads": 2, "others_cpu_share": share},
                 "matmul": {"gflops_start": {"onnxruntime-cpu": mm_start}, "gflops_end": {"onnxruntime-cpu": mm_end}}}
 
-    assert bench.load_warning(result(0.3, 2.2)) is None  # the run's own two threads, nothing else
-    assert "load average 1.5 -> 2.2" in bench.load_warning(result(1.5, 2.2))
-    assert "3.4" in bench.load_warning(result(0.3, 3.4))
-    assert "matmul rate 40% lower" in bench.load_warning(result(0.3, 2.0, mm_end=60.0))
+    assert bench.load_warning(result(0.05)) is None
+    assert bench.load_warning(result(None)) is None
+    assert "other processes used 40%" in bench.load_warning(result(0.4))
+    assert "matmul rate was 40% lower" in bench.load_warning(result(0.0, mm_end=60.0))
+
+
+def test_others_cpu_share_separates_own_work_from_others():
+    start = bench.cpu_times()
+    if start is None:
+        pytest.skip("no /proc/stat")
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:  # busy work of this process
+        sum(range(1000))
+    end = bench.cpu_times()
+    own = end["own_s"] - start["own_s"]
+    assert own > 0.1
+    assert end["busy_s"] - start["busy_s"] >= own - 0.05  # the machine's busy time includes ours
+    # The share is the machine's busy time minus ours, over the machine's capacity.
+    a = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0, "cpus": 2}
+    assert bench.others_cpu_share(a, {"busy_s": 104.0, "own_s": 13.0, "wall_s": 52.0, "cpus": 2}) == pytest.approx(0.25)
+    assert bench.others_cpu_share(a, {"busy_s": 103.0, "own_s": 13.0, "wall_s": 52.0, "cpus": 2}) == 0.0  # only ours
+    assert bench.others_cpu_share(None, end) is None
 
 
 def test_time_calls_budget_and_percentiles():
