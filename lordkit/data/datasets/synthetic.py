@@ -106,7 +106,8 @@ def _load(shape_id: int, content_ids: np.ndarray, grid: dict[str, int], shapes: 
     return Loaded(images=imgs, class_ids=shape_id, content_ids=content_ids)
 
 
-@register("synthetic", "generated 2-D shapes (class = shape; content = x, y, scale, rotation, hue); no path",
+@register("synthetic", "generated 2-D shapes (class = shape; content = x, y, scale, rotation, hue, or colour per "
+          "shape with --opt colour=class); no path",
           needs_path=False)
 def open_synthetic(path: Path | None, opts: Options) -> Source:
     colour = opts.get("colour", "content")
