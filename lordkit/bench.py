@@ -1033,8 +1033,13 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def results_table(result: dict[str, Any]):
-    """One line per (network, backend, batch): latency percentiles, images/s, speed-up, GFLOP/s, % of matmul."""
+    """One line per (network, backend, batch): latency percentiles, images/s, speed-up, GFLOP/s, % of
+    matmul; notes (why a row is missing, compile times, alignment steps) as numbered lines under the
+    table, so that the numbers fit an 80-column terminal. A rich renderable."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     env, mm = result["env"], result["matmul"]
     peak = mm["peak"].get("cpu-fp32")
@@ -1042,11 +1047,31 @@ def results_table(result: dict[str, Any]):
              f"{env['threads']} threads, {env['cpu']}"
              + (f", {env['gpu']}" if env.get("gpu") else "")
              + (f"; fp32 matmul {peak:.0f} GFLOP/s" if peak else "") + _load_text(env))
-    t = Table(title=title)
-    for name, justify in (("network", "left"), ("backend", "left"), ("B", "right"), ("p50 ms", "right"),
-                          ("p90 ms", "right"), ("p99 ms", "right"), ("img/s", "right"), ("x eager", "right"),
+    networks = list(dict.fromkeys(r["network"] for r in result["rows"]))
+    one = len(networks) == 1  # one network: named in the title, so the table fits 80 columns
+    if one:
+        title += f"; network: {networks[0]}"
+    # Light rules and single spaces between columns: the numbers keep their full width in 80 columns.
+    t = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    t.caption = "p50 / p90 / p99: latency per call in ms; img/s = B / p50"
+    for name, justify in (("network", "left"), ("backend", "left"), ("B", "right"), ("p50", "right"),
+                          ("p90", "right"), ("p99", "right"), ("img/s", "right"), ("x eager", "right"),
                           ("GFLOP/s", "right"), ("% matmul", "right"), ("note", "left")):
-        t.add_column(name, justify=justify, no_wrap=name != "note")
+        if not (one and name == "network"):
+            t.add_column(name, justify=justify, no_wrap=True, min_width=None if name == "network" else len(name))
+
+    notes: list[str] = []
+
+    def add_row(*cells: str) -> None:
+        *cells_, note = cells
+        if note:
+            notes.append(note)
+            note = f"[{len(notes)}]"
+        if one:
+            first, backend, *rest = cells_
+            cells_ = [first if first == "face align" else backend, *rest]
+        t.add_row(*cells_, note)
+
     last = None
     shown: set[tuple[str, str]] = set()
     for r in result["rows"]:
@@ -1062,26 +1087,28 @@ def results_table(result: dict[str, Any]):
                 batch = "all"
             else:
                 batch = str(r["batch"])
-            t.add_row(r["network"], r["backend"], batch, *[""] * 7, f"[dim]{r['status']}: {r.get('reason', '')}[/]")
+            add_row(r["network"], r["backend"], batch, *[""] * 7, f"{r['status']}: {r.get('reason', '')}")
             continue
         lat = r["latency_ms"]
         note = f"compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
-        t.add_row(r["network"], r["backend"], str(r["batch"]), _num(lat["p50"]), _num(lat["p90"]), _num(lat["p99"]),
-                  _num(r["img_per_sec"]), f"{r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "",
-                  _num(r["gflops"]) if "gflops" in r else "",
-                  f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else "", note)
+        add_row(r["network"], r["backend"], str(r["batch"]), _num(lat["p50"]), _num(lat["p90"]), _num(lat["p99"]),
+                _num(r["img_per_sec"]), f"{r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "",
+                _num(r["gflops"]) if "gflops" in r else "",
+                f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else "", note)
     a = result.get("alignment")
     if a:
         t.add_section()
         if a["status"] == "ok":
             lat = a["latency_ms"]
-            t.add_row("face align", "dlib+opencv", "1", _num(lat["total"]["p50"]), _num(lat["total"]["p90"]),
-                      _num(lat["total"]["p99"]), _num(a["img_per_sec"]), "", "", "",
-                      f"detect {lat['detect']['p50']:.1f}, landmarks {lat['landmarks']['p50']:.2f}, "
-                      f"warp {lat['warp']['p50']:.2f} ms ({a['image']}, upsample {a['detect_upsample']})")
+            add_row("face align", "dlib", "1", _num(lat["total"]["p50"]), _num(lat["total"]["p90"]),
+                    _num(lat["total"]["p99"]), _num(a["img_per_sec"]), "", "", "",
+                    f"dlib + OpenCV: detect {lat['detect']['p50']:.1f}, landmarks {lat['landmarks']['p50']:.2f}, "
+                    f"warp {lat['warp']['p50']:.2f} ms ({a['image']}, upsample {a['detect_upsample']})")
         else:
-            t.add_row("face align", "", "", *[""] * 7, f"[dim]missing: {a['reason']}[/]")
-    return t
+            add_row("face align", "", "", *[""] * 7, f"missing: {a['reason']}")
+    if not notes:
+        return t
+    return Group(t, Text("\n".join(f"[{i}] {note}" for i, note in enumerate(notes, 1)), style="dim"))
 
 
 def _load_text(env: dict[str, Any]) -> str:
