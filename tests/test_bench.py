@@ -216,6 +216,17 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     console.print(bench.results_table(result))
     text = console.export_text()
     assert "generator" in text and "int8" in text and "face align" in text
+    # One network in an 80-column terminal: every number whole (no ellipsis), notes under the table.
+    one = dict(result, rows=[r for r in result["rows"] if r["network"] == "generator"])
+    narrow = Console(width=80, record=True, file=open(os.devnull, "w"))
+    narrow.print(bench.results_table(one))
+    text = narrow.export_text()
+    assert "…" not in text and "network: generator" in text
+    for r in one["rows"]:
+        if r["status"] == "ok":
+            assert bench._num(r["latency_ms"]["p50"]) in text
+    if result["alignment"]["status"] == "ok":
+        assert "] dlib + OpenCV: detect" in text and "[1] " in text
 
 
 def test_bench_without_model_dir_and_with_a_different_model(exported, tmp_path):
