@@ -10,8 +10,9 @@ rich table, a PNG and a JSON file. docs/bench.md says what each backend row mean
 Measurement (STYLE item 9): every backend gets the same seeded inputs; a few warm-up calls first
 (TorchScript profiling runs, cuDNN autotuning, onnxruntime's arenas); the device is synchronised
 before every clock read; latencies are per call, reported as p50 / p90 / p99, images/s = batch / p50.
-Each row's calls run back to back (steady state). The matmul rate is measured at the start and at
-the end: a drop between the two says other processes took CPU time during the run.
+Each row's calls run back to back (steady state). Other processes' share of the CPU over the timed
+rows is measured (/proc/stat against this process's own time), and the matmul rate is measured at
+the start and at the end: either says when other work disturbed the run.
 A time budget per row bounds slow rows (at least MIN_TIMED_ITERS calls are timed), and a row whose
 predicted call time is far above the budget (SKIP_FACTOR times) is skipped and says so, so that a
 2-core CPU finishes.
@@ -938,12 +939,12 @@ def _bench_backend(sources: _Sources, network: str, backend: str, batch_sizes: S
             advance(f"{network} {backend}")
         return rows
     base = dict(device=runner.device, file=runner.file, **runner.info)
-    per_img_s = None
+    per_img_s, measured_at = None, None  # seconds per image at the last batch size that was timed
     for b in batch_sizes:
         advance(f"{network} {backend} B={b}")
         if per_img_s is not None and per_img_s * b > SKIP_FACTOR * max_time_s:
             rows.append(_row(network, backend, b, status="skipped", **base,
-                             reason=f"predicted {per_img_s * b:.0f} s per call from batch {rows[-1]['batch']}, "
+                             reason=f"predicted {per_img_s * b:.0f} s per call from batch {measured_at}, "
                                     f"above {SKIP_FACTOR:g} x --max-time {max_time_s:g} s"))
             continue
         try:
@@ -966,7 +967,7 @@ def _bench_backend(sources: _Sources, network: str, backend: str, batch_sizes: S
         if flops:
             row["gflop_per_img"] = flops["per_image"] / 1e9
             row["gflops"] = flops["per_image"] * b / (lat["p50"] / 1e3) / 1e9
-        per_img_s = lat["p50"] / 1e3 / b
+        per_img_s, measured_at = lat["p50"] / 1e3 / b, b
         rows.append(row)
     return rows
 
