@@ -28,6 +28,7 @@ import lordkit
 from lordkit.config import ModelConfig
 from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
+from lordkit.export.onnxmeta import write_metadata
 from lordkit.fsutil import atomic_write_json, read_json, staged_dir
 from lordkit.models import AmortizedModel, code_generator, transfer
 from lordkit.runtime.bundle import sha256_file  # the runtime checks exports with the same digest
@@ -153,17 +154,6 @@ def _topological_sort(graph) -> None:
     nodes = [copy.deepcopy(n) for n in ordered]  # protobuf repeated fields cannot hold aliases
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
 
 
 def _optimise_onnx(src: Path, dst: Path) -> None:
@@ -406,7 +396,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
             if onnx:
                 plain, opt = tmp / files["onnx"], tmp / files["onnx_opt"]
                 _export_onnx(net.module, net, mc, plain, opset)
-                _stamp_onnx(plain, props(net.name))
+                write_metadata(plain, props(net.name))
                 _optimise_onnx(plain, opt)
                 to_check = [(plain, FP32_TOL), (opt, FP32_TOL)]
                 if fp16:

@@ -188,13 +188,9 @@ def _stamp(src: Path, dst: Path) -> None:
     """The int8 file carries the float32 file's lordkit metadata (format, network, version, manifest)."""
     import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    model = onnx.load(str(dst))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(dst))
+    from lordkit.export.onnxmeta import write_metadata
+
+    write_metadata(dst, {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
     try:
         onnx.checker.check_model(str(dst))
     except onnx.checker.ValidationError as e:
