@@ -89,11 +89,11 @@ def test_synthetic_class_colours(tmp_path):
     assert ds.meta.content_factors == ["x", "y", "scale", "rotation"] and ds.meta.extra["colour"] == "class"
     assert len(ds) == 3 * 2
     # One colour per shape, the same for every content; different shapes, different colours.
-    mean_colour = [ds.images[ds.class_ids == c].reshape(-1, 3).max(0) for c in range(3)]
+    brightest = [ds.images[ds.class_ids == c].reshape(-1, 3).max(0) for c in range(3)]
     for c in range(3):
         imgs = ds.images[ds.class_ids == c]
         np.testing.assert_array_equal(imgs[0].reshape(-1, 3).max(0), imgs[1].reshape(-1, 3).max(0))
-    assert len({tuple(m) for m in mean_colour}) == 3
+    assert len({tuple(m) for m in brightest}) == 3
     # The truth used for scoring transfer draws the same images.
     look = TruthLookup(ds, {})
     for i in range(len(ds)):
