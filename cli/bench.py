@@ -28,29 +28,18 @@ def reference_config(img_size: int = 64, channels: int = 3, **overrides: Any):
     layers above 128 px, where the generator would otherwise start above 8 px. ConfigError on bad values."""
     from lordkit.config import ModelConfig
 
-    n_adain = max(ModelConfig.n_adain_layers, int(img_size).bit_length() - 4)
+    n_adain = max(ModelConfig.n_adain_layers, ModelConfig.min_adain_layers(img_size))
     return ModelConfig(**{"img_size": img_size, "channels": channels, "n_imgs": 1, "n_classes": 1,
                           "n_adain_layers": n_adain, **overrides})
 
 
 def reference_model_dir(path: Path, img_size: int = 64, channels: int = 3, seed: int = 0, **overrides: Any) -> Path:
     """A model dir holding a freshly initialised model of the reference default size with random weights, seeded."""
-    import torch
-
     from lordkit.config import LordConfig
-    from lordkit.models import LatentModel, amortized_from_latent
-    from lordkit.training import save_weights, weights_path
+    from lordkit.modeldir import write_random_model
 
-    mc = reference_config(img_size, channels, **overrides)
-    path.mkdir(parents=True, exist_ok=True)
-    LordConfig(model=mc).save(path / "config.json")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        latent = LatentModel(mc)
-        amortized = amortized_from_latent(latent, mc)
-    save_weights(latent, weights_path(path, "latent"))
-    save_weights(amortized, weights_path(path, "amortized"))
-    return path
+    return write_random_model(path, LordConfig(model=reference_config(img_size, channels, **overrides)), seed=seed,
+                              force=True)
 
 
 def reference_export(work_dir: Path, img_size: int = 64, channels: int = 3, *, onnx: bool = True, fp16: bool = True,

@@ -113,7 +113,7 @@ def import_reference(
     from pathlib import Path
 
     from lordkit.reference import import_reference as read
-    from lordkit.training import write_imported_model
+    from lordkit.modeldir import write_imported_model
 
     cfg, latent, amortized = read(src)
     out = model_dir(get_base(ctx), model_name)

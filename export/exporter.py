@@ -25,23 +25,15 @@ import torch
 from torch import nn
 
 import lordkit
+from lordkit import export_format as fmt
 from lordkit.config import ModelConfig
 from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
 from lordkit.export.onnxmeta import write_metadata
-from lordkit.fsutil import atomic_write_json, read_json, staged_dir
-from lordkit.models import AmortizedModel, code_generator, transfer
-from lordkit.runtime.bundle import sha256_file  # the runtime checks exports with the same digest
-from lordkit.training import load_amortized, load_config, weights_path
+from lordkit.fsutil import atomic_write_json, staged_dir
+from lordkit.modeldir import load_amortized, load_class_bank, load_config, load_data_record
+from lordkit.models import AmortizedModel, eager_networks
 
-FORMAT = "lordkit-export/1"
-# Name -> (inputs, outputs) of every exported network, in export order.
-NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "content_encoder": (("image",), ("content_code",)),
-    "class_encoder": (("image",), ("class_code",)),
-    "generator": (("content_code", "class_code"), ("image",)),
-    "transfer": (("content_image", "class_image"), ("image",)),
-}
 MIN_OPSET = 13  # Resize with scales and every op the networks use have their current form from 13 on
 MAX_OPSET = 20  # the newest opset torch's TorchScript-based ONNX exporter writes
 FP32_TOL = 1e-4
@@ -49,8 +41,6 @@ FP16_TOL = 1e-2
 BATCH_SIZES = (1, 3, 8)
 EXPORT_BATCH = 2  # example batch for tracing: not 1, so no size-1 axis gets specialised away
 PARITY_SEED = 20260101  # parity inputs are seeded (reproducible) and never the tracing inputs
-FACE_POINTS_DEFAULT = "eyes_nose_mouth"
-CLASS_TABLE_KEY = "class_embedding.weight"  # stage-1 class codes in latent.safetensors
 ORT_PROVIDERS = ["CPUExecutionProvider"]
 ADAIN_SCOPE = re.compile(r"/adain_conv_layers\.\d+/")  # ONNX node names carry the module path
 
@@ -67,20 +57,13 @@ class Network:
 
 def networks(model: AmortizedModel) -> list[Network]:
     """The four exported networks, sharing (not copying) the amortized model's submodules."""
-    modules = {"content_encoder": model.content_encoder, "class_encoder": model.class_encoder,
-               "generator": code_generator(model), "transfer": transfer(model)}
-    return [Network(name, modules[name], *io) for name, io in NETWORK_IO.items()]
+    modules = eager_networks(model)
+    return [Network(name, modules[name], *io) for name, io in fmt.NETWORK_IO.items()]
 
 
 def tensor_shape(name: str, cfg: ModelConfig, batch: int) -> tuple[int, ...]:
     """Shape of a named input or output at a given batch size."""
-    if name in ("image", "content_image", "class_image"):
-        return (batch, cfg.channels, cfg.img_size, cfg.img_size)
-    if name == "content_code":
-        return (batch, cfg.content_dim)
-    if name == "class_code":
-        return (batch, cfg.class_dim)
-    raise ValueError(f"unknown tensor name {name!r}")
+    return fmt.tensor_shape(name, batch, cfg.img_size, cfg.channels, cfg.content_dim, cfg.class_dim)
 
 
 def random_inputs(net: Network, cfg: ModelConfig, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -214,10 +197,10 @@ class _Runner:
         else:
             self.backend = "torchscript-cpu"
             with _quiet():
-                extra = {"lordkit.json": ""}
+                extra = {fmt.TORCHSCRIPT_EXTRA: ""}
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-            if not extra["lordkit.json"]:
-                raise LordkitError(f"{path.name} lost its lordkit.json extra file")
+            if not extra[fmt.TORCHSCRIPT_EXTRA]:
+                raise LordkitError(f"{path.name} lost its {fmt.TORCHSCRIPT_EXTRA} extra file")
 
     def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
         if self.backend.startswith("onnxruntime"):
@@ -274,42 +257,13 @@ def parity_table(rows: Sequence[dict[str, Any]]):
 # The export.
 
 
-def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:
-    """Stage-1 class codes (n_classes, class_dim) float32, read without loading the content table."""
-    from safetensors import safe_open
-
-    path = weights_path(model_dir, "latent")
-    if not path.is_file():
-        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            if CLASS_TABLE_KEY not in f.keys():
-                raise LordkitError(f"{path} has no {CLASS_TABLE_KEY}; it is not a lordkit stage-1 file")
-            bank = f.get_tensor(CLASS_TABLE_KEY)
-    except LordkitError:
-        raise
-    except Exception as e:  # safetensors raises its own types for corrupt headers
-        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
-    if bank.shape != (cfg.n_classes, cfg.class_dim):
-        raise LordkitError(f"{path}: class table is {bank.shape}, config.json says "
-                           f"({cfg.n_classes}, {cfg.class_dim})")
-    return np.ascontiguousarray(bank, dtype=np.float32)
-
-
 def _file_table(onnx: bool, torchscript: bool, fp16: bool) -> dict[str, dict[str, Any]]:
     """models section of the manifest: inputs, outputs and files of each network."""
-    out = {}
-    for name, (inputs, outputs) in NETWORK_IO.items():
-        files = {}
-        if onnx:
-            files["onnx"] = f"{name}.onnx"
-            files["onnx_opt"] = f"{name}.opt.onnx"
-            if fp16:
-                files["onnx_fp16"] = f"{name}.fp16.onnx"
-        if torchscript:
-            files["torchscript"] = f"{name}.pt"
-        out[name] = {"inputs": list(inputs), "outputs": list(outputs), "files": files}
-    return out
+    kinds = (["onnx", "onnx_opt"] if onnx else []) + (["onnx_fp16"] if onnx and fp16 else []) + (
+        ["torchscript"] if torchscript else [])
+    return {name: {"inputs": list(inputs), "outputs": list(outputs),
+                   "files": {kind: fmt.file_name(name, kind) for kind in kinds}}
+            for name, (inputs, outputs) in fmt.NETWORK_IO.items()}
 
 
 def check_opset(opset: int) -> int:
@@ -348,15 +302,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     mc = cfg.model
     model = load_amortized(model_dir, cfg).eval()
     bank = load_class_bank(model_dir, mc)
-    data = read_json(model_dir / "data.json", "model data record") if (model_dir / "data.json").is_file() else {}
+    data = load_data_record(model_dir)
     class_names = [str(n) for n in (data.get("class_names") or range(mc.n_classes))]
     if len(class_names) != mc.n_classes:
         raise LordkitError(f"{model_dir / 'data.json'} names {len(class_names)} classes, the model has {mc.n_classes}")
     face_template = data.get("face_template") or None
-    face_points = data.get("face_points") or (FACE_POINTS_DEFAULT if face_template else None)
+    face_points = data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None)
 
     meta: dict[str, Any] = {
-        "format": FORMAT, "lordkit_version": lordkit.__version__, "model_name": model_dir.name,
+        "format": fmt.FORMAT, "lordkit_version": lordkit.__version__, "model_name": model_dir.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "img_size": mc.img_size, "channels": mc.channels, "layout": "NCHW", "value_range": [0.0, 1.0],
         "dtype": "float32", "content_dim": mc.content_dim, "class_dim": mc.class_dim,
@@ -364,13 +318,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
         "face_template": face_template, "face_points": face_points,
         "opset": opset if onnx else None,
         "models": _file_table(onnx, torchscript, fp16),
-        "class_bank": "class_bank.npy",
+        "class_bank": fmt.CLASS_BANK,
     }
     meta_json = json.dumps(meta)
 
     def props(name: str) -> dict[str, str]:
-        return {"lordkit.format": FORMAT, "lordkit.model": name, "lordkit.version": lordkit.__version__,
-                "lordkit.manifest": meta_json}
+        return fmt.metadata(name, lordkit.__version__, meta_json)
 
     rng = np.random.default_rng(PARITY_SEED)
     parity: list[dict[str, Any]] = []
@@ -379,7 +332,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
             (make_progress(transient=True) if (show if progress is None else progress)
              else contextlib.nullcontext()) as bar:
         task = bar.add_task("export", total=len(nets), unit="net") if bar else None
-        np.save(tmp / "class_bank.npy", bank)
+        np.save(tmp / fmt.CLASS_BANK, bank)
         for net in nets:
             if bar:
                 bar.update(task, description=f"export {net.name}")
@@ -416,9 +369,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
 
         # Manifest last: it carries the hash of every other file.
         manifest = dict(meta)
-        manifest["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest["sha256"] = {p.name: fmt.sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["parity"] = parity
-        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_json(tmp / fmt.MANIFEST, manifest)
 
     if show:
         console.print(parity_table(parity))

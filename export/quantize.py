@@ -33,9 +33,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lordkit.errors import LordkitError
+from lordkit.export_format import NETWORKS
 
-NETWORKS = ("content_encoder", "class_encoder", "generator", "transfer")
-INT8_KEY = "onnx_int8"  # key of the int8 file in a network's manifest `files`
+INT8_KEY = "onnx_int8"  # key of the int8 file in a network's manifest `files` (lordkit.export_format)
 OP_TYPES = ("Conv", "Gemm", "MatMul")  # the MAC-heavy ops; the rest stays float32
 FORMATS = ("qdq", "qoperator")
 TARGET_PSNR_DB = 30.0  # reported beside each quality row, never enforced
@@ -235,8 +235,9 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
     check. force: replace existing int8 files. show: print the quality table on the console.
     calibration_source: a note for the manifest (e.g. the dataset name).
     """
+    from lordkit.export_format import MANIFEST, file_name, sha256_file
     from lordkit.fsutil import atomic_write_json, read_json
-    from lordkit.runtime.bundle import Bundle, sha256_file
+    from lordkit.runtime.bundle import Bundle
 
     export_dir = Path(export_dir)
     models = list(dict.fromkeys(models))
@@ -259,7 +260,7 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
            if sha256_file(export_dir / files[n]["onnx"]) != str(manifest["sha256"].get(files[n]["onnx"], "")).lower()]
     if bad:
         raise LordkitError(f"files disagree with the manifest: {bad[0]} does not have the sha256 manifest.json records")
-    targets = {m: f"{m}.int8.onnx" for m in models}
+    targets = {m: file_name(m, INT8_KEY) for m in models}
     existing = [t for t in targets.values() if (export_dir / t).exists() or t in manifest["sha256"]]
     if existing and not force:
         raise LordkitError(f"{export_dir / existing[0]} already exists; pass --force to replace the int8 files")
@@ -295,7 +296,7 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
 
     import onnxruntime as ort
 
-    manifest = read_json(export_dir / "manifest.json", "export manifest")
+    manifest = read_json(export_dir / MANIFEST, "export manifest")
     for network, name in targets.items():
         manifest["models"][network].setdefault("files", {})[INT8_KEY] = name
         manifest["sha256"][name] = sha256_file(export_dir / name)
@@ -307,7 +308,7 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
                         "source": calibration_source or str(getattr(calibration, "path", "array"))},
     }
     manifest["quality"] = [q for q in manifest.get("quality") or [] if q.get("file") not in targets.values()] + quality
-    atomic_write_json(export_dir / "manifest.json", manifest)
+    atomic_write_json(export_dir / MANIFEST, manifest)
     if show:
         from lordkit.console import console
 

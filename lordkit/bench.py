@@ -38,9 +38,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lordkit.errors import LordkitError
+from lordkit.export_format import NETWORKS
 
 FORMAT = "lordkit-bench/1"
-NETWORKS = ("content_encoder", "class_encoder", "generator", "transfer")
 NETWORK_INPUTS = {"content_encoder": ("image",), "class_encoder": ("image",),
                   "generator": ("content_code", "class_code"), "transfer": ("content_image", "class_image")}
 
@@ -600,12 +600,10 @@ class _Sources:
         if self._eager is None:
             if not _has("torch"):
                 raise Unavailable("torch is not installed")
-            from lordkit.models import code_generator, transfer
-            from lordkit.training import load_amortized
+            from lordkit.modeldir import load_amortized
+            from lordkit.models import eager_networks
 
-            m = load_amortized(self.model_dir).eval()
-            self._eager = {"content_encoder": m.content_encoder, "class_encoder": m.class_encoder,
-                           "generator": code_generator(m), "transfer": transfer(m)}
+            self._eager = eager_networks(load_amortized(self.model_dir))
         return self._eager
 
     def open(self, backend: str, network: str) -> Runner:
@@ -754,8 +752,8 @@ def check_model_dir(model_dir: Path, export_dir: Path, manifest: dict[str, Any],
         import onnxruntime as ort
         import torch
 
+        from lordkit.modeldir import load_amortized, load_config
         from lordkit.models import code_generator
-        from lordkit.training import load_amortized, load_config
 
         mc = load_config(model_dir).model
         if (mc.img_size, mc.channels, mc.content_dim, mc.class_dim) != (

@@ -76,7 +76,7 @@ class ModelConfig:
         _require(
             self.gen_init_size <= 8,
             f"model.n_adain_layers={self.n_adain_layers} starts the generator at {self.gen_init_size} px; "
-            f"use n_adain_layers >= {max(1, self.img_size.bit_length() - 4)} for img_size {self.img_size}",
+            f"use n_adain_layers >= {self.min_adain_layers(self.img_size)} for img_size {self.img_size}",
         )
         _require(len(self.enc_conv_dims) >= 1 and all(d > 0 for d in self.enc_conv_dims),
                  f"model.enc_conv_dims must be positive channel counts, got {self.enc_conv_dims}")
@@ -84,6 +84,11 @@ class ModelConfig:
             2**self.enc_n_downsamplings <= self.img_size,
             f"model.enc_conv_dims has {self.enc_n_downsamplings} downsamplings, too many for img_size {self.img_size}",
         )
+
+    @staticmethod
+    def min_adain_layers(img_size: int) -> int:
+        """Fewest AdaIN layers (2x upsamplings) that start the generator at 8 px or less."""
+        return max(1, int(img_size).bit_length() - 4)
 
     @property
     def gen_init_size(self) -> int:
@@ -209,6 +214,21 @@ class LordConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
+    def replace(self, **sections: dict[str, Any]) -> "LordConfig":
+        """A new config with typed field values changed per section, validated like a loaded one:
+        cfg.replace(model={"n_imgs": 480}, latent={"n_epochs": 10})."""
+        unknown = [k for k in sections if k not in SECTIONS]
+        _require(not unknown, f"unknown config section {unknown[0] if unknown else ''!r} (known: {', '.join(SECTIONS)})")
+        new = {}
+        for name in SECTIONS:
+            current = getattr(self, name)
+            changes = sections.get(name) or {}
+            hints = _field_types(SECTIONS[name])
+            bad = [k for k in changes if k not in hints]
+            _require(not bad, f"unknown config key {name}.{bad[0] if bad else ''} (known: {', '.join(hints)})")
+            new[name] = dataclasses.replace(current, **changes) if changes else current
+        return LordConfig(**new)
+
     def apply_overrides(self, overrides: Sequence[str]) -> "LordConfig":
         """A new config with `section.field=value` overrides applied, values parsed by field type.
 
@@ -283,6 +303,19 @@ def _parse(text: str, tp: Any, key: str) -> Any:
     except ValueError:
         raise ConfigError(f"cannot parse {text!r} as {tp.__name__} for {key}") from None
     return text
+
+
+# The smallest model that runs every code path: tests, smoke runs of the benchmarks, `demo --quick`.
+# n_adain_layers grows with img_size where needed (ModelConfig.min_adain_layers).
+TINY_MODEL: dict[str, Any] = dict(content_dim=8, class_dim=8, n_adain_layers=2, adain_dim=16, gen_last_dim=8,
+                                  enc_conv_dims=(8, 16, 16), enc_fc_dim=32)
+
+
+def tiny_model(img_size: int = 32, channels: int = 3, **fields: Any) -> ModelConfig:
+    """TINY_MODEL at an image size (enough AdaIN layers for it), with other fields as given."""
+    n_adain = max(TINY_MODEL["n_adain_layers"], ModelConfig.min_adain_layers(img_size))
+    return ModelConfig(**{**TINY_MODEL, "n_adain_layers": n_adain, "img_size": img_size, "channels": channels,
+                          **fields})
 
 
 # Per-dataset presets: overrides of the defaults, by section. The reference used the same model for

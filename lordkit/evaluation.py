@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from lordkit.data.store import Dataset
-from lordkit.fsutil import atomic_write_json, read_json
+from lordkit.fsutil import atomic_write_json
+from lordkit.modeldir import check_data_matches, load_amortized, load_config, load_data_record
+from lordkit.device import pick_device
 from lordkit.models import AmortizedModel
-from lordkit.training import check_data_matches, load_amortized, load_config, transfer_grid
-from lordkit.viz import save_png
+from lordkit.viz import sample_positions, save_png, transfer_grid
 
 GROUND_TRUTH_DATASETS = ("synthetic", "shapes3d", "cars3d", "smallnorb")
 
@@ -173,25 +174,23 @@ def transfer_error(model: AmortizedModel, ds: Dataset, truth: TruthLookup, devic
 
 @torch.no_grad()
 def grid_png(model: AmortizedModel, ds: Dataset, out: Path, device: torch.device, k: int = 8, seed: int = 0) -> Path:
-    from lordkit.training import sample_indices
-
-    idx = sample_indices(ds, k, seed)
+    idx = sample_positions(np.asarray(ds.class_ids), ds.n_classes, k, seed)
     imgs = _to_tensor(np.stack([ds.images[i] for i in idx]), device)
     k = len(idx)
     gen, _, _ = model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))
-    return save_png(out, transfer_grid(imgs, imgs, gen.reshape(k, k, *gen.shape[1:])))
+    imgs_np = imgs.cpu().numpy()
+    return save_png(out, transfer_grid(imgs_np, imgs_np, gen.cpu().numpy().reshape(k, k, *gen.shape[1:]),
+                                       channels_first=True, cell=max(64, imgs.shape[-1])))
 
 
 def evaluate(model_dir: Path, ds: Dataset, *, data_name: str, device: str = "cpu", max_imgs: int = 5000,
              n_pairs: int = 512, seed: int = 0) -> dict[str, Any]:
     """Run all four measures; writes eval/<data_name>.json and eval/<data_name>-transfer.png."""
-    from lordkit.training import pick_device
-
     dev = pick_device(device)
     cfg = load_config(model_dir)
     check_data_matches(ds, cfg, "evaluate", n_imgs_must_match=False)
-    model = load_amortized(model_dir, cfg).to(dev)
-    model_data = read_json(model_dir / "data.json", "model data record") if (model_dir / "data.json").exists() else {}
+    model = load_amortized(model_dir, cfg, dev)
+    model_data = load_data_record(model_dir)
     rng = np.random.default_rng(seed)
     idx = np.arange(len(ds)) if len(ds) <= max_imgs else np.sort(rng.choice(len(ds), max_imgs, replace=False))
     content_codes, class_codes, rec_l1, rec_psnr = encode(model, ds, idx, dev)

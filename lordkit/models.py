@@ -228,7 +228,7 @@ class CodeGenerator(nn.Module):
         return self.generator(content_code, self.modulation(class_code))
 
 
-class Transfer(nn.Module):
+class TransferNet(nn.Module):
     """Export wrapper: (content_img, class_img) -> image with the first's content in the second's class."""
 
     def __init__(self, content_encoder: Encoder, class_encoder: Encoder, modulation: Modulation, generator: Generator):
@@ -247,8 +247,14 @@ def code_generator(model: LatentModel | AmortizedModel) -> CodeGenerator:
     return CodeGenerator(model.modulation, model.generator)
 
 
-def transfer(model: AmortizedModel) -> Transfer:
-    return Transfer(model.content_encoder, model.class_encoder, model.modulation, model.generator)
+def transfer_net(model: AmortizedModel) -> TransferNet:
+    return TransferNet(model.content_encoder, model.class_encoder, model.modulation, model.generator)
+
+
+def eager_networks(model: AmortizedModel) -> dict[str, nn.Module]:
+    """The exported networks by name (lordkit.export_format.NETWORKS), sharing the model's submodules."""
+    return {"content_encoder": model.content_encoder, "class_encoder": model.class_encoder,
+            "generator": code_generator(model), "transfer": transfer_net(model)}
 
 
 def amortized_from_latent(latent: LatentModel, cfg: ModelConfig) -> AmortizedModel:

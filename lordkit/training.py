@@ -5,21 +5,12 @@ optimized jointly on reconstruction; content codes get Gaussian noise and an L2 
 Stage 2 (`train_amortized`): content and class encoders learn to output the stage-1 codes while the
 generator (initialised from stage 1) is fine-tuned on reconstruction.
 
-A model dir holds:
-    config.json                 LordConfig (model, latent, amortized sections)
-    data.json                   what it was trained on: data name, class names, image size, ...
-    latent.safetensors          stage-1 weights, written when stage 1 completes
-    amortized.safetensors       stage-2 weights, written when stage 2 completes
-    checkpoints/<stage>/        model.safetensors + state.pt (optimizer, scheduler, RNG, step):
-                                the last complete checkpoint, replaced atomically
-    samples/<stage>-epoch-NNNN.png  transfer grids (rows: class source, columns: content source)
-    metrics.jsonl               one JSON object per logged step, appended
+What they read and write is a model dir (lordkit.modeldir owns its format).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -34,23 +25,24 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lordkit import distributed
 from lordkit.config import LordConfig
 from lordkit.console import console, make_progress
 from lordkit.data.store import Dataset
+from lordkit.device import pick_device
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.fsutil import atomic_write_json, staged_dir
+from lordkit.modeldir import (check_data_matches, checkpoint_dir, data_record, is_model_dir, load_config, load_latent,
+                              read_checkpoint, save_config, save_data_record, save_state, save_weights, training_lock,
+                              weights_path, write_checkpoint)
 from lordkit.losses import content_penalty, make_loss
-from lordkit.models import EMBEDDING_INIT, AmortizedModel, LatentModel, RegularizedEmbedding, amortized_from_latent
-from lordkit.viz import image_grid, save_png
+from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding, amortized_from_latent
+from lordkit.viz import sample_positions, save_png, transfer_grid
 
 STAGES = ("latent", "amortized")
 CHECKPOINT_EVERY_S = 600.0  # also checkpoint mid-epoch at least this often
-N_SAMPLE_IMGS = 8  # content columns / class rows of the per-epoch sample grid
 
 
 class TrainingInterrupted(LordkitError):
@@ -64,144 +56,7 @@ class NonFiniteLoss(LordkitError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Model dir: weights, checkpoints and the lock.
-
-
-def weights_path(model_dir: Path, stage: str) -> Path:
-    return Path(model_dir) / f"{stage}.safetensors"
-
-
-def save_weights(module: nn.Module, path: Path) -> None:
-    save_state(module.state_dict(), path)
-
-
-def save_state(state: dict[str, Tensor], path: Path) -> None:
-    """safetensors file written to a temporary name, fsynced and renamed into place."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def load_weights(module: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise LordkitError(f"weights not found: {path}")
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise LordkitError(f"{path} does not match the model in config.json "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
-def load_config(model_dir: Path) -> LordConfig:
-    if not (Path(model_dir) / "config.json").is_file():
-        raise LordkitError(f"model not found: {model_dir} (no config.json; train it with `lordkit train`)")
-    return LordConfig.load(Path(model_dir) / "config.json")
-
-
-def load_latent(model_dir: Path, cfg: LordConfig | None = None) -> LatentModel:
-    cfg = cfg or load_config(model_dir)
-    model = LatentModel(cfg.model)
-    path = weights_path(model_dir, "latent")
-    if not path.is_file():
-        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
-    load_weights(model, path)
-    return model.eval()
-
-
-def load_amortized(model_dir: Path, cfg: LordConfig | None = None) -> AmortizedModel:
-    cfg = cfg or load_config(model_dir)
-    model = AmortizedModel(cfg.model)
-    path = weights_path(model_dir, "amortized")
-    if not path.is_file():
-        raise LordkitError(f"{model_dir} has no trained encoders ({path.name}); run `lordkit train-encoders` first")
-    load_weights(model, path)
-    return model.eval()
-
-
-@contextlib.contextmanager
-def model_lock(model_dir: Path) -> Iterator[None]:
-    """Refuse a second training into the same model dir while one runs (advisory file lock)."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    f = open(model_dir / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise LordkitError(f"{model_dir} is being trained by {holder}; wait for it or stop it first") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            f.truncate(0)
-        f.close()
-
-
-def data_record(ds: Dataset, data_name: str) -> dict[str, Any]:
-    m = ds.meta
-    return {"data_name": data_name, "dataset_id": m.dataset_id, "n_imgs": m.n_imgs, "n_classes": m.n_classes,
-            "class_names": m.class_names, "img_size": m.img_size, "channels": m.channels,
-            "content_factors": m.content_factors, "face_template": m.face_template,
-            "content_grid": m.extra.get("content_grid"), "path": str(ds.path)}
-
-
-def check_data_matches(ds: Dataset, cfg: LordConfig, stage: str, n_imgs_must_match: bool) -> None:
-    m = ds.meta
-    mc = cfg.model
-    if (m.img_size, m.channels) != (mc.img_size, mc.channels):
-        raise LordkitError(f"data {ds.path.name} has {m.img_size}x{m.img_size}x{m.channels} images but the "
-                           f"model expects {mc.img_size}x{mc.img_size}x{mc.channels}")
-    if m.n_classes != mc.n_classes:
-        raise LordkitError(f"data {ds.path.name} has {m.n_classes} classes but the model was built for {mc.n_classes}")
-    if n_imgs_must_match and m.n_imgs != mc.n_imgs:
-        raise LordkitError(f"{stage} needs the data stage 1 was trained on: {ds.path.name} has {m.n_imgs} "
-                           f"images, the model's content table {mc.n_imgs}")
-
-
-def write_imported_model(model_dir: Path, cfg: LordConfig, latent_state: dict[str, Tensor],
-                         amortized_state: dict[str, Tensor] | None, *, source: str, force: bool = False) -> None:
-    """A model dir from weights trained elsewhere (e.g. the reference code), written atomically."""
-    with staged_dir(Path(model_dir), force=force, what="model") as tmp:
-        cfg.save(tmp / "config.json")
-        latent = LatentModel(cfg.model)
-        latent.load_state_dict(latent_state)
-        save_weights(latent, weights_path(tmp, "latent"))
-        if amortized_state is not None:
-            amortized = AmortizedModel(cfg.model)
-            amortized.load_state_dict(amortized_state)
-            save_weights(amortized, weights_path(tmp, "amortized"))
-        m = cfg.model
-        atomic_write_json(tmp / "data.json", {
-            "data_name": None, "dataset_id": None, "n_imgs": m.n_imgs, "n_classes": m.n_classes,
-            "class_names": [str(i) for i in range(m.n_classes)], "img_size": m.img_size, "channels": m.channels,
-            "content_factors": [], "face_template": None, "content_grid": None, "imported_from": source})
-
-
-# ----------------------------------------------------------------------------------------------
 # Devices and data on them.
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LordkitError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
-    return dev
 
 
 class ImageBank:
@@ -316,10 +171,6 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
-def _checkpoint_dir(model_dir: Path, stage: str) -> Path:
-    return model_dir / "checkpoints" / stage
-
-
 def _sharded_param_index(spec: LoopSpec) -> int | None:
     """Position of the sharded table in the optimizer's flat parameter list (its state-dict id)."""
     if spec.sharded_param is None:
@@ -369,34 +220,21 @@ def _shard_states(spec: LoopSpec, model_state: dict[str, Tensor], optim_state: d
 
 
 def save_checkpoint(model_dir: Path, spec: LoopSpec, scheduler, step: int, epoch: int) -> None:
-    """model.safetensors + state.pt, written into a staging dir and swapped in as one unit by rank 0.
+    """Model, optimizer, scheduler, RNG and step, swapped in as one unit by rank 0.
     Collective under torchrun (the sharded table is gathered first)."""
     model_state, optim_state = full_states(spec)
     if spec.dist.main:
-        final = _checkpoint_dir(model_dir, spec.stage)
-        with staged_dir(final, force=True, what="checkpoint") as tmp:
-            save_state(model_state, tmp / "model.safetensors")
-            state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": capture_rng(),
-                     "step": step, "epoch": epoch, "world_size": spec.dist.world}
-            with open(tmp / "state.pt", "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            atomic_write_json(tmp / "progress.json", {"stage": spec.stage, "step": step, "epoch": epoch,
-                                                      "world_size": spec.dist.world, "time": time.time()})
+        state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": capture_rng(),
+                 "step": step, "epoch": epoch, "world_size": spec.dist.world}
+        write_checkpoint(model_dir, spec.stage, model_state, state,
+                         {"stage": spec.stage, "step": step, "epoch": epoch, "world_size": spec.dist.world,
+                          "time": time.time()})
     distributed.barrier(spec.dist)
 
 
 def load_checkpoint(model_dir: Path, spec: LoopSpec, scheduler) -> int:
     """Restore model, optimizer, scheduler and (same world size) RNG; returns the step to continue from."""
-    d = _checkpoint_dir(model_dir, spec.stage)
-    if not (d / "state.pt").is_file():
-        raise LordkitError(f"no {spec.stage} checkpoint in {d} to resume from")
-    try:
-        model_state = load_file(str(d / "model.safetensors"), device="cpu")
-        state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file: safetensors and torch raise several types
-        raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
+    model_state, state = read_checkpoint(model_dir, spec.stage)
     _shard_states(spec, model_state, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("world_size", 1) == spec.dist.world and spec.dist.main:
@@ -448,7 +286,7 @@ def _peer_failures(d: Dist, model_dir: Path, stage: str) -> Iterator[None]:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         first = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first)[:160]  # drop C++ source locations
         err = LordkitError(f"rank {d.rank}: another process of the run failed or stopped answering ({first}); "
-                           f"the last complete checkpoint in {_checkpoint_dir(model_dir, stage)} is kept")
+                           f"the last complete checkpoint in {checkpoint_dir(model_dir, stage)} is kept")
         # Say it now: the launcher is about to SIGTERM this process, before the CLI could print it.
         console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         err.reported = True
@@ -500,7 +338,7 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
 
     def check_finite(losses: dict[str, float], at_step: int) -> None:
         if not all(math.isfinite(v) for v in losses.values()):
-            ckpt = _checkpoint_dir(model_dir, spec.stage)
+            ckpt = checkpoint_dir(model_dir, spec.stage)
             kept = f"the last good checkpoint is kept in {ckpt}" if (ckpt / "state.pt").exists() else "no checkpoint was written yet"
             raise NonFiniteLoss(f"{spec.stage} loss became {losses['loss']} near step {at_step}; {kept}; "
                                 "lower the learning rate and train again (--resume continues from it)")
@@ -573,7 +411,7 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
                         checkpoint(step)
                         name = signal.Signals(flag.signum).name if flag.signum else "stop"
                         raise TrainingInterrupted(f"{name} received: saved a checkpoint at step {step}/{total_steps} "
-                                                  f"in {_checkpoint_dir(model_dir, spec.stage)}; continue with --resume")
+                                                  f"in {checkpoint_dir(model_dir, spec.stage)}; continue with --resume")
                     if time_for_checkpoint(at_log):
                         checkpoint(step)
                 # Save a snapshot and a sample grid at the end of each epoch.
@@ -592,36 +430,12 @@ def run_loop(spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor
             "world_size": d.world, **{k: v for k, v in last_good.items()}}
 
 
-# ----------------------------------------------------------------------------------------------
-# Sample grids.
-
-
-def sample_positions(class_ids: np.ndarray, n_classes: int, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
-    """Positions of k images of as many different classes as possible, fixed for the whole run."""
-    rng = np.random.default_rng(seed)
-    classes = rng.permutation(np.flatnonzero(np.bincount(class_ids, minlength=n_classes) > 0))[:k]
-    picks = [int(rng.choice(np.flatnonzero(class_ids == c))) for c in classes]
-    while len(picks) < min(k, len(class_ids)):
-        picks.append(int(rng.integers(len(class_ids))))
-    return np.asarray(picks[:k], dtype=np.int64)
-
-
-def sample_indices(ds: Dataset, k: int = N_SAMPLE_IMGS, seed: int = 0) -> np.ndarray:
-    return sample_positions(np.asarray(ds.class_ids), ds.n_classes, k, seed)
-
-
-def transfer_grid(content_imgs: Tensor, class_imgs: Tensor, generated: Tensor) -> np.ndarray:
-    """Papers' layout: top row = content sources, left column = class sources, cell (i, j) = content j
-    in class i. content_imgs (K, C, H, W), class_imgs (R, C, H, W), generated (R, K, C, H, W), all in [0, 1]."""
-
-    def np_img(t: Tensor) -> np.ndarray:
-        return t.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-    rows = [[None] + [np_img(c) for c in content_imgs]]
-    for i in range(class_imgs.shape[0]):
-        rows.append([np_img(class_imgs[i])] + [np_img(g) for g in generated[i]])
-    cell = max(64, content_imgs.shape[-1])
-    return image_grid(rows, cell=cell, pad=2)
+def _sample_grid(imgs: Tensor, generated: Tensor) -> np.ndarray:
+    """Every sample image's content in every sample image's class: imgs (K, C, H, W), generated (K*K, C, H, W)."""
+    k = imgs.shape[0]
+    imgs_np = imgs.float().cpu().numpy()
+    return transfer_grid(imgs_np, imgs_np, generated.float().cpu().numpy().reshape(k, k, *generated.shape[1:]),
+                         channels_first=True, cell=max(64, imgs.shape[-1]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -679,7 +493,7 @@ def _session(model_dir: Path, device: str) -> Iterator[tuple[Dist, torch.device]
         dev, created = pick_device(device), False
     with contextlib.ExitStack() as stack:
         # Rank 0 takes the lock; a refusal there stops every rank with the same message.
-        _on_main(d, lambda: stack.enter_context(model_lock(model_dir)))
+        _on_main(d, lambda: stack.enter_context(training_lock(model_dir)))
         yield d, dev
     if created:  # only after success: with a dead peer the teardown itself can block
         torch.distributed.destroy_process_group()
@@ -738,14 +552,14 @@ def train_latent(
             prepare_model_dir(model_dir, resume=resume, force=force, stage="latent")
             if resume:
                 saved = load_config(model_dir)
-                if weights_path(model_dir, "latent").exists() and not _checkpoint_dir(model_dir, "latent").exists():
+                if weights_path(model_dir, "latent").exists() and not checkpoint_dir(model_dir, "latent").exists():
                     raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
                 check_data_matches(ds, saved, "stage 1", n_imgs_must_match=True)
                 return saved
-            new = cfg.apply_overrides([f"model.n_imgs={len(ds)}", f"model.n_classes={ds.n_classes}",
-                                       f"model.img_size={ds.meta.img_size}", f"model.channels={ds.meta.channels}"])
-            new.save(model_dir / "config.json")
-            atomic_write_json(model_dir / "data.json", data_record(ds, data_name or ds.path.name))
+            new = cfg.replace(model=dict(n_imgs=len(ds), n_classes=ds.n_classes, img_size=ds.meta.img_size,
+                                         channels=ds.meta.channels))
+            save_config(model_dir, new)
+            save_data_record(model_dir, data_record(ds, data_name or ds.path.name))
             return new
 
         _on_main(d, setup_dir)
@@ -794,7 +608,7 @@ def train_latent(
             k = len(fixed)
             out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))
             imgs = bank.batch(fixed)
-            return transfer_grid(imgs, imgs, out.reshape(k, k, *out.shape[1:]))
+            return _sample_grid(imgs, out)
 
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
@@ -837,7 +651,7 @@ def train_amortized(
 ) -> dict[str, Any]:
     """Stage 2: train encoders to the stage-1 codes; writes amortized.safetensors."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not is_model_dir(model_dir):
         load_config(model_dir)  # one clear "model not found" before any lock file is created
     with _session(model_dir, device) as (d, dev):
 
@@ -855,15 +669,15 @@ def train_amortized(
             if done and not (resume or force):
                 raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
             if not resume:
-                ckpt = _checkpoint_dir(model_dir, "amortized")
+                ckpt = checkpoint_dir(model_dir, "amortized")
                 if ckpt.exists() and not force:
                     raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
                                        "or --force to start it anew")
-                cfg.save(model_dir / "config.json")
+                save_config(model_dir, cfg)
 
         _on_main(d, setup_dir)
         cfg = load_config(model_dir)
-        latent = load_latent(model_dir, cfg)
+        latent = load_latent(model_dir, cfg)  # eval mode, CPU
         for p in latent.parameters():
             p.requires_grad_(False)
         ac = cfg.amortized
@@ -899,7 +713,7 @@ def train_amortized(
             imgs = bank.batch(fixed)
             k = len(fixed)
             out, _, _ = model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))
-            return transfer_grid(imgs, imgs, out.reshape(k, k, *out.shape[1:]))
+            return _sample_grid(imgs, out)
 
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,

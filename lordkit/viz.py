@@ -67,6 +67,38 @@ def image_grid(rows: Sequence[Sequence[np.ndarray | None]], cell: int = 64, pad:
     return out
 
 
+def transfer_grid(contents: Sequence[np.ndarray] | np.ndarray, classes: Sequence[np.ndarray | None] | np.ndarray,
+                  generated: Sequence[Sequence[np.ndarray]] | np.ndarray, *, channels_first: bool = False,
+                  cell: int = 64, pad: int = 2, row_labels: Sequence[str] | None = None,
+                  col_labels: Sequence[str] | None = None) -> np.ndarray:
+    """The papers' layout: top row the content images, left column the class images (None where a
+    class has no picture), cell (j, i) = content i drawn in class j.
+
+    contents (K, H, W, C), classes (R, H, W, C), generated (R, K, H, W, C); uint8 or float in [0, 1].
+    channels_first: the arrays are (..., C, H, W) as networks output them. Labels include the
+    top-left corner cell."""
+    def hwc(img: np.ndarray | None) -> np.ndarray | None:
+        if img is None or not channels_first:
+            return img
+        return np.moveaxis(np.asarray(img), 0, -1)
+
+    rows = [[None] + [hwc(c) for c in contents]]
+    for j, ref in enumerate(classes):
+        rows.append([hwc(ref)] + [hwc(generated[j][i]) for i in range(len(contents))])
+    return image_grid(rows, cell=cell, pad=pad, row_labels=row_labels, col_labels=col_labels)
+
+
+def sample_positions(class_ids: np.ndarray, n_classes: int, k: int = 8, seed: int = 0) -> np.ndarray:
+    """Positions of k images of as many different classes as possible (seeded): the images of a
+    sample grid, fixed for a whole training run."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.flatnonzero(np.bincount(class_ids, minlength=n_classes) > 0))[:k]
+    picks = [int(rng.choice(np.flatnonzero(class_ids == c))) for c in classes]
+    while len(picks) < min(k, len(class_ids)):
+        picks.append(int(rng.integers(len(class_ids))))
+    return np.asarray(picks[:k], dtype=np.int64)
+
+
 def save_png(path: str | Path, img: np.ndarray) -> Path:
     """Write an RGB (or grey) uint8 image as PNG via a temporary file and rename."""
     img = to_rgb_uint8(img)

@@ -14,13 +14,14 @@ from factories import make_export, make_model_dir
 from safetensors.numpy import load_file
 
 from lordkit.errors import LordkitError
+from lordkit.export_format import NETWORKS
 from lordkit.export import exporter
-from lordkit.models import code_generator, transfer
-from lordkit.training import load_amortized
+from lordkit.models import eager_networks
+from lordkit.modeldir import load_amortized
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
-NETS = ("content_encoder", "class_encoder", "generator", "transfer")
+NETS = NETWORKS
 TEMPLATE = [[0.37, 0.45], [0.63, 0.45], [0.5, 0.6], [0.4, 0.75], [0.6, 0.75]]
 KINDS = {"onnx": 1e-4, "onnx_opt": 1e-4, "onnx_fp16": 1e-2}
 
@@ -36,9 +37,7 @@ def exported(tmp_path_factory):
 
 @functools.lru_cache(maxsize=None)
 def eager(model_dir, name):
-    m = load_amortized(model_dir)
-    return {"content_encoder": m.content_encoder, "class_encoder": m.class_encoder,
-            "generator": code_generator(m), "transfer": transfer(m)}[name].eval()
+    return eager_networks(load_amortized(model_dir))[name].eval()
 
 
 def inputs(manifest, name, batch, seed=1):

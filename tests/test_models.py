@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lordkit.config import ConfigError, LordConfig, ModelConfig, preset
 from lordkit.errors import LordkitError
 from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain,
-                            amortized_from_latent, code_generator, transfer)
+                            amortized_from_latent, code_generator, transfer_net)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -78,7 +78,7 @@ def test_generator_and_encoder_export(img_size: int, channels: int) -> None:
     class2, class3 = torch.randn(2, cfg.class_dim), torch.randn(3, cfg.class_dim)
     check_exports(code_generator(model), (content2, class2), (content3, class3),
                   ["content_code", "class_code"], ["img"])
-    check_exports(transfer(model), (img2, img2.flip(0)), (img3, img3.flip(0)),
+    check_exports(transfer_net(model), (img2, img2.flip(0)), (img3, img3.flip(0)),
                   ["content_img", "class_img"], ["img"])
 
     with torch.inference_mode():
@@ -132,7 +132,7 @@ def test_amortized_convert_scripted() -> None:
         torch.testing.assert_close(scripted.convert(a, b)[0], model.convert(a, b)[0], rtol=0, atol=1e-6)
         # Transfer mixes the content code of a with the class code of b.
         mixed = model.generator(model.content_encoder(a), model.modulation(model.class_encoder(b)))
-        torch.testing.assert_close(transfer(model)(a, b), mixed)
+        torch.testing.assert_close(transfer_net(model)(a, b), mixed)
 
 
 def test_adain_matches_independent_instance_norm() -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lordkit.errors import LordkitError
-from lordkit.models import AmortizedModel, LatentModel, transfer
+from lordkit.models import AmortizedModel, LatentModel, transfer_net
 from lordkit.reference import import_reference, map_reference_key, read_reference_config, restricted_loads
 
 # --- the reference formulation ------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_import_reproduces_reference(tmp_path, channels: int) -> None:
     torch.manual_seed(1)
     a, b = torch.rand(2, channels, 64, 64), torch.rand(2, channels, 64, 64)
     with torch.inference_mode():
-        assert (transfer(amortized)(a, b) - ref_amort.convert(a, b)).abs().max().item() < 1e-5
+        assert (transfer_net(amortized)(a, b) - ref_amort.convert(a, b)).abs().max().item() < 1e-5
 
 
 def test_import_without_amortized(tmp_path) -> None:
@@ -243,7 +243,7 @@ def test_import_errors(tmp_path) -> None:
 def test_cli_import_reference_writes_a_lordkit_model(tmp_path, cli, base) -> None:
     from conftest import one_line_error
 
-    from lordkit.training import load_amortized, load_latent
+    from lordkit.modeldir import load_amortized, load_latent
 
     ref_cfg = reference_config()
     ref_latent, ref_amort = write_reference_dir(tmp_path / "ref", ref_cfg)

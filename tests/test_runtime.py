@@ -467,7 +467,7 @@ def broken_export(src: Path, dst: Path, how: str) -> Path:
     elif how == "foreign":
         import onnx
 
-        from lordkit.runtime.bundle import sha256_file
+        from lordkit.export_format import sha256_file
 
         model = onnx.load(str(dst / "content_encoder.opt.onnx"))
         del model.metadata_props[:]

@@ -17,8 +17,8 @@ from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
-from lordkit.training import (NonFiniteLoss, TrainingInterrupted, load_amortized, load_latent, model_lock,
-                              train_amortized, train_latent)
+from lordkit.modeldir import load_amortized, load_latent, training_lock
+from lordkit.training import NonFiniteLoss, TrainingInterrupted, train_amortized, train_latent
 
 TINY_DATA = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue": "2", "n_shapes": "3"}
 TINY_MODEL = ["model.content_dim=8", "model.class_dim=8", "model.n_adain_layers=2", "model.adain_dim=16",
@@ -144,7 +144,7 @@ def test_refuses_existing_model_and_concurrent_training(data, tmp_path):
     with pytest.raises(LordkitError, match="--force"):
         train_latent(data, m, cfg, **quiet())
     assert (m / "latent.safetensors").read_bytes() == before
-    with model_lock(m):
+    with training_lock(m):
         with pytest.raises(LordkitError, match="being trained"):
             train_latent(data, m, cfg, force=True, **quiet())
     train_latent(data, m, tiny_cfg("latent.n_epochs=1", "latent.seed=5"), force=True, **quiet())

@@ -8,7 +8,6 @@ that skips the graph, so the check costs a few reads per file and needs neither 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,22 +16,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from lordkit import export_format as fmt
 from lordkit.errors import LordkitError
+from lordkit.export_format import FORMAT, RUNTIME_NETWORKS, sha256_file
 from lordkit.fsutil import read_json
 
-FORMAT = "lordkit-export/1"
-RUNTIME_NETWORKS = ("content_encoder", "class_encoder", "generator")  # what Transfer runs
-NETWORKS = RUNTIME_NETWORKS + ("transfer",)
 VERIFY_MODES = ("all", "used", "none")
-_REQUIRED_KEYS = ("img_size", "channels", "content_dim", "class_dim", "class_names", "models", "class_bank", "sha256")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,14 +135,14 @@ class Bundle:
             raise LordkitError(f"export not found: {self.path}")
         if not self.path.is_dir():
             raise LordkitError(f"{self.path} is not an export directory")
-        manifest_path = self.path / "manifest.json"
+        manifest_path = self.path / fmt.MANIFEST
         if not manifest_path.is_file():
-            raise LordkitError(f"{self.path} is not a lordkit export: it has no manifest.json")
+            raise LordkitError(f"{self.path} is not a lordkit export: it has no {fmt.MANIFEST}")
         m = read_json(manifest_path, "export manifest")
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             got = m.get("format") if isinstance(m, dict) else type(m).__name__
             raise LordkitError(f"{manifest_path} has format {got!r}; this runtime reads {FORMAT}")
-        missing = [k for k in _REQUIRED_KEYS if k not in m]
+        missing = [k for k in fmt.REQUIRED_KEYS if k not in m]
         if missing:
             raise LordkitError(f"{manifest_path} lacks {', '.join(missing)}; re-export the model")
         self.manifest: dict[str, Any] = m
@@ -214,7 +203,7 @@ class Bundle:
 
     @property
     def face_points(self) -> str | None:
-        return self.manifest.get("face_points") or ("eyes_nose_mouth" if self.face_template else None)
+        return self.manifest.get("face_points") or (fmt.FACE_POINTS_DEFAULT if self.face_template else None)
 
     @property
     def is_face(self) -> bool:
@@ -272,10 +261,10 @@ class Bundle:
             props = onnx_metadata(self.path / name)
         except (ValueError, UnicodeDecodeError, OSError):
             raise LordkitError(f"not a lordkit export: {name} is not an ONNX model file") from None
-        if props.get("lordkit.format") != FORMAT:
+        if props.get(fmt.META_FORMAT) != FORMAT:
             raise LordkitError(f"not a lordkit export: {name} came from another tool (no lordkit metadata)")
-        network = props.get("lordkit.model")
-        expected = next((n for n in NETWORKS if name.startswith(n + ".")), None)
+        network = props.get(fmt.META_NETWORK)
+        expected = fmt.network_of_file(name)
         if expected is not None and network != expected:
             raise LordkitError(f"files disagree with the manifest: {name} holds the {network} network, not {expected}")
 

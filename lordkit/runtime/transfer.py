@@ -17,7 +17,8 @@ import numpy as np
 
 from lordkit.errors import LordkitError
 from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
-from lordkit.runtime.bundle import RUNTIME_NETWORKS, Bundle
+from lordkit.export_format import RUNTIME_NETWORKS
+from lordkit.runtime.bundle import Bundle
 from lordkit.runtime.session import Device, OrtModel, check_inputs, open_models, select_device
 
 ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)

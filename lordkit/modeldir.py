@@ -1,0 +1,330 @@
+"""The model dir: the one owner of its on-disk format. Every reader and writer goes through here.
+
+A model dir holds:
+    config.json                 LordConfig (model, latent, amortized sections)
+    data.json                   what it was trained on: data name, class names, image size, ...
+    latent.safetensors          stage-1 weights, written when stage 1 completes
+    amortized.safetensors       stage-2 weights, written when stage 2 completes
+    checkpoints/<stage>/        model.safetensors + state.pt (optimizer, scheduler, RNG, step) +
+                                progress.json: the last complete checkpoint, replaced as one unit
+    samples/<stage>-epoch-NNNN.png  transfer grids (rows: class source, columns: content source)
+    metrics.jsonl               one JSON object per logged step, appended
+    eval/<data>.json, eval/<data>-transfer.png   written by `lordkit evaluate`
+    .lock                       held by the process training into the dir
+
+Training, export, evaluation, the benchmarks and the import of reference checkpoints all open
+models through these functions, never through the trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from lordkit.config import LordConfig, ModelConfig
+from lordkit.errors import LordkitError
+from lordkit.fsutil import atomic_write_json, read_json, staged_dir
+
+if TYPE_CHECKING:  # torch stays out of module import: the runtime imports lordkit without torch
+    import torch
+    from torch import Tensor, nn
+
+    from lordkit.data.store import Dataset
+    from lordkit.models import AmortizedModel, LatentModel
+
+STAGES = ("latent", "amortized")
+CONFIG = "config.json"
+DATA_RECORD = "data.json"
+METRICS = "metrics.jsonl"
+CLASS_TABLE_KEY = "class_embedding.weight"  # stage-1 class codes in latent.safetensors
+_CHECKPOINT_WEIGHTS = "model.safetensors"
+_CHECKPOINT_STATE = "state.pt"
+_CHECKPOINT_PROGRESS = "progress.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths.
+
+
+def weights_path(model_dir: Path, stage: str) -> Path:
+    return Path(model_dir) / f"{stage}.safetensors"
+
+
+def checkpoint_dir(model_dir: Path, stage: str) -> Path:
+    return Path(model_dir) / "checkpoints" / stage
+
+
+def has_checkpoint(model_dir: Path, stage: str) -> bool:
+    return (checkpoint_dir(model_dir, stage) / _CHECKPOINT_STATE).is_file()
+
+
+def is_model_dir(model_dir: Path) -> bool:
+    return (Path(model_dir) / CONFIG).is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# Config and data record.
+
+
+def load_config(model_dir: Path) -> LordConfig:
+    path = Path(model_dir) / CONFIG
+    if not path.is_file():
+        raise LordkitError(f"model not found: {model_dir} (no {CONFIG}; train it with `lordkit train`)")
+    return LordConfig.load(path)
+
+
+def save_config(model_dir: Path, cfg: LordConfig) -> None:
+    cfg.save(Path(model_dir) / CONFIG)
+
+
+def data_record(ds: "Dataset", data_name: str) -> dict[str, Any]:
+    """What a model was trained on, as written to data.json."""
+    m = ds.meta
+    return {"data_name": data_name, "dataset_id": m.dataset_id, "n_imgs": m.n_imgs, "n_classes": m.n_classes,
+            "class_names": m.class_names, "img_size": m.img_size, "channels": m.channels,
+            "content_factors": m.content_factors, "face_template": m.face_template,
+            "content_grid": m.extra.get("content_grid"), "path": str(ds.path)}
+
+
+def bare_data_record(cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """data.json of a model that was not trained here (imported, random): numbered classes, no data."""
+    return {"data_name": None, "dataset_id": None, "n_imgs": cfg.n_imgs, "n_classes": cfg.n_classes,
+            "class_names": [str(i) for i in range(cfg.n_classes)], "img_size": cfg.img_size,
+            "channels": cfg.channels, "content_factors": [], "face_template": None, "content_grid": None, **extra}
+
+
+def save_data_record(model_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(Path(model_dir) / DATA_RECORD, record)
+
+
+def load_data_record(model_dir: Path) -> dict[str, Any]:
+    """data.json, or {} for a model dir written before it existed."""
+    path = Path(model_dir) / DATA_RECORD
+    if not path.is_file():
+        return {}
+    record = read_json(path, "model data record")
+    if not isinstance(record, dict):
+        raise LordkitError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    return record
+
+
+def check_data_matches(ds: "Dataset", cfg: LordConfig, what: str, n_imgs_must_match: bool) -> None:
+    """Refuse data whose image shape or class count differs from the model's (and, for training,
+    data whose size differs from the content table's)."""
+    m = ds.meta
+    mc = cfg.model
+    if (m.img_size, m.channels) != (mc.img_size, mc.channels):
+        raise LordkitError(f"data {ds.path.name} has {m.img_size}x{m.img_size}x{m.channels} images but the "
+                           f"model expects {mc.img_size}x{mc.img_size}x{mc.channels}")
+    if m.n_classes != mc.n_classes:
+        raise LordkitError(f"data {ds.path.name} has {m.n_classes} classes but the model was built for {mc.n_classes}")
+    if n_imgs_must_match and m.n_imgs != mc.n_imgs:
+        raise LordkitError(f"{what} needs the data stage 1 was trained on: {ds.path.name} has {m.n_imgs} "
+                           f"images, the model's content table {mc.n_imgs}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights.
+
+
+def save_state(state: dict[str, "Tensor"], path: Path) -> None:
+    """A safetensors file written to a temporary name, fsynced and renamed into place."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def save_weights(module: "nn.Module", path: Path) -> None:
+    save_state(module.state_dict(), path)
+
+
+def read_state(path: Path) -> dict[str, "Tensor"]:
+    """A safetensors file as a CPU state dict; a missing or damaged file is one clear error."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise LordkitError(f"weights not found: {path}")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def load_weights(module: "nn.Module", path: Path) -> None:
+    missing, unexpected = module.load_state_dict(read_state(path), strict=False)
+    if missing or unexpected:
+        raise LordkitError(f"{path} does not match the model in {CONFIG} "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _load_stage(model_dir: Path, stage: str, cfg: LordConfig | None, device: "str | torch.device"):
+    from lordkit.models import AmortizedModel, LatentModel
+
+    cfg = cfg or load_config(model_dir)
+    path = weights_path(model_dir, stage)
+    if not path.is_file():
+        hint = ("no trained stage 1", "lordkit train") if stage == "latent" else ("no trained encoders",
+                                                                               "lordkit train-encoders")
+        raise LordkitError(f"{model_dir} has {hint[0]} ({path.name}); run `{hint[1]}` first")
+    model = (LatentModel if stage == "latent" else AmortizedModel)(cfg.model)
+    load_weights(model, path)
+    return model.to(device).eval()
+
+
+def load_latent(model_dir: Path, cfg: LordConfig | None = None, device: "str | torch.device" = "cpu") -> "LatentModel":
+    """The stage-1 model in eval mode on `device`."""
+    return _load_stage(Path(model_dir), "latent", cfg, device)
+
+
+def load_amortized(model_dir: Path, cfg: LordConfig | None = None,
+                   device: "str | torch.device" = "cpu") -> "AmortizedModel":
+    """The stage-2 model (encoders, modulation, generator) in eval mode on `device`."""
+    return _load_stage(Path(model_dir), "amortized", cfg, device)
+
+
+def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:
+    """Stage-1 class codes (n_classes, class_dim) float32, read without loading the content table."""
+    from safetensors import safe_open
+
+    path = weights_path(model_dir, "latent")
+    if not path.is_file():
+        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if CLASS_TABLE_KEY not in f.keys():
+                raise LordkitError(f"{path} has no {CLASS_TABLE_KEY}; it is not a lordkit stage-1 file")
+            bank = f.get_tensor(CLASS_TABLE_KEY)
+    except LordkitError:
+        raise
+    except Exception as e:  # safetensors raises its own types for corrupt headers
+        raise LordkitError(f"{path} is not a readable safetensors file: {e}") from None
+    if bank.shape != (cfg.n_classes, cfg.class_dim):
+        raise LordkitError(f"{path}: class table is {bank.shape}, {CONFIG} says ({cfg.n_classes}, {cfg.class_dim})")
+    return np.ascontiguousarray(bank, dtype=np.float32)
+
+
+def write_model(model_dir: Path, cfg: LordConfig, latent: "LatentModel", amortized: "AmortizedModel | None",
+                data: dict[str, Any], *, force: bool = False) -> Path:
+    """A complete model dir (config, data record, weights of one or both stages), built under a
+    temporary name and renamed into place."""
+    with staged_dir(Path(model_dir), force=force, what="model") as tmp:
+        save_config(tmp, cfg)
+        save_data_record(tmp, data)
+        save_weights(latent, weights_path(tmp, "latent"))
+        if amortized is not None:
+            save_weights(amortized, weights_path(tmp, "amortized"))
+    return Path(model_dir)
+
+
+def write_imported_model(model_dir: Path, cfg: LordConfig, latent_state: dict[str, "Tensor"],
+                         amortized_state: dict[str, "Tensor"] | None, *, source: str, force: bool = False) -> None:
+    """A model dir from weights trained elsewhere (e.g. the reference code), written atomically."""
+    from lordkit.models import AmortizedModel, LatentModel
+
+    latent = LatentModel(cfg.model)
+    latent.load_state_dict(latent_state)
+    amortized = None
+    if amortized_state is not None:
+        amortized = AmortizedModel(cfg.model)
+        amortized.load_state_dict(amortized_state)
+    write_model(model_dir, cfg, latent, amortized, bare_data_record(cfg.model, imported_from=source), force=force)
+
+
+def write_random_model(model_dir: Path, cfg: LordConfig, *, seed: int = 0, class_code_range: float | None = None,
+                       data: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """A model dir with both stages at their seeded random initialisation (benchmarks, tests, smoke
+    runs). class_code_range spreads the class table uniform(-r, r) so classes visibly differ."""
+    import torch
+
+    from lordkit.models import LatentModel, amortized_from_latent
+
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        latent = LatentModel(cfg.model)
+        amortized = amortized_from_latent(latent, cfg.model)
+        if class_code_range is not None:
+            with torch.no_grad():
+                latent.class_embedding.weight.uniform_(-class_code_range, class_code_range)
+    record = data if data is not None else bare_data_record(cfg.model, source=f"random initialisation, seed {seed}")
+    return write_model(model_dir, cfg, latent, amortized, record, force=force)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: the files only. What goes into them (gathered shards, optimizer, scheduler) is the
+# training loop's business.
+
+
+def write_checkpoint(model_dir: Path, stage: str, model_state: dict[str, "Tensor"], state: dict[str, Any],
+                     progress: dict[str, Any]) -> None:
+    """model.safetensors + state.pt (torch.save of tensors and plain values) + progress.json, built
+    in a staging dir and swapped in as one unit."""
+    import torch
+
+    with staged_dir(checkpoint_dir(model_dir, stage), force=True, what="checkpoint") as tmp:
+        save_state(model_state, tmp / _CHECKPOINT_WEIGHTS)
+        with open(tmp / _CHECKPOINT_STATE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / _CHECKPOINT_PROGRESS, progress)
+
+
+def read_checkpoint(model_dir: Path, stage: str) -> tuple[dict[str, "Tensor"], dict[str, Any]]:
+    """(model state, training state) of the last complete checkpoint, on the CPU."""
+    import torch
+
+    d = checkpoint_dir(model_dir, stage)
+    if not (d / _CHECKPOINT_STATE).is_file():
+        raise LordkitError(f"no {stage} checkpoint in {d} to resume from")
+    try:
+        model_state = read_state(d / _CHECKPOINT_WEIGHTS)
+        state = torch.load(d / _CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+    except LordkitError as e:
+        raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
+    except Exception as e:  # a damaged file: torch raises several types
+        raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
+    return model_state, state
+
+
+# ----------------------------------------------------------------------------------------------
+# The lock held while training.
+
+
+@contextlib.contextmanager
+def training_lock(model_dir: Path) -> Iterator[None]:
+    """Refuse a second training into the same model dir while one runs (advisory file lock)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    f = open(model_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LordkitError(f"{model_dir} is being trained by {holder}; wait for it or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:  # only the holder clears the pid: a refused second trainer leaves it alone
+            with contextlib.suppress(OSError):
+                f.truncate(0)
+    finally:
+        f.close()
