@@ -46,6 +46,17 @@ def export_dir(base: Path, name: str) -> Path:
     return base / "exports" / validate_name(name, "export name")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -62,6 +73,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: give the modes a plain open() would
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -110,6 +122,7 @@ def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterat
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: an export must be readable by its service
         yield tmp
         _fsync_dir(tmp)
         if final.exists():
