@@ -18,7 +18,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def validate_name(name: str, what: str = "name") -> str:
     """Return `name` if it is safe to use as a single path component, else raise LordkitError."""
-    if not _NAME_RE.match(name or "") or name in (".", "..") or ".." in name:
+    if not _NAME_RE.fullmatch(name or "") or name in (".", "..") or ".." in name:  # fullmatch: "$" lets "x\n" through
         raise LordkitError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
             "(no path separators, no leading dot, at most 128 characters)"

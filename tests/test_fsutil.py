@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from lordkit.fsutil import atomic_write_json, atomic_write_text, current_umask, staged_dir
+from lordkit.errors import LordkitError
+from lordkit.fsutil import atomic_write_json, atomic_write_text, current_umask, staged_dir, validate_name
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o077])
@@ -42,3 +43,14 @@ def test_staged_dirs_follow_the_umask(tmp_path, umask):
     assert mode(tmp_path / "out") == mode(tmp_path / "plain") == 0o777 & ~umask
     assert mode(tmp_path / "out" / "f") == 0o666 & ~umask
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain"]  # no temporary names left
+
+
+@pytest.mark.parametrize("name", ["ok", "a.b-c_d", "A1"])
+def test_valid_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "..", "a..b", "nl\n", "tab\t", "x" * 129, "sp ace"])
+def test_names_that_would_make_odd_paths_are_refused(name):
+    with pytest.raises(LordkitError, match="invalid"):
+        validate_name(name)
