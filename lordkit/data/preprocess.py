@@ -18,21 +18,13 @@ from lordkit.data.sources import DecodeError, Loaded, Options, Source, get_reade
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, staged_dir
+from lordkit.imaging import square_resize
 
 MAX_FAILED_FRACTION = 0.01  # more undecodable images than this fails the run
 
 
-def to_square(img: np.ndarray, mode: str = "center") -> np.ndarray:
-    h, w = img.shape[:2]
-    if h == w or mode == "stretch":
-        return img
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return img[top:top + s, left:left + s]
-
-
 def normalise_image(img: np.ndarray, img_size: int, channels: int, square: str = "center") -> np.ndarray:
-    """Any uint8 grey/RGB/RGBA image -> (img_size, img_size, channels) uint8."""
+    """Any uint8 grey/RGB/RGBA image -> (img_size, img_size, channels) uint8 (alpha is dropped)."""
     img = np.asarray(img)
     if img.dtype != np.uint8:
         raise DecodeError(f"expected uint8 pixels, got {img.dtype}")
@@ -42,16 +34,7 @@ def normalise_image(img: np.ndarray, img_size: int, channels: int, square: str =
         img = img[..., :3]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
         raise DecodeError(f"unsupported image shape {img.shape}")
-    img = to_square(img, square)
-    h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if (h > img_size or w > img_size) else cv2.INTER_CUBIC
-    if (h, w) != (img_size, img_size):
-        img = cv2.resize(np.ascontiguousarray(img), (img_size, img_size), interpolation=interp)
-    if channels == 1 and img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    elif channels == 3 and img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    return img.reshape(img_size, img_size, channels)
+    return square_resize(img, img_size, channels, square)
 
 
 @dataclass

@@ -16,8 +16,8 @@ Face models (an export whose manifest has a `face_template`) get, for each photo
    that is allowed, with a warning when it is enlarged more than 2x.
 
 Everything else (non-face models, or align=False for crops that are already aligned) is centre-cropped
-to a square and resized to img_size, as `lordkit preprocess` made the training images; such an
-image must be at least img_size on its shorter side.
+to a square and resized to img_size by lordkit.imaging.square_resize, the function `lordkit preprocess`
+makes the training images with; such an image must be at least img_size on its shorter side.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from lordkit.errors import LordkitError
-from lordkit.runtime.images import (WORK_MAX_SIDE, LoadedImage, Warn, center_square, check_min_size,
-                                    convert_channels, load_image)
+from lordkit.imaging import square_resize
+from lordkit.runtime.images import WORK_MAX_SIDE, LoadedImage, Warn, check_min_size, convert_channels, load_image
 
 DETECT_SIDE = 1280  # faces are searched on a copy this big at most (HOG cost grows with pixels)
 MIN_SCORE = 0.3  # weaker HOG detections (badges, patterned cloth) are dropped unless nothing else is found
@@ -132,8 +132,8 @@ class Preparer:
         loaded = self.load(source, name=label)
         if not (self.align if align is None else bool(align) and self.template is not None):
             check_min_size(loaded, self.img_size)
-            return [Prepared(image=self._model_layout(center_square(loaded.pixels, self.img_size)), label=label,
-                             source=path, photo_scale=loaded.scale)]
+            image = square_resize(loaded.pixels, self.img_size, self.channels)  # as preprocessing squares images
+            return [Prepared(image=image, label=label, source=path, photo_scale=loaded.scale)]
         return self._faces(loaded, label, path, all_faces)
 
     def _model_layout(self, img: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ What happens to each kind of input
 - an alpha channel with any transparent pixel: composited onto white (or black), with a warning;
   a fully opaque alpha channel is dropped silently.
 - grey file into a colour model: replicated to RGB, with a warning; colour into a grey model:
-  converted with OpenCV's luma weights, with a warning.
+  decoded by OpenCV's grey decoder, as `lordkit preprocess` reads it, with a warning (after
+  compositing transparency: converted with OpenCV's luma weights).
 """
 
 from __future__ import annotations
@@ -263,20 +264,23 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
         _check_pixels(info.width, info.height, name, max_pixels)
 
     # Choose how to decode: JPEGs at reduced size when big (and with EXIF orientation applied);
-    # everything else unchanged so that an alpha channel survives.
+    # everything else unchanged so that an alpha channel survives. A grey model gets colour JPEGs
+    # from OpenCV's grey decoder, as `lordkit preprocess` reads them.
     flag, factor = cv2.IMREAD_UNCHANGED, 1
     if info is not None and info.format == "jpeg":
-        flag = cv2.IMREAD_GRAYSCALE if info.grey else cv2.IMREAD_COLOR
+        grey = bool(info.grey) or channels == 1
+        flag = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
         scale = _target_scale(info.width, info.height, max_side, keep_min_side)
         for f in (8, 4, 2):
             if scale * f <= 1.0 + 1e-9:  # decoding at 1/f still leaves at least the size we want
-                flag, factor = _REDUCED[(bool(info.grey), f)], f
+                flag, factor = _REDUCED[(grey, f)], f
                 break
+        if grey and not info.grey and warn:
+            warn(f"{name} is in colour; converted to greyscale for this grey model")
     try:
         img = cv2.imdecode(data, flag)
     except cv2.error as e:  # e.g. OpenCV's own pixel limit, or a truncated file some decoders reject loudly
         raise LordkitError(f"{name} could not be decoded as an image: {str(e).strip().splitlines()[-1]}") from None
-    del data
     if img is None:
         raise LordkitError(f"{name} is not an image file (no decoder accepts it)")
     if info is None:  # a format whose header we do not read: check after decoding
@@ -289,11 +293,12 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
     img = _to_uint8(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
+    composited = False
     if img.ndim == 3 and img.shape[2] in (2, 4):  # BGRA, or grey + alpha
         if int(img[..., -1].min()) < 255:
             if warn:
                 warn(f"{name} has transparent pixels; composited onto {alpha_background}")
-            img = composite_alpha(img, alpha_background)
+            img, composited = composite_alpha(img, alpha_background), True
         else:  # an opaque alpha channel carries nothing
             img = img[..., :-1] if img.shape[2] == 4 else img[..., 0]
     if img.ndim == 3 and img.shape[2] == 3:
@@ -302,6 +307,15 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
             img = img[..., 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise LordkitError(f"{name} has an unsupported pixel layout {img.shape}")
+    if channels == 1 and img.ndim == 3 and not composited:
+        # OpenCV's grey decoder (libpng's weights for PNG) rounds differently from cvtColor:
+        # decode again as `lordkit preprocess` reads colour files for a grey model.
+        grey_img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+        if grey_img is not None and grey_img.shape == img.shape[:2]:
+            if warn:
+                warn(f"{name} is in colour; converted to greyscale for this grey model")
+            img = grey_img
+    del data
 
     # Shrink to the working size (JPEGs are already close to it).
     h, w = img.shape[:2]
@@ -324,18 +338,6 @@ def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Model inputs from whole images (non-face models, or faces that are already aligned).
-
-
-def center_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop to a square and resize to size x size (as `lordkit preprocess` makes training images)."""
-    h, w = img.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    img = img[top:top + s, left:left + s]
-    if s != size:
-        interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-        img = cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
-    return np.ascontiguousarray(img)
 
 
 def check_min_size(loaded: LoadedImage, size: int) -> None:
