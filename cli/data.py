@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.table import Table
@@ -53,45 +53,58 @@ def _open(ctx: typer.Context, name: str):
     return Dataset(data_dir(get_base(ctx), name))
 
 
+# Options both split commands take.
+InputName = Annotated[str, typer.Option("--input-data-name", "-idn", help="Dataset to split.")]
+TrainName = Annotated[str, typer.Option("--train-data-name", "-trdn", help="Name of the train part.")]
+TestName = Annotated[str, typer.Option("--test-data-name", "-tsdn", help="Name of the test part.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed of the split (same seed, same split).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
+
+
+def _split(ctx: typer.Context, split: Callable, input_data_name: str, train_data_name: str, test_data_name: str,
+           **how: Any) -> tuple[int, int]:
+    """Run a lordkit.data.splits function from the input dataset into the two named parts: (n_train, n_test)."""
+    base = get_base(ctx)
+    train_idx, test_idx = split(_open(ctx, input_data_name), data_dir(base, train_data_name),
+                                data_dir(base, test_data_name), **how)
+    return len(train_idx), len(test_idx)
+
+
 @handle_errors
 def split_classes(
     ctx: typer.Context,
-    input_data_name: Annotated[str, typer.Option("--input-data-name", "-idn", help="Dataset to split.")],
-    train_data_name: Annotated[str, typer.Option("--train-data-name", "-trdn", help="Name of the train part.")],
-    test_data_name: Annotated[str, typer.Option("--test-data-name", "-tsdn", help="Name of the test part.")],
+    input_data_name: InputName,
+    train_data_name: TrainName,
+    test_data_name: TestName,
     num_test_classes: Annotated[int, typer.Option("--num-test-classes", "-ntsi", help="How many whole classes to hold out.")],
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split (same seed, same split).")] = 1234,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
+    seed: Seed = 1234,
+    force: Force = False,
 ) -> None:
     """Hold out whole classes: the test set has classes the model never saw."""
     from lordkit.data.splits import split_classes as run
 
-    base = get_base(ctx)
-    ds = _open(ctx, input_data_name)
-    train_idx, test_idx = run(ds, data_dir(base, train_data_name), data_dir(base, test_data_name),
-                              num_test_classes, seed=seed, force=force)
-    say(f"{train_data_name}: {len(train_idx)} images; {test_data_name}: {len(test_idx)} images "
+    n_train, n_test = _split(ctx, run, input_data_name, train_data_name, test_data_name,
+                             n_test_classes=num_test_classes, seed=seed, force=force)
+    say(f"{train_data_name}: {n_train} images; {test_data_name}: {n_test} images "
         f"of {num_test_classes} held-out classes (seed {seed})")
 
 
 @handle_errors
 def split_samples(
     ctx: typer.Context,
-    input_data_name: Annotated[str, typer.Option("--input-data-name", "-idn", help="Dataset to split.")],
-    train_data_name: Annotated[str, typer.Option("--train-data-name", "-trdn", help="Name of the train part.")],
-    test_data_name: Annotated[str, typer.Option("--test-data-name", "-tsdn", help="Name of the test part.")],
+    input_data_name: InputName,
+    train_data_name: TrainName,
+    test_data_name: TestName,
     test_split: Annotated[float, typer.Option("--test-split", "-ts", help="Fraction of images held out, e.g. 0.2.")],
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split (same seed, same split).")] = 1234,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
+    seed: Seed = 1234,
+    force: Force = False,
 ) -> None:
     """Hold out a random fraction of the images; both parts keep every class."""
     from lordkit.data.splits import split_samples as run
 
-    base = get_base(ctx)
-    ds = _open(ctx, input_data_name)
-    train_idx, test_idx = run(ds, data_dir(base, train_data_name), data_dir(base, test_data_name),
-                              test_split, seed=seed, force=force)
-    say(f"{train_data_name}: {len(train_idx)} images; {test_data_name}: {len(test_idx)} images (seed {seed})")
+    n_train, n_test = _split(ctx, run, input_data_name, train_data_name, test_data_name,
+                             test_split=test_split, seed=seed, force=force)
+    say(f"{train_data_name}: {n_train} images; {test_data_name}: {n_test} images (seed {seed})")
 
 
 @data_app.command("info")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from lordkit.errors import LordkitError
 
 from .common import get_base, handle_errors, say
+
+if TYPE_CHECKING:  # the runtime loads onnxruntime and OpenCV: imported when a transfer runs
+    from lordkit.runtime import Prepared, Transfer
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -124,30 +128,47 @@ def transfer(
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise LordkitError(f"output {existing[0]} already exists{more}; pass --force to replace it")
 
-    written = _run(t, contents, photo_of, class_refs, content_labels, class_labels, targets, grid, paste_back)
+    job = _Job(contents=contents, photo_of=photo_of, class_refs=class_refs, content_labels=content_labels,
+               class_labels=class_labels, targets=targets, grid=grid, paste_back=paste_back)
+    written = _run(t, job)
     say(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} images to {out}")
 
 
-def _run(t, contents, photo_of, class_refs, content_labels, class_labels, targets, grid, paste_back) -> list[Path]:
+@dataclass
+class _Job:
+    """Every content drawn in every class, and where the results go."""
+
+    contents: list[Prepared]  # model inputs, in input order (all faces of a photo together)
+    photo_of: list[int]  # index of the input photo each content was cut from
+    class_refs: list[Prepared | int]  # reference photos' inputs or class-bank rows
+    content_labels: list[str]
+    class_labels: list[str]
+    targets: list[Path]  # one per (content, class) pair, per (photo, class) with paste_back, or the grid
+    grid: bool = False  # one grid PNG instead of a file per pair
+    paste_back: bool = False  # faces go back into their photos
+
+
+def _run(t: Transfer, job: _Job) -> list[Path]:
+    """Generate every (content, class) pair, content-major, writing each result as soon as it is complete."""
     import numpy as np
 
     from lordkit.console import make_progress
-    from lordkit.runtime import to_uint8_image
-    from lordkit.viz import image_grid, save_png
+    from lordkit.runtime import Prepared, to_uint8_image
+    from lordkit.viz import save_png, transfer_grid
 
-    m = len(class_refs)
-    cc = t.content_codes(contents)
-    kc = t.class_codes(class_refs)
+    m = len(job.class_refs)
+    cc = t.content_codes(job.contents)
+    kc = t.class_codes(job.class_refs)
     written: list[Path] = []
-    keep = grid or paste_back
+    keep = job.grid or job.paste_back
     results: dict[tuple[int, int], np.ndarray] = {}  # (content, class) -> uint8 crop, while still needed
     # With paste-back, a photo is written once all its faces are generated in every class.
     faces_of: dict[int, list[int]] = {}
-    for i, k in enumerate(photo_of):
+    for i, k in enumerate(job.photo_of):
         faces_of.setdefault(k, []).append(i)
     next_photo = 0  # photos come in input order: pairs are generated content-major
     with make_progress(transient=True) as progress:
-        task = progress.add_task("transfer", total=len(contents) * m, unit="img")
+        task = progress.add_task("transfer", total=len(job.contents) * m, unit="img")
         for a, b, imgs in t.generate_iter(cc, kc):
             for p, img in zip(range(a, b), imgs):
                 i, j = divmod(p, m)
@@ -155,32 +176,32 @@ def _run(t, contents, photo_of, class_refs, content_labels, class_labels, target
                 if keep:
                     results[(i, j)] = crop
                 else:
-                    written.append(save_png(targets[p], crop))
+                    written.append(save_png(job.targets[p], crop))
             progress.advance(task, b - a)
-            while paste_back and next_photo in faces_of and b >= (faces_of[next_photo][-1] + 1) * m:
-                written += _paste_photo(t, contents, faces_of[next_photo], next_photo, m, results, targets)
+            while job.paste_back and next_photo in faces_of and b >= (faces_of[next_photo][-1] + 1) * m:
+                written += _paste_photo(t, job, next_photo, faces_of[next_photo], results)
                 next_photo += 1
-    if grid:
-        rows = [[None] + [c.image for c in contents]]
-        for j, ref in enumerate(class_refs):
-            source = ref.image if hasattr(ref, "image") else None  # class-bank rows have no picture
-            rows.append([source] + [results[(i, j)] for i in range(len(contents))])
-        sheet = image_grid(rows, cell=max(64, t.img_size), row_labels=[""] + class_labels,
-                           col_labels=[""] + content_labels)
-        written.append(save_png(targets[0], sheet))
+    if job.grid:
+        n = len(job.contents)
+        classes = [ref.image if isinstance(ref, Prepared) else None for ref in job.class_refs]  # bank rows: no picture
+        sheet = transfer_grid([c.image for c in job.contents], classes,
+                              [[results[(i, j)] for i in range(n)] for j in range(m)], cell=max(64, t.img_size),
+                              row_labels=["", *job.class_labels], col_labels=["", *job.content_labels])
+        written.append(save_png(job.targets[0], sheet))
     return written
 
 
-def _paste_photo(t, contents, faces, k, m, results, targets) -> list[Path]:
+def _paste_photo(t: Transfer, job: _Job, k: int, faces: list[int], results: dict) -> list[Path]:
     """Write photo k once per class, with each of its faces (content indices `faces`) pasted in."""
     from lordkit.viz import save_png
 
+    m = len(job.class_refs)
     out = []
     for j in range(m):
         photo = None
         for i in faces:  # faces pasted one after another into the same photo
-            photo = t.paste_back(contents[i], results.pop((i, j)), photo)
-        out.append(save_png(targets[k * m + j], photo))
+            photo = t.paste_back(job.contents[i], results.pop((i, j)), photo)
+        out.append(save_png(job.targets[k * m + j], photo))
     return out
 
 
