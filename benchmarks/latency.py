@@ -1,7 +1,8 @@
 """Inference latency and throughput of lordkit's exported networks: a thin script over lordkit.bench.
 
-The same measurement as `lordkit bench` (see docs/bench.md), runnable from a checkout without an
-install (PYTHONPATH=.), plus an onnxruntime settings sweep (what each session option is worth).
+The same measurement as `lordkit bench` (see docs/bench.md), plus a tiny random model for smoke runs
+and an onnxruntime settings sweep (what each session option is worth). Needs lordkit installed, with
+torch for the random model and matplotlib for the PNG: pip install -e '.[train,plot]'
 
     python benchmarks/latency.py                                   # random reference model, every backend
     python benchmarks/latency.py --model EXPORT --model-dir MODEL  # a real export and the model it came from
@@ -13,35 +14,39 @@ install (PYTHONPATH=.), plus an onnxruntime settings sweep (what each session op
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from rich.console import Console
+
+from lordkit import bench as lb
+from lordkit.errors import LordkitError
+from lordkit.export_format import NETWORKS, file_name
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _checkout_imports() -> None:
-    """From a checkout without an install, map export/ and cli/ into the lordkit namespace as
-    pyproject's package-dir does (lordkit.export, lordkit.cli)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import lordkit
-
+def parse_sweep(text: str | None) -> tuple[str, int] | None:
+    """--ort-sweep NETWORK[:BATCH] (batch 8 when not given)."""
+    if not text:
+        return None
+    network, _, batch = text.partition(":")
+    lb.parse_list([network], NETWORKS, "network")
     try:
-        import lordkit.export  # noqa: F401
-    except ImportError:
-        lordkit.__path__.append(str(REPO))
+        return network, lb.parse_batch_sizes([int(batch or 8)])[0]
+    except ValueError:
+        raise LordkitError(f"--ort-sweep wants NETWORK:BATCH, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="export dir (default: a random model of the reference size)")
     ap.add_argument("--model-dir", default=None, help="model dir the export came from (eager and compile rows)")
-    ap.add_argument("--work-dir", default=None, help="build the random model here and keep it (reused if present)")
+    ap.add_argument("--work-dir", type=Path, default=None, help="build the random model here and keep it (reused if present)")
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--channels", type=int, default=None)
-    ap.add_argument("--tiny", action="store_true", help="random model with tiny widths (smoke runs)")
+    ap.add_argument("--tiny", action="store_true", help="random model of lordkit.config's tiny size (smoke runs)")
     ap.add_argument("--batch-sizes", default="1,8,32,128")
     ap.add_argument("--backends", default=None, help="comma-separated (default: as `lordkit bench`)")
     ap.add_argument("--models", default="content_encoder,class_encoder,generator,transfer")
@@ -52,43 +57,42 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="device of the torch rows")
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--align-image", default=None)
+    ap.add_argument("--matmul-size", type=int, default=None, help="side of the matmul measuring the fp32 rate")
     ap.add_argument("--ort-sweep", default=None, metavar="NETWORK:BATCH",
                     help="also time onnxruntime settings one at a time on this network's plain .onnx")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default=None, help="file stem (default: bench-<model>-<time>)")
     args = ap.parse_args(argv)
 
-    _checkout_imports()
-    from rich.console import Console
-
-    from lordkit import bench as lb
-    from lordkit.cli.bench import TINY_MODEL, benchmark_target
-
+    # Every argument is checked before anything slow starts (benchmark_target checks the model's).
+    batch_sizes = lb.parse_batch_sizes(args.batch_sizes)
+    networks = lb.parse_list(args.models, NETWORKS, "network")
+    torch_device = lb.resolve_torch_device(args.device)
+    backends = lb.parse_list(args.backends, list(lb.BACKENDS), "backend") if args.backends else None
+    lb.check_settings(args.threads, args.warmup, args.iters, args.max_time, args.matmul_size)
+    sweep = parse_sweep(args.ort_sweep)
     console = Console(stderr=True)
 
     def log(message: str) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    torch_device = lb.resolve_torch_device(args.device)
-    backends = lb.parse_list(args.backends, list(lb.BACKENDS), "backend") if args.backends else None
     wanted = backends or lb.default_backends(torch_device)
-    with benchmark_target(args.model, args.model_dir, None, args.img_size, args.channels,
-                          int8="int8" in wanted, fp16="fp16" in wanted or "ort-cuda-fp16" in wanted,
-                          work_dir=Path(args.work_dir) if args.work_dir else None,
-                          model_overrides=TINY_MODEL if args.tiny else None, log=log) as (export_dir, md, info):
-        result = lb.run_benchmark(export_dir, md, batch_sizes=lb.parse_batch_sizes(args.batch_sizes),
-                                  backends=backends, networks=args.models.split(","), threads=args.threads,
-                                  warmup=args.warmup, iters=args.iters, max_time_s=args.max_time, device=torch_device,
-                                  align=not args.no_align, align_image=args.align_image, model_info=info,
-                                  progress=True, log=log)
-        if args.ort_sweep:
-            network, _, batch = args.ort_sweep.partition(":")
-            manifest = json.loads((export_dir / "manifest.json").read_text())
-            feeds = lb.make_inputs(network, int(batch or 8), manifest["img_size"], manifest["channels"],
-                                   manifest["content_dim"], manifest["class_dim"])
-            log(f"onnxruntime settings sweep on {network}.onnx, batch {batch or 8}")
-            result["ort_sweep"] = {"network": network, "batch": int(batch or 8), "file": f"{network}.onnx",
-                                   "rows": lb.ort_settings_sweep(export_dir / f"{network}.onnx", feeds,
+    with lb.benchmark_target(args.model, args.model_dir, None, args.img_size, args.channels, tiny=args.tiny,
+                             int8="int8" in wanted, fp16="fp16" in wanted or "ort-cuda-fp16" in wanted,
+                             work_dir=args.work_dir, log=log) as (export_dir, md, info):
+        result = lb.run_benchmark(export_dir, md, batch_sizes=batch_sizes, backends=backends, networks=networks,
+                                  threads=args.threads, warmup=args.warmup, iters=args.iters, max_time_s=args.max_time,
+                                  device=torch_device, align=not args.no_align, align_image=args.align_image,
+                                  model_info=info, matmul_n=args.matmul_size, progress=True, log=log)
+        if sweep is not None:
+            network, batch = sweep
+            model = result["model"]
+            feeds = lb.make_inputs(network, batch, model["img_size"], model["channels"], model["content_dim"],
+                                   model["class_dim"])
+            onnx_file = file_name(network, "onnx")
+            log(f"onnxruntime settings sweep on {onnx_file}, batch {batch}")
+            result["ort_sweep"] = {"network": network, "batch": batch, "file": onnx_file,
+                                   "rows": lb.ort_settings_sweep(export_dir / onnx_file, feeds,
                                                                  result["settings"]["threads"], iters=args.iters,
                                                                  max_time_s=args.max_time)}
     stem = args.name or f"bench-{result['model'].get('model_name') or 'model'}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -101,14 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     warning = lb.load_warning(result)
     if warning:
         print(f"warning: {warning}")
-    print(f"wrote {json_path} and {png_path}")
+    print(f"results: {json_path}\nplot: {png_path or lb.PLOT_HINT}")
     return result
 
 
 if __name__ == "__main__":
-    _checkout_imports()
-    from lordkit.errors import LordkitError
-
     try:
         main()
     except LordkitError as e:

@@ -1,4 +1,5 @@
-"""lordkit.bench, export.quantize and `lordkit bench` on a tiny export: rows, JSON, PNG, FLOPs, int8 files, CLI.
+"""lordkit.bench, export.quantize, `lordkit bench` and benchmarks/latency.py on a tiny export: rows, JSON, PNG,
+FLOPs, int8 files, CLI.
 
 No timing is asserted (speed targets live in the benchmarks): only that every backend that can run
 here runs, that what is written has the promised shape, and that bad input is one line.
@@ -7,12 +8,11 @@ here runs, that what is written has the promised shape, and that bad input is on
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from lordkit import bench
+from lordkit.bench import labels, machine, plot, target, timing
+from lordkit.config import ModelConfig
 from lordkit.errors import LordkitError
 from lordkit.export.quantize import quantize_export, smooth_noise_images
 from lordkit.runtime import Bundle
@@ -207,8 +209,9 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     assert set(saved) >= {"format", "created", "env", "settings", "model", "flops", "matmul", "rows", "alignment",
                           "targets"}
     assert saved["format"] == "lordkit-bench/1" and len(saved["rows"]) == len(result["rows"])
-    img = cv2.imread(str(png_path), cv2.IMREAD_COLOR)
-    assert img is not None and img.shape[0] > 600 and img.shape[1] > 800 and img.std() > 10
+    if importlib.util.find_spec("matplotlib") is not None:
+        img = cv2.imread(str(png_path), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] > 600 and img.shape[1] > 800 and img.std() > 10
 
     from rich.console import Console
 
@@ -224,7 +227,7 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     assert "…" not in text and "network: generator" in text
     for r in one["rows"]:
         if r["status"] == "ok":
-            assert bench._num(r["latency_ms"]["p50"]) in text
+            assert labels.fmt_num(r["latency_ms"]["p50"]) in text
     if result["alignment"]["status"] == "ok":
         assert "] dlib + OpenCV: detect" in text and "[1] " in text
 
@@ -273,29 +276,39 @@ def test_load_warning_counts_other_processes_only():
     assert "matmul rate was 40% lower" in bench.load_warning(result(0.0, mm_end=60.0))
 
 
-def test_others_cpu_share_separates_own_work_from_others():
-    start = bench.cpu_times()
-    if start is None:
-        pytest.skip("no /proc/stat")
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.3:  # busy work of this process
-        sum(range(1000))
-    end = bench.cpu_times()
-    own = end["own_s"] - start["own_s"]
-    assert own > 0.1
-    assert end["busy_s"] - start["busy_s"] >= own - 0.05  # the machine's busy time includes ours
-    # The share is the machine's busy time minus ours, over the machine's capacity.
-    a = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0, "cpus": 2}
-    assert bench.others_cpu_share(a, {"busy_s": 104.0, "own_s": 13.0, "wall_s": 52.0, "cpus": 2}) == pytest.approx(0.25)
-    assert bench.others_cpu_share(a, {"busy_s": 103.0, "own_s": 13.0, "wall_s": 52.0, "cpus": 2}) == 0.0  # only ours
-    assert bench.others_cpu_share(None, end) is None
+PROC_STAT = """cpu  100 20 30 400 50 6 7 8 0 0
+cpu0 50 10 15 200 25 3 3 4 0 0
+intr 12345
+"""
+
+
+def test_busy_ticks_parses_proc_stat():
+    # user + nice + system + irq + softirq + steal; idle (400) and iowait (50) are not busy.
+    assert machine.busy_ticks(PROC_STAT) == 100 + 20 + 30 + 6 + 7 + 8
+    assert machine.busy_ticks("cpu  1 2 3 4\n") == 1 + 2 + 3  # older kernels: fewer columns
+    assert machine.busy_ticks("intr 1 2\n") is None and machine.busy_ticks("") is None
+
+
+def test_others_cpu_share_is_the_machines_busy_time_minus_ours():
+    start = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0, "cpus": 2}
+
+    def share(busy_s, own_s, wall_s=52.0):
+        return machine.others_cpu_share(start, {"busy_s": busy_s, "own_s": own_s, "wall_s": wall_s, "cpus": 2})
+
+    # 4 s busy in 2 s of wall time on 2 CPUs, 3 of them ours: others took 1 of the 4 CPU-seconds.
+    assert share(104.0, 13.0) == pytest.approx(0.25)
+    assert share(103.0, 13.0) == 0.0  # only our work
+    assert share(102.0, 13.0) == 0.0  # never below 0 (ticks round: our time can exceed the machine's)
+    assert share(104.0, 10.0) == pytest.approx(1.0)  # the whole machine busy with others
+    assert share(104.0, 13.0, wall_s=50.0) is None  # no time passed
+    assert machine.others_cpu_share(None, start) is None and machine.others_cpu_share(start, None) is None
 
 
 def test_time_calls_budget_and_percentiles():
     calls = []
-    times, n_warm = bench.time_calls(lambda: calls.append(1), lambda: None, warmup=2, iters=50, max_time_s=1e-9)
-    assert n_warm == 1 and len(times) == bench.MIN_TIMED_ITERS  # budget spent: warm-up once, the minimum timed
-    p = bench.percentile_ms([0.001, 0.002, 0.003])
+    times, n_warm = timing.time_calls(lambda: calls.append(1), lambda: None, warmup=2, iters=50, max_time_s=1e-9)
+    assert n_warm == 1 and len(times) == timing.MIN_TIMED_ITERS  # budget spent: warm-up once, the minimum timed
+    p = timing.percentile_ms([0.001, 0.002, 0.003])
     assert p["p50"] == pytest.approx(2.0) and p["min"] == pytest.approx(1.0) and p["max"] == pytest.approx(3.0)
 
 
@@ -315,15 +328,61 @@ def test_bench_onnx_rows_without_torch(exported):
     assert p.stdout.split() == ["ok", "ok", "missing", "missing", "['onnxruntime-cpu']"]
 
 
-def test_plot_draws_log_axes_and_handles_no_rows():
-    result = {"env": {"threads": 1, "cpu": "cpu", "load_average_start": [0.1, 0, 0]},
-              "model": {"model_name": "m", "img_size": 32},
-              "settings": {"networks": ["generator"], "backends": ["eager"], "batch_sizes": [1, 8]},
-              "rows": [{"network": "generator", "backend": "eager", "batch": 1, "status": "missing", "reason": "x"}]}
-    img = bench.plot_results(result)
-    assert img.dtype == np.uint8 and img.ndim == 3
-    assert bench._nice_ticks(1.0, 100.0, log=True) == [1, 2, 5, 10, 20, 50, 100]
-    assert all(math.isclose(a, b) for a, b in zip(bench._nice_ticks(0, 1000, log=False), [0, 200, 400, 600, 800, 1000]))
+def _tiny_result(rows):
+    return {"env": {"threads": 1, "cpu": "cpu", "load_average_start": [0.1, 0, 0]},
+            "model": {"model_name": "m", "img_size": 32},
+            "settings": {"networks": ["generator", "transfer"], "backends": ["eager", "ort-cpu"], "batch_sizes": [1, 8]},
+            "rows": rows}
+
+
+def _ok_row(network, backend, batch, ms):
+    return {"network": network, "backend": backend, "batch": batch, "status": "ok", "latency_ms": {"p50": ms},
+            "img_per_sec": batch / (ms / 1e3)}
+
+
+def _no_matplotlib(monkeypatch):
+    """Imports of matplotlib (and of its submodules already loaded) fail, as on a box without it."""
+    for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_plot_is_a_png_with_a_pair_of_charts_per_network(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [_ok_row(n, b, batch, ms * batch) for n in ("generator", "transfer") for b, ms in (("eager", 3.0),
+            ("ort-cpu", 1.5)) for batch in (1, 8)]
+    png = plot.plot_png(_tiny_result(rows))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape[1] > 1000 and img.shape[0] > 600 and img.std() > 10  # two networks: two rows of charts
+    one = cv2.imdecode(np.frombuffer(plot.plot_png(_tiny_result(rows[:4])), np.uint8), cv2.IMREAD_COLOR)
+    assert one.shape[1] == img.shape[1] and one.shape[0] < img.shape[0]
+
+
+def test_plot_handles_no_measured_rows_and_narrow_ranges():
+    pytest.importorskip("matplotlib")
+    missing = [{"network": "generator", "backend": "eager", "batch": 1, "status": "missing", "reason": "x"}]
+    assert plot.plot_png(_tiny_result(missing))[:4] == b"\x89PNG"
+    lo, hi = plot._log_range([2.0, 3.0])
+    assert lo < 2.0 and hi > 3.0 and hi / lo >= 10  # a log axis at least a decade tall, so ticks show
+
+
+def test_write_results_without_matplotlib_writes_the_json_only(tmp_path, monkeypatch):
+    _no_matplotlib(monkeypatch)
+    result = _tiny_result([_ok_row("generator", "eager", 1, 2.0)])
+    assert plot.plot_png(result) is None
+    json_path, png_path = bench.write_results(result, tmp_path, "run")
+    assert png_path is None and json.loads(json_path.read_text())["rows"] == result["rows"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_random_model_configs():
+    ref = target.reference_config(64)
+    assert (ref.content_dim, ref.class_dim, ref.n_adain_layers, ref.adain_dim) == (128, 256, 4, 256)
+    assert target.reference_config(256).n_adain_layers == ModelConfig.min_adain_layers(256) > 4
+    tiny = target.reference_config(64, tiny=True)
+    assert tiny.content_dim == 8 and tiny.n_adain_layers == ModelConfig.min_adain_layers(64) > 2
+    with pytest.raises(LordkitError, match="power of two"):
+        target.check_random_target(48)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +425,21 @@ def test_cli_bench_writes_table_json_and_png(run_bench, exported, tmp_path):
     saved = json.loads(json_file.read_text())
     assert {row["backend"] for row in saved["rows"]} == {"eager", "ort-cpu-opt", "int8"}
     assert all(row["status"] == "ok" for row in saved["rows"])
-    assert cv2.imread(str(json_file.with_suffix(".png"))) is not None
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert cv2.imread(str(json_file.with_suffix(".png"))) is not None
+        assert f"plot: {json_file.with_suffix('.png')}" in r.stdout
+
+
+def test_cli_bench_without_matplotlib_says_what_to_install(run_bench, exported, tmp_path, monkeypatch):
+    _no_matplotlib(monkeypatch)
+    _, out = exported
+    r = run_bench("--model", out, "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--backends", "ort-cpu",
+                  "--models", "generator", "--threads", "1", "--no-align", "--matmul-size", "256",
+                  "--out", tmp_path / "res")
+    assert r.exit_code == 0, r.output + r.stderr
+    (json_file,) = (tmp_path / "res").iterdir()
+    assert json_file.suffix == ".json"
+    assert f"plot: {bench.PLOT_HINT}" in r.stdout and "pip install 'lordkit[plot]'" in r.stdout
 
 
 def test_cli_bench_finds_the_model_dir_by_name(run_bench, exported, base, tmp_path):
@@ -393,6 +466,9 @@ def test_cli_bench_finds_the_model_dir_by_name(run_bench, exported, base, tmp_pa
     (["--img-size", "48"], "model.img_size must be a power of two"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--align-image", "/nonexistent.png"], "image not found"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--matmul-size", "8"], "--matmul-size must be >= 16"),
+    (["--model-dir", "somewhere"], "--model-dir goes with --model"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(run_bench, args, expected):
     line = one_line_error(run_bench(*args))
@@ -403,3 +479,21 @@ def test_cli_img_size_must_match_the_export(run_bench, exported):
     _, out = exported
     line = one_line_error(run_bench("--model", out, "--img-size", "64"))
     assert "--img-size 64 does not apply" in line
+
+
+def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path):
+    """benchmarks/latency.py, in process: the same result as the command plus the onnxruntime sweep."""
+    model, out = exported
+    spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    result = latency.main(["--model", str(out), "--model-dir", str(model), "--batch-sizes", "1", "--iters", "1",
+                           "--warmup", "0", "--backends", "eager,ort-cpu", "--models", "generator", "--threads", "1",
+                           "--no-align", "--matmul-size", "256", "--ort-sweep", "generator:2", "--out",
+                           str(tmp_path), "--name", "run"])
+    assert [r["status"] for r in result["rows"]] == ["ok", "ok"]
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["format"] == "lordkit-bench/1" and saved["ort_sweep"]["batch"] == 2
+    assert saved["ort_sweep"]["rows"][0]["setting"] == "default (all, spinning)"
+    with pytest.raises(LordkitError, match="unknown network 'decoder'"):
+        latency.main(["--ort-sweep", "decoder:2"])
