@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -21,15 +21,22 @@ def _main_rank() -> bool:
     return from_env().main
 
 
-def _common_overrides(loss: Optional[str], epochs: Optional[int], batch_size: Optional[int], section: str) -> list[str]:
-    out = []
-    if loss:
-        out.append(f"{section}.loss={loss}")
-    if epochs is not None:
-        out.append(f"{section}.n_epochs={epochs}")
-    if batch_size is not None:
-        out.append(f"{section}.batch_size={batch_size}")
-    return out
+def _given(**values: Any) -> dict[str, Any]:
+    """Config field values of the options the user gave (those not None)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _amortized_settings(items: list[str]) -> dict[str, Any]:
+    """`--set amortized.field=value` items as typed amortized field values (parsed by field type)."""
+    from lordkit.config import LordConfig
+    from lordkit.errors import LordkitError
+
+    bad = [item for item in items if not item.strip().startswith("amortized.")]
+    if bad:
+        raise LordkitError(f"train-encoders only takes amortized.* settings, got {bad[0]!r}")
+    parsed = LordConfig().apply_overrides(items).amortized
+    names = [item.partition("=")[0].strip().partition(".")[2] for item in items]
+    return {name: getattr(parsed, name) for name in names}
 
 
 @handle_errors
@@ -57,11 +64,8 @@ def train(
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    overrides = list(set_ or [])
-    if loss:
-        overrides.append(f"amortized.loss={loss}")
-    overrides += _common_overrides(loss, epochs, batch_size, "latent")
-    cfg = preset_config(preset or ds.meta.dataset_id).apply_overrides(overrides)
+    cfg = preset_config(preset or ds.meta.dataset_id).apply_overrides(set_ or [])
+    cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size), amortized=_given(loss=loss))
     out = model_dir(base, model_name)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, compile=compile_,
                           resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
@@ -92,14 +96,12 @@ def train_encoders(
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    overrides = list(set_ or []) + _common_overrides(loss, epochs, batch_size, "amortized")
+    changes = {**_amortized_settings(set_ or []), **_given(loss=loss, n_epochs=epochs, batch_size=batch_size)}
     out = model_dir(base, model_name)
-    result = train_amortized(ds, out, overrides=overrides, device=device, amp=amp, compile=compile_,
+    result = train_amortized(ds, out, changes=changes, device=device, amp=amp, compile=compile_,
                              resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
     if _main_rank():
         say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
-
-
 
 
 @handle_errors

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.distributed import Dist, owned_indices
+from lordkit.training.checkpoint import ADAM_MOMENTS, ShardedTable, full_states, load_full_states
 from test_training import TINY_DATA, TINY_SET
 
 pytestmark = pytest.mark.slow
@@ -42,9 +43,8 @@ def home(tmp_path):
     return base
 
 
-def torchrun(home, *args, nproc=2, env_extra=None, popen=False):
-    env = {**os.environ, "LORDKIT_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
+def torchrun(home, *args, nproc=2, popen=False):
+    env = {**os.environ, "LORDKIT_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "lordkit", *map(str, args)]
     if popen:
@@ -73,24 +73,57 @@ def wait_for_rows(home, n, proc, timeout=120):
     raise AssertionError(f"no progress: {proc.poll()}")
 
 
-def test_two_processes_train_their_own_rows_and_stage2_follows(home, tmp_path):
-    dump = tmp_path / "dump"
+def _gather_worker(rank: int, world: int, init_file: str) -> None:
+    """One rank of a gloo group: trains its own rows of a table one Adam step, gathers the table and
+    its moments into image order, and loads them back."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        d, n_imgs, seed = Dist(world, rank), 11, 3  # 11 rows: shares of 6 and 5, so gathering pads
+        owned = torch.from_numpy(owned_indices(n_imgs, d, seed))
+        table = ShardedTable("weight", n_imgs, seed, d)
+        torch.manual_seed(rank)
+        local = torch.nn.Embedding(len(owned), 4)  # this rank's rows only
+        optimizer = torch.optim.Adam(local.parameters(), lr=0.1)
+        local(torch.arange(len(owned))).square().sum().backward()
+        optimizer.step()
+
+        # Every row of the table rank 0 writes (and of its Adam moments) is what its owner rank holds.
+        model_state, optim_state = full_states(local, optimizer, table)
+        moments = optimizer.state[local.weight]
+        written = {"weight": model_state["weight"], **{k: optim_state["state"][0][k] for k in ADAM_MOMENTS}}
+        for key, full in written.items():
+            assert full.shape == (n_imgs, 4), key
+            full = full.clone()
+            torch.distributed.broadcast(full, src=0)
+            mine = local.weight.detach() if key == "weight" else moments[key]
+            torch.testing.assert_close(full[owned], mine, rtol=0, atol=0, msg=key)
+
+        # Loading the single-process layout back gives each rank exactly its own rows and moments.
+        fresh = torch.nn.Embedding(len(owned), 4)
+        fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=0.1)
+        load_full_states(fresh, fresh_optimizer, model_state, optim_state, table)
+        torch.testing.assert_close(fresh.weight, local.weight, rtol=0, atol=0)
+        for key in ADAM_MOMENTS:
+            torch.testing.assert_close(fresh_optimizer.state[fresh.weight][key], moments[key], rtol=0, atol=0)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gathered_table_holds_every_rank_rows_in_image_order(tmp_path):
+    torch.multiprocessing.spawn(_gather_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_two_processes_train_and_stage2_follows(home):
     r = torchrun(home, "train", "-dn", "syn", "-mn", "m", *TINY_SET, "--epochs", "12", "--device", "cpu",
-                 "--no-tensorboard", env_extra={"LORDKIT_SHARD_DUMP": str(dump)})
+                 "--no-tensorboard")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("stage 1 done") == 1  # rank 0 reports, rank 1 is quiet
     log = rows(home)
     assert {x["world_size"] for x in log} == {2}
     assert np.mean([x["rec"] for x in log[-3:]]) < 0.8 * np.mean([x["rec"] for x in log[:3]])
-    # One model dir in the single-process format; every row equals what its owner rank trained.
+    # One model dir in the single-process format: the whole table, in image order.
     table = load_file(home / "models" / "m" / "latent.safetensors")["content_embedding.embedding.weight"]
     assert table.shape == (48, 8)
-    seen = []
-    for rank in (0, 1):
-        shard = load_file(dump / f"rank{rank}.safetensors")
-        torch.testing.assert_close(table[shard["rows"]], shard["table"], rtol=0, atol=0)
-        seen += shard["rows"].tolist()
-    assert sorted(seen) == list(range(48))
     # Stage 2 on two processes reads it as usual.
     r = torchrun(home, "train-encoders", "-dn", "syn", "-mn", "m", "--epochs", "2", "--device", "cpu", "--no-tensorboard")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -44,7 +44,7 @@ def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
     train_latent(ds, m, tiny_cfg("latent.n_epochs=2"), **quiet())
     with pytest.raises(LordkitError, match="train-encoders"):
         evaluate(m, ds, data_name="syn")
-    train_amortized(ds, m, overrides=["amortized.n_epochs=2"], **quiet())
+    train_amortized(ds, m, changes={"n_epochs": 2}, **quiet())
     r = evaluate(m, ds, data_name="syn", n_pairs=64)
     assert 0 <= r["reconstruction"]["l1"] <= 1 and r["reconstruction"]["psnr"] > 0
     leak = r["leakage"]["class_from_content"]

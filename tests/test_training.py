@@ -17,8 +17,11 @@ from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
-from lordkit.modeldir import load_amortized, load_latent, training_lock
+from lordkit.modeldir import load_amortized, load_latent, save_config, training_lock
+from lordkit.models import Generator
 from lordkit.training import NonFiniteLoss, TrainingInterrupted, train_amortized, train_latent
+
+from conftest import one_line_error
 
 TINY_DATA = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue": "2", "n_shapes": "3"}
 TINY_MODEL = ["model.content_dim=8", "model.class_dim=8", "model.n_adain_layers=2", "model.adain_dim=16",
@@ -59,7 +62,7 @@ def test_loss_falls_and_both_stages_write_their_files(data, tmp_path):
     cfg = json.loads((m / "config.json").read_text())
     assert cfg["model"]["n_imgs"] == len(data) and cfg["model"]["n_classes"] == 3
 
-    train_amortized(data, m, overrides=["amortized.n_epochs=15"], **quiet())
+    train_amortized(data, m, changes={"n_epochs": 15}, **quiet())
     rows = metrics(m, "amortized")
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert (m / "amortized.safetensors").exists()
@@ -93,11 +96,11 @@ def test_resume_equals_uninterrupted(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
     # Stage 2 resumes the same way.
-    train_amortized(data, tmp_path / "a", overrides=["amortized.n_epochs=2"], **quiet())
+    train_amortized(data, tmp_path / "a", changes={"n_epochs": 2}, **quiet())
     with pytest.raises(TrainingInterrupted):
-        train_amortized(data, tmp_path / "b", overrides=["amortized.n_epochs=2"], **quiet(on_step=interrupt_at(2)))
+        train_amortized(data, tmp_path / "b", changes={"n_epochs": 2}, **quiet(on_step=interrupt_at(2)))
     with pytest.raises(LordkitError, match="--resume"):
-        train_amortized(data, tmp_path / "b", overrides=["amortized.n_epochs=2"], **quiet())
+        train_amortized(data, tmp_path / "b", changes={"n_epochs": 2}, **quiet())
     train_amortized(data, tmp_path / "b", resume=True, **quiet())
     a = load_file(tmp_path / "a" / "amortized.safetensors")
     b = load_file(tmp_path / "b" / "amortized.safetensors")
@@ -107,28 +110,23 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 
 def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     m = tmp_path / "m"
+    poisoned = {"on": False}
 
     def poison(step):
-        if step == 7:  # in the third epoch: two good checkpoints exist
-            with torch.no_grad():
-                m_params = poison.model.generator.last_conv_layers[0].weight
-                m_params.fill_(float("nan"))
+        poisoned["on"] = step >= 7  # in the third epoch: two good checkpoints exist
 
-    # Find the model through the loss hook: the LatentModel is the optimizer's owner; use a module patch.
-    import lordkit.training as training
+    def nan_images(module, args, output):
+        if poisoned["on"] and isinstance(module, Generator):
+            return torch.full_like(output, float("nan"))
+        return None
 
-    orig = training.LatentModel
-
-    def capture(cfg):
-        poison.model = orig(cfg)
-        return poison.model
-
-    training.LatentModel = capture
+    # torch's global forward hook reaches the generator the trainer builds, whatever wraps it.
+    handle = torch.nn.modules.module.register_module_forward_hook(nan_images)
     try:
         with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
             train_latent(data, m, tiny_cfg("latent.n_epochs=5"), **quiet(on_step=poison))
     finally:
-        training.LatentModel = orig
+        handle.remove()
     state = load_file(m / "checkpoints" / "latent" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in state.values())
     progress = json.loads((m / "checkpoints" / "latent" / "progress.json").read_text())
@@ -161,30 +159,64 @@ def test_stage2_needs_stage1_and_matching_data(data, tmp_path):
     preprocess("synthetic", None, other, img_size=32, opts=Options({**TINY_DATA, "n_hue": "3"}), show_progress=False)
     with pytest.raises(LordkitError, match="images"):
         train_amortized(Dataset(other), m, **quiet())
-    with pytest.raises(LordkitError, match="amortized"):
-        train_amortized(data, m, overrides=["latent.n_epochs=3"], **quiet())
+    with pytest.raises(LordkitError, match="amortized.n_epoch"):
+        train_amortized(data, m, changes={"n_epoch": 3}, **quiet())
 
 
-def test_cli_train_and_bad_inputs(cli, base, tmp_path):
-    from conftest import one_line_error
-
+def test_cli_trains_both_stages(cli, base):
     assert cli("preprocess", "-di", "synthetic", "-dn", "syn", "--img-size", "32",
                *[a for k, v in TINY_DATA.items() for a in ("--opt", f"{k}={v}")]).exit_code == 0
     r = cli("train", "-dn", "syn", "-mn", "m", *TINY_SET, "--epochs", "2", "--device", "cpu", "--no-tensorboard")
     assert r.exit_code == 0, r.output
     assert "stage 1 done" in r.stdout
-    r = cli("train-encoders", "-dn", "syn", "-mn", "m", "--epochs", "1", "--device", "cpu", "--no-tensorboard")
+    assert json.loads((base / "models" / "m" / "config.json").read_text())["latent"]["n_epochs"] == 2
+    r = cli("train-encoders", "-dn", "syn", "-mn", "m", "--epochs", "1", "--set", "amortized.log_every=2",
+            "--device", "cpu", "--no-tensorboard")
     assert r.exit_code == 0, r.output
     assert "stage 2 done" in r.stdout
-    assert "--force" in one_line_error(cli("train", "-dn", "syn", "-mn", "m", *TINY_SET, "--device", "cpu"))
-    assert "unknown config key" in one_line_error(cli("train", "-dn", "syn", "-mn", "x", "--set", "latent.bacth_size=3"))
-    assert "not found" in one_line_error(cli("train", "-dn", "nodata", "-mn", "x"))
-    assert "invalid model name" in one_line_error(cli("train", "-dn", "syn", "-mn", "../x"))
-    err = one_line_error(cli("train", "-dn", "syn", "-mn", "v", *TINY_SET, "--loss", "vgg", "--device", "cpu"))
-    assert "--vgg-weights" in err and "--loss l1" in err
-    assert "no trained stage 1" in one_line_error(cli("train-encoders", "-dn", "syn", "-mn", "v", "--device", "cpu"))
-    assert "CUDA is not available" in one_line_error(cli("train", "-dn", "syn", "-mn", "g", *TINY_SET, "--device", "cuda")) \
-        or torch.cuda.is_available()
+    saved = json.loads((base / "models" / "m" / "config.json").read_text())["amortized"]
+    assert saved["n_epochs"] == 1 and saved["log_every"] == 2
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory):
+    """`lordkit --base-dir HOME ...` where HOME holds the tiny data `syn` and a model `half`: a config
+    and data matching `syn`, but no trained stage 1."""
+    from typer.testing import CliRunner
+
+    from lordkit.cli.app import app
+
+    home = tmp_path_factory.mktemp("home")
+    preprocess("synthetic", None, home / "data" / "syn", img_size=32, opts=Options(dict(TINY_DATA)),
+               show_progress=False)
+    ds = Dataset(home / "data" / "syn")
+    (home / "models" / "half").mkdir(parents=True)
+    save_config(home / "models" / "half", tiny_cfg().replace(model=dict(
+        n_imgs=len(ds), n_classes=ds.n_classes, img_size=ds.meta.img_size, channels=ds.meta.channels)))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, ["--base-dir", str(home), *map(str, args)])
+
+
+CPU = ["--device", "cpu"]
+BAD_INPUTS = [
+    (["train", "-dn", "syn", "-mn", "half", *TINY_SET, *CPU], ["--force"]),
+    (["train", "-dn", "syn", "-mn", "x", "--set", "latent.bacth_size=3"], ["unknown config key"]),
+    (["train", "-dn", "nodata", "-mn", "x"], ["not found"]),
+    (["train", "-dn", "syn", "-mn", "../x"], ["invalid model name"]),
+    (["train", "-dn", "syn", "-mn", "v", *TINY_SET, "--loss", "vgg", *CPU], ["--vgg-weights", "--loss l1"]),
+    (["train-encoders", "-dn", "syn", "-mn", "half", *CPU], ["no trained stage 1"]),
+    (["train-encoders", "-dn", "syn", "-mn", "half", "--set", "latent.n_epochs=3", *CPU], ["only takes amortized.*"]),
+    (["train-encoders", "-dn", "syn", "-mn", "half", "--set", "amortized.n_epoch=3", *CPU], ["unknown config key"]),
+    (["train-encoders", "-dn", "syn", "-mn", "none", *CPU], ["model not found"]),
+    pytest.param(["train", "-dn", "syn", "-mn", "g", *TINY_SET, "--device", "cuda"], ["CUDA is not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUTS)
+def test_cli_bad_input_is_one_line(cli_home, args, expected):
+    err = one_line_error(cli_home(*args))
+    assert all(part in err for part in expected), err
 
 
 @pytest.mark.slow

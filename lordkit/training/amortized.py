@@ -1,0 +1,119 @@
+"""Stage 2, amortization: content and class encoders learn to output the stage-1 codes while the
+generator (initialised from stage 1) is fine-tuned on reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lordkit import distributed
+from lordkit.data.store import Dataset
+from lordkit.errors import LordkitError
+from lordkit.losses import make_loss
+from lordkit.modeldir import (check_data_matches, checkpoint_dir, is_model_dir, load_config, load_latent, save_config,
+                              save_weights, weights_path)
+from lordkit.models import amortized_from_latent
+from lordkit.training.data import ImageBank
+from lordkit.training.loop import Loop, LoopSpec, sample_grid
+from lordkit.training.session import adam, autocast, on_main, place, session, wrap_ddp
+from lordkit.viz import sample_positions
+
+
+def _start_stage(ds: Dataset, model_dir: Path, changes: dict[str, Any] | None, *, resume: bool, force: bool) -> None:
+    """Rank 0: check that stage 1 is there and the data matches, and save the stage-2 settings."""
+    cfg = load_config(model_dir)
+    if changes:
+        cfg = cfg.replace(amortized=changes)
+    check_data_matches(ds, cfg, "stage 2", n_imgs_must_match=True)
+    if not weights_path(model_dir, "latent").is_file():
+        raise LordkitError(f"{model_dir} has no trained stage 1 (latent.safetensors); run `lordkit train` first")
+    done = weights_path(model_dir, "amortized").exists()
+    if done and not (resume or force):
+        raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
+    if not resume:
+        ckpt = checkpoint_dir(model_dir, "amortized")
+        if ckpt.exists() and not force:
+            raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
+                               "or --force to start it anew")
+        save_config(model_dir, cfg)
+
+
+def train_amortized(
+    ds: Dataset,
+    model_dir: Path,
+    *,
+    changes: dict[str, Any] | None = None,  # amortized-section field values, e.g. {"batch_size": 64} (saved)
+    device: str = "auto",  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True,  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False,  # torch.compile the amortized model
+    resume: bool = False,  # continue from checkpoints/amortized (changes are not applied)
+    force: bool = False,  # retrain encoders that are already trained
+    vgg_weights: str | None = None,  # torchvision VGG16 file for loss "vgg" (else the hub cache)
+    show_progress: bool = True,  # a progress bar on rank 0
+    tensorboard: bool = True,  # also log to TensorBoard when it is installed
+    on_step: Callable[[int], None] | None = None,  # called with the step number after every step
+) -> dict[str, Any]:
+    """Stage 2: train encoders to the stage-1 codes; writes amortized.safetensors."""
+    model_dir = Path(model_dir)
+    if not is_model_dir(model_dir):
+        load_config(model_dir)  # one clear "model not found" before any lock file is created
+    with session(model_dir, device) as (d, dev):
+        # Check stage 1 and save the settings: rank 0 decides, every rank reads what it decided.
+        on_main(d, lambda: _start_stage(ds, model_dir, changes, resume=resume, force=force))
+        cfg = load_config(model_dir)
+        ac = cfg.amortized
+        loss_fn = make_loss(ac.loss, vgg_weights).to(dev)
+
+        # Build the model from stage 1, whose codes are the targets.
+        latent = load_latent(model_dir, cfg)  # eval mode, CPU
+        for p in latent.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(ac.seed)
+        model = place(amortized_from_latent(latent, cfg.model), dev)
+        latent = latent.to(dev).eval()
+        optimizer = adam([{"params": list(model.parameters()), "lr": ac.lr}], ac.betas, dev)
+        owned = distributed.owned_indices(len(ds), d, ac.seed)
+        owned_t = torch.from_numpy(owned).to(dev)
+        bank = ImageBank(ds, dev, rows=owned)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)[owned]).to(dev)
+        wrapped = wrap_ddp(model, d, dev)
+        forward = torch.compile(wrapped) if compile else wrapped
+
+        def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
+            with torch.no_grad():
+                content_target = latent.content_embedding(owned_t[idx])  # clean stage-1 codes (eval: no noise)
+                class_target = latent.class_embedding(cls)
+            with autocast(dev, amp):
+                out, content_code, class_code = forward(imgs)
+                rec = loss_fn(out, imgs)
+            content_mse = (content_code.float() - content_target).pow(2).mean()
+            class_mse = (class_code.float() - class_target).pow(2).mean()
+            loss = rec + ac.content_weight * content_mse + ac.class_weight * class_mse
+            return loss, {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
+
+        fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
+
+        @torch.no_grad()
+        def sample() -> np.ndarray:
+            model.eval()
+            imgs = bank.batch(fixed)  # (K, C, H, W)
+            k = len(fixed)
+            out, _, _ = model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))  # (K*K, C, H, W)
+            return sample_grid(imgs, out)
+
+        # Train.
+        spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
+                        batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
+                        step=step, sample=sample, n_global=len(ds), dist=d)
+        result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
+            show_progress=show_progress, on_step=on_step)
+
+        # Save the weights.
+        if d.main:
+            save_weights(model, weights_path(model_dir, "amortized"))
+        distributed.barrier(d)
+        return result

@@ -1,0 +1,158 @@
+"""Stage 1, latent optimization: per-image content codes, per-class codes, modulation and generator
+optimized jointly on reconstruction; content codes get Gaussian noise and an L2 decay."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lordkit import distributed
+from lordkit.config import LordConfig
+from lordkit.data.store import Dataset
+from lordkit.errors import LordkitError
+from lordkit.losses import content_penalty, make_loss
+from lordkit.modeldir import (check_data_matches, checkpoint_dir, data_record, load_config, save_config,
+                              save_data_record, save_state, weights_path)
+from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
+from lordkit.training.checkpoint import ShardedTable, full_states
+from lordkit.training.data import ImageBank
+from lordkit.training.loop import Loop, LoopSpec, sample_grid
+from lordkit.training.session import adam, autocast, on_main, place, session, wrap_ddp
+from lordkit.viz import sample_positions
+
+CONTENT_TABLE = "content_embedding.embedding.weight"  # the per-image table, split by rank under torchrun
+
+
+def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to touch an existing model unless --resume or --force; with --force start it anew."""
+    existing = [c for c in model_dir.iterdir() if c.name != ".lock"] if model_dir.exists() else []
+    if existing and not resume:
+        if not force:
+            raise LordkitError(f"model {model_dir} already exists; pass --resume to continue it "
+                               "or --force to train it anew")
+        for child in existing:
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def _start_model_dir(ds: Dataset, model_dir: Path, cfg: LordConfig, *, data_name: str, resume: bool,
+                     force: bool) -> None:
+    """Rank 0: check what a resume continues, or write config.json and data.json of a new model."""
+    prepare_model_dir(model_dir, resume=resume, force=force)
+    if resume:
+        saved = load_config(model_dir)
+        if weights_path(model_dir, "latent").exists() and not checkpoint_dir(model_dir, "latent").exists():
+            raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
+        check_data_matches(ds, saved, "stage 1", n_imgs_must_match=True)
+        return
+    save_config(model_dir, cfg.replace(model=dict(n_imgs=len(ds), n_classes=ds.n_classes, img_size=ds.meta.img_size,
+                                                  channels=ds.meta.channels)))
+    save_data_record(model_dir, data_record(ds, data_name or ds.path.name))
+
+
+class _SharedLatent(nn.Module):
+    """The stage-1 parts every rank shares (wrapped in DDP): class table, modulation, generator."""
+
+    def __init__(self, model: LatentModel):
+        super().__init__()
+        self.class_embedding = model.class_embedding
+        self.modulation = model.modulation
+        self.generator = model.generator
+
+    def forward(self, content_code: Tensor, class_id: Tensor) -> Tensor:
+        return self.generator(content_code, self.modulation(self.class_embedding(class_id)))
+
+
+def train_latent(
+    ds: Dataset,
+    model_dir: Path,
+    cfg: LordConfig,
+    *,
+    data_name: str = "",  # recorded in data.json (default: the dataset dir's name)
+    device: str = "auto",  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True,  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False,  # torch.compile the generator path
+    resume: bool = False,  # continue from checkpoints/latent
+    force: bool = False,  # replace an existing model dir
+    vgg_weights: str | None = None,  # torchvision VGG16 file for loss "vgg" (else the hub cache)
+    show_progress: bool = True,  # a progress bar on rank 0
+    tensorboard: bool = True,  # also log to TensorBoard when it is installed
+    on_step: Callable[[int], None] | None = None,  # called with the step number after every step
+) -> dict[str, Any]:
+    """Stage 1: latent optimization. Writes config.json, data.json, latent.safetensors.
+
+    Under torchrun each rank trains the content codes of its own images (see lordkit.distributed)."""
+    model_dir = Path(model_dir)
+    with session(model_dir, device) as (d, dev):
+        # Set up the model dir: rank 0 decides, every rank reads what it decided.
+        on_main(d, lambda: _start_model_dir(ds, model_dir, cfg, data_name=data_name, resume=resume, force=force))
+        cfg = load_config(model_dir)
+        lc = cfg.latent
+        loss_fn = make_loss(lc.loss, vgg_weights).to(dev)
+
+        # Build the model: the same seeded init on every rank and for any world size.
+        owned = distributed.owned_indices(len(ds), d, lc.seed)
+        torch.manual_seed(lc.seed)
+        model = LatentModel(cfg.model)
+        if lc.content_init != EMBEDDING_INIT:
+            nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
+        if d.enabled:  # keep only this rank's rows of the content table
+            full_table = model.content_embedding.embedding.weight.detach()
+            model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)
+            model.content_embedding.embedding.weight.data.copy_(full_table[torch.from_numpy(owned)])
+            torch.manual_seed(lc.seed + d.rank)  # independent content noise per rank
+        model = place(model, dev)
+        optimizer = adam([
+            {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
+            {"params": list(model.content_embedding.parameters()) + list(model.class_embedding.parameters()),
+             "lr": lc.lr_latent},
+        ], lc.betas, dev)
+        bank = ImageBank(ds, dev, rows=owned)
+        class_ids = torch.from_numpy(np.asarray(ds.class_ids)[owned]).to(dev)
+        content_std = cfg.model.content_std
+        shared = wrap_ddp(_SharedLatent(model), d, dev)
+        generate = torch.compile(shared) if compile else shared
+
+        def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
+            # Content noise, optionally ramped up from 0 over the first noise_warmup_epochs.
+            ramp = min(1.0, epoch / lc.noise_warmup_epochs) if lc.noise_warmup_epochs > 0 else 1.0
+            with autocast(dev, amp):
+                content_code = model.content_embedding(idx, content_std * ramp)  # (B, content_dim)
+                out = generate(content_code, cls)  # (B, C, H, W)
+                rec = loss_fn(out, imgs)
+            decay = content_penalty(content_code)
+            return rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
+
+        fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
+
+        @torch.no_grad()
+        def sample() -> np.ndarray:
+            model.eval()
+            content_code = model.content_embedding(fixed)  # (K, content_dim)
+            params = model.modulation(model.class_embedding(class_ids[fixed]))
+            k = len(fixed)
+            out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))  # (K*K, C, H, W)
+            return sample_grid(bank.batch(fixed), out)
+
+        # Train.
+        table = ShardedTable(CONTENT_TABLE, len(ds), lc.seed, d) if d.enabled else None
+        spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
+                        batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
+                        step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
+                        n_global=len(ds), dist=d, table=table)
+        result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
+            show_progress=show_progress, on_step=on_step)
+
+        # Save the weights, the content table gathered in image order.
+        final_state, _ = full_states(model, optimizer, table)
+        if d.main:
+            save_state(final_state, weights_path(model_dir, "latent"))
+        distributed.barrier(d)
+        return result

@@ -1,0 +1,281 @@
+"""The step loop both stages share: schedule, logging cadence, checkpoint cadence, stop on signals.
+
+A stage describes itself in a LoopSpec (model, optimizer, its step and sample functions) and hands
+it to `Loop(...).run()`. Under torchrun every rank runs the loop over its own images with
+batch_size / world images per step; the schedule counts global steps, so it means the same for any
+world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lordkit import distributed
+from lordkit.console import make_progress
+from lordkit.distributed import Dist
+from lordkit.errors import LordkitError
+from lordkit.modeldir import checkpoint_dir, has_checkpoint
+from lordkit.training.checkpoint import ShardedTable, load_checkpoint, save_checkpoint
+from lordkit.training.data import ImageBank, epoch_order
+from lordkit.training.metrics import MetricsLog
+from lordkit.training.session import peer_failures
+from lordkit.viz import save_png, transfer_grid
+
+CHECKPOINT_EVERY_S = 600.0  # also checkpoint mid-epoch at least this often
+
+
+class TrainingInterrupted(LordkitError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the CLI exits with 130."""
+
+    exit_code = 130
+
+
+class NonFiniteLoss(LordkitError):
+    exit_code = 3
+
+
+@dataclass
+class LoopSpec:
+    """What differs between the stages; the loop does the rest."""
+
+    stage: str  # "latent" or "amortized"
+    model: nn.Module  # everything trained (its own shard of the content table under torchrun)
+    optimizer: torch.optim.Optimizer
+    n_epochs: int
+    batch_size: int  # global: split evenly across ranks
+    seed: int
+    log_every: int
+    lr_min: float
+    # (local idx (B,), imgs (B,C,H,W), class_ids (B,), epoch_float) -> (total loss, {name: term}) tensors
+    step: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, dict[str, Tensor]]]
+    # () -> sample grid image (H, W, 3) uint8; run on rank 0 only
+    sample: Callable[[], np.ndarray] | None = None
+    sample_every_epochs: int = 1
+    n_global: int = 0  # images in the whole dataset (all ranks)
+    dist: Dist = Dist()
+    table: ShardedTable | None = None  # the per-image table split by rank, gathered for checkpoints
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps and saves before exiting."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.signum is not None:  # a second Ctrl-C while saving: give up immediately
+                signal.default_int_handler(signum, frame)
+            self.signum = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+class LossMeter:
+    """Losses summed on the device between reads, so that reading them is the loop's only host sync."""
+
+    def __init__(self, device: torch.device, d: Dist):
+        self.device, self.dist = device, d
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.terms_sum: dict[str, Tensor] = {}
+        self.n_steps = 0
+
+    def add(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        self.loss_sum += loss.detach().float()
+        for name, value in terms.items():
+            self.terms_sum[name] = self.terms_sum.get(name, torch.zeros((), device=self.device)) + value.detach().float()
+        self.n_steps += 1
+
+    def read(self) -> dict[str, float]:
+        """The mean over ranks and steps since the last read: one host sync and one all-reduce."""
+        stacked = torch.stack([self.loss_sum, *self.terms_sum.values()]).div(max(self.n_steps, 1))
+        values = distributed.all_mean(stacked, self.dist).tolist()
+        out = dict(zip(["loss", *self.terms_sum.keys()], values))
+        self.reset()
+        return out
+
+
+class Loop:
+    """One run of a stage's step loop: its schedule, where it stands, and what is due when."""
+
+    def __init__(self, spec: LoopSpec, model_dir: Path, bank: ImageBank, class_ids: Tensor, *, resume: bool,
+                 tensorboard: bool = True):
+        self.spec, self.model_dir, self.bank, self.class_ids = spec, model_dir, bank, class_ids
+        d = self.dist = spec.dist
+        n_global = spec.n_global or bank.n
+        self.batch_size = min(spec.batch_size, n_global)
+        if self.batch_size % d.world:
+            raise LordkitError(f"{spec.stage}.batch_size {self.batch_size} must be divisible by the number of "
+                               f"processes ({d.world})")
+        self.local_batch = self.batch_size // d.world
+        self.steps_per_epoch = max(1, n_global // self.batch_size)  # drop the last partial batch, as the reference
+        self.total_steps = self.steps_per_epoch * spec.n_epochs
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
+                                                                    eta_min=spec.lr_min)
+        self.step = self._load_checkpoint() if resume else 0
+        self.log = MetricsLog(model_dir, spec.stage, tensorboard and d.main) if d.main else None
+        self.samples_dir = model_dir / "samples"
+        if d.main:
+            self.samples_dir.mkdir(exist_ok=True)
+        self.losses = LossMeter(bank.device, d)
+        self.last_checkpoint_s = time.monotonic()
+        self.log_time_s, self.log_step = time.perf_counter(), self.step
+        self.last_good: dict[str, float] = {"loss": math.nan}
+        self.img_per_sec = 0.0
+
+    def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train for spec.n_epochs over the bank; checkpoint each epoch, periodically and on interrupt."""
+        spec, d = self.spec, self.dist
+        flag = StopFlag()
+        progress_cm = make_progress() if (show_progress and d.main) else contextlib.nullcontext()
+        try:
+            with flag.installed(), progress_cm as progress, peer_failures(d, self.model_dir, spec.stage):
+                task = None
+                if progress is not None:
+                    task = progress.add_task(spec.stage, total=self.total_steps, completed=self.step, unit="step")
+                spec.model.train()
+                while self.step < self.total_steps:
+                    epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                    order = epoch_order(self.bank.n, self.steps_per_epoch * self.local_batch,
+                                        spec.seed + 7919 * d.rank, epoch, self.bank.device)
+                    for k in range(in_epoch, self.steps_per_epoch):
+                        # Sample a batch of this rank's images (on the device).
+                        idx = order[k * self.local_batch:(k + 1) * self.local_batch]
+                        imgs = self.bank.batch(idx)
+
+                        # Update.
+                        self._update(idx, imgs)
+                        if on_step is not None:
+                            on_step(self.step)
+
+                        # Log every log_every steps and at the end of an epoch: the only host sync.
+                        at_log = self.step % spec.log_every == 0 or k == self.steps_per_epoch - 1
+                        if at_log:
+                            losses = self._read_losses()
+                            self._log(losses)
+                            if task is not None:
+                                progress.update(task, description=self._progress_line(epoch, losses))
+                        if task is not None:
+                            progress.update(task, completed=self.step)
+
+                        # Stop on a signal, and checkpoint every CHECKPOINT_EVERY_S, saving first.
+                        if self._all_agree(flag.signum is not None, at_log):
+                            self._save_checkpoint()
+                            raise self._interrupted(flag.signum)
+                        if self._all_agree(time.monotonic() - self.last_checkpoint_s > CHECKPOINT_EVERY_S, at_log):
+                            self._save_checkpoint()
+
+                    # Save a snapshot and a sample grid at the end of each epoch.
+                    self._save_checkpoint()
+                    self._save_samples()
+        finally:
+            if self.log is not None:
+                self.log.close()
+        return {"stage": spec.stage, "steps": self.step, "epochs": spec.n_epochs, "img_per_sec": self.img_per_sec,
+                "world_size": d.world, **self.last_good}
+
+    def _update(self, idx: Tensor, imgs: Tensor) -> None:
+        spec = self.spec
+        loss, terms = spec.step(idx, imgs, self.class_ids.index_select(0, idx), self.step / self.steps_per_epoch)
+        spec.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        spec.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.losses.add(loss, terms)
+
+    def _read_losses(self) -> dict[str, float]:
+        """The mean losses since the last read; a NaN or infinity stops the run, the last checkpoint kept."""
+        losses = self.losses.read()
+        if not all(math.isfinite(v) for v in losses.values()):
+            stage = self.spec.stage
+            ckpt = checkpoint_dir(self.model_dir, stage)
+            kept = (f"the last good checkpoint is kept in {ckpt}" if has_checkpoint(self.model_dir, stage)
+                    else "no checkpoint was written yet")
+            raise NonFiniteLoss(f"{stage} loss became {losses['loss']} near step {self.step}; {kept}; "
+                                "lower the learning rate and train again (--resume continues from it)")
+        return losses
+
+    def _log(self, losses: dict[str, float]) -> None:
+        now = time.perf_counter()
+        self.img_per_sec = (self.step - self.log_step) * self.batch_size / max(now - self.log_time_s, 1e-9)
+        self.log_time_s, self.log_step = now, self.step
+        self.last_good = losses
+        if self.log is not None:
+            self.log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, **losses,
+                            "lr": self.scheduler.get_last_lr()[0], "img_per_sec": self.img_per_sec,
+                            "world_size": self.dist.world, "time": time.time()})
+
+    def _progress_line(self, epoch: int, losses: dict[str, float]) -> str:
+        return (f"{self.spec.stage} ep {epoch + 1}/{self.spec.n_epochs} "
+                f"loss {losses['loss']:.4f} {self.img_per_sec:,.0f} img/s")
+
+    def _all_agree(self, local: bool, at_log: bool) -> bool:
+        """Whether to act on a condition of this process. One process acts at once; ranks agree at
+        log steps (one all-reduce), so all act at the same step."""
+        if not self.dist.enabled:
+            return local
+        return at_log and distributed.any_rank(local, self.dist, self.bank.device)
+
+    def _interrupted(self, signum: int | None) -> TrainingInterrupted:
+        name = signal.Signals(signum).name if signum else "stop"  # "stop": another rank got the signal
+        return TrainingInterrupted(f"{name} received: saved a checkpoint at step {self.step}/{self.total_steps} "
+                                   f"in {checkpoint_dir(self.model_dir, self.spec.stage)}; continue with --resume")
+
+    def _save_checkpoint(self) -> None:
+        if self.losses.n_steps:  # never save weights that a NaN has already reached
+            self._read_losses()
+        spec = self.spec
+        save_checkpoint(self.model_dir, spec.stage, spec.model, spec.optimizer, self.scheduler, step=self.step,
+                        epoch=self.step // self.steps_per_epoch, dist=self.dist, table=spec.table)
+        self.last_checkpoint_s = time.monotonic()
+
+    def _load_checkpoint(self) -> int:
+        spec = self.spec
+        return load_checkpoint(self.model_dir, spec.stage, spec.model, spec.optimizer, self.scheduler,
+                               dist=self.dist, table=spec.table)
+
+    def _save_samples(self) -> None:
+        spec = self.spec
+        done_epoch = self.step // self.steps_per_epoch
+        due = done_epoch % spec.sample_every_epochs == 0 or self.step == self.total_steps
+        if self.dist.main and spec.sample is not None and due:
+            grid = spec.sample()
+            save_png(self.samples_dir / f"{spec.stage}-epoch-{done_epoch:04d}.png", grid)
+            if self.log is not None:
+                self.log.image("samples", grid, self.step)
+            spec.model.train()
+
+
+def sample_grid(imgs: Tensor, generated: Tensor) -> np.ndarray:
+    """Every sample image's content in every sample image's class: imgs (K, C, H, W), generated (K*K, C, H, W)."""
+    k = imgs.shape[0]
+    imgs_np = imgs.float().cpu().numpy()
+    return transfer_grid(imgs_np, imgs_np, generated.float().cpu().numpy().reshape(k, k, *generated.shape[1:]),
+                         channels_first=True, cell=max(64, imgs.shape[-1]))
