@@ -29,7 +29,7 @@ def cli(base):
 def one_line_error(result) -> str:
     """The stderr of a failed command must be exactly one `error: ...` line and no traceback."""
     assert result.exit_code != 0, result.output
-    err = result.stderr.strip().splitlines()
     assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert len(err) >= 1 and err[-1].startswith("error: "), result.stderr
-    return err[-1]
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), result.stderr
+    return err[0]

@@ -55,77 +55,80 @@ def test_folder_skips_a_few_bad_images_and_counts_them(cli, base, tmp_path):
     assert meta["class_names"] == ["cat", "dog", "emu"]
 
 
-def test_folder_with_too_many_bad_images_fails_and_leaves_nothing(cli, base, tmp_path):
-    src = make_folder(tmp_path / "imgs", n_per_class=20, corrupt=3)
-    r = cli("preprocess", "-di", "folder", "-dp", src, "-dn", "f", "--img-size", "32")
-    assert "failed to decode" in one_line_error(r)
-    assert not (base / "data" / "f").exists()
-    assert not list((base / "data").glob(".*")) if (base / "data").exists() else True
+def _flat_folder(src):
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.zeros((8, 8, 3), np.uint8))
 
 
-@pytest.mark.parametrize("case", ["missing_path", "no_subfolders", "empty_class", "bad_name", "dotdot",
-                                  "unknown_id", "no_path", "bad_opt", "bad_size", "exists",
-                                  "missing_data", "bad_split", "bad_classes", "same_names"])
-def test_bad_input_gives_one_line(cli, base, tmp_path, case):
+def _empty_class(src):
+    make_folder(src, n_per_class=2)
+    (src / "zebra").mkdir()
+
+
+SETUPS = {  # what exists before the command runs: src is <tmp>/src, the dataset is <base>/data/x
+    "nothing": lambda src, cli: None,
+    "flat folder": lambda src, cli: _flat_folder(src),
+    "empty class": lambda src, cli: _empty_class(src),
+    "3 of 63 broken": lambda src, cli: make_folder(src, n_per_class=20, corrupt=3),
+    "dataset x": lambda src, cli: cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY),
+}
+SPLIT = ["-trdn", "a", "-tsdn", "b"]
+BAD_INPUTS = [  # (setup, arguments, expected error line); {tmp}, {src} and {base} are filled in
+    ("nothing", ["preprocess", "-di", "folder", "-dp", "{tmp}/nope", "-dn", "x"],
+     "error: dataset path not found: {tmp}/nope"),
+    ("flat folder", ["preprocess", "-di", "folder", "-dp", "{src}", "-dn", "x"],
+     "error: {src} has no class subfolders"),
+    ("empty class", ["preprocess", "-di", "folder", "-dp", "{src}", "-dn", "x"],
+     "error: class folder {src}/zebra has no images"),
+    ("3 of 63 broken", ["preprocess", "-di", "folder", "-dp", "{src}", "-dn", "x", "--img-size", "32"],
+     "images failed to decode (more than 1%); first: {src}/cat/bad0.jpg"),
+    ("nothing", ["preprocess", "-di", "synthetic", "-dn", "a/b"], "error: invalid data name 'a/b'"),
+    ("nothing", ["preprocess", "-di", "synthetic", "--data-name", "../x"], "error: invalid data name '../x'"),
+    ("nothing", ["preprocess", "-di", "imagenet", "-dn", "x"], "error: unknown dataset id 'imagenet'"),
+    ("nothing", ["preprocess", "-di", "folder", "-dn", "x"], "error: dataset folder needs --dataset-path"),
+    ("nothing", ["preprocess", "-di", "synthetic", "-dn", "x", "--opt", "n_x"],
+     "error: --opt expects KEY=VALUE, got 'n_x'"),
+    ("nothing", ["preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "2"],
+     "error: --img-size 2 is out of range (8..1024)"),
+    ("dataset x", ["preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY],
+     "error: dataset {base}/data/x already exists; pass --force to replace it"),
+    ("nothing", ["split-samples", "-idn", "nothing", *SPLIT, "-ts", "0.2"],
+     "error: dataset not found: {base}/data/nothing"),
+    ("nothing", ["data", "info", "nothing"], "error: dataset not found: {base}/data/nothing"),
+    ("dataset x", ["split-samples", "-idn", "x", *SPLIT, "-ts", "1.5"],
+     "error: --test-split must be a fraction between 0 and 1, got 1.5"),
+    ("dataset x", ["split-classes", "-idn", "x", *SPLIT, "-ntsi", "5"],
+     "error: --num-test-classes must be between 1 and 4"),
+    ("dataset x", ["split-samples", "-idn", "x", "-trdn", "x", "-tsdn", "b", "-ts", "0.5"],
+     "error: a split output cannot replace its input dataset {base}/data/x"),
+]
+
+
+def tree(root) -> dict:
+    """Every path under root, with the bytes of each file."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("setup, args, expected", BAD_INPUTS,
+                         ids=[f"{i}-{args[0]}-{setup}" for i, (setup, args, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_gives_one_line_and_writes_nothing(cli, base, tmp_path, setup, args, expected):
     src = tmp_path / "src"
-    if case == "missing_path":
-        r = cli("preprocess", "-di", "folder", "-dp", tmp_path / "nope", "-dn", "x")
-        assert "not found" in one_line_error(r)
-    elif case == "no_subfolders":
-        src.mkdir()
-        cv2.imwrite(str(src / "a.png"), np.zeros((8, 8, 3), np.uint8))
-        r = cli("preprocess", "-di", "folder", "-dp", src, "-dn", "x")
-        assert "no class subfolders" in one_line_error(r)
-    elif case == "empty_class":
-        make_folder(src, n_per_class=2)
-        (src / "zebra").mkdir()
-        r = cli("preprocess", "-di", "folder", "-dp", src, "-dn", "x")
-        assert "zebra" in one_line_error(r)
-    elif case == "bad_name":
-        r = cli("preprocess", "-di", "synthetic", "-dn", "a/b")
-        assert "invalid data name" in one_line_error(r)
-    elif case == "dotdot":
-        r = cli("preprocess", "-di", "synthetic", "--data-name", "../x")
-        assert "invalid data name" in one_line_error(r)
-        assert not (base.parent / "x").exists()
-    elif case == "unknown_id":
-        r = cli("preprocess", "-di", "imagenet", "-dn", "x")
-        assert "unknown dataset id" in one_line_error(r)
-    elif case == "no_path":
-        r = cli("preprocess", "-di", "folder", "-dn", "x")
-        assert "--dataset-path" in one_line_error(r)
-    elif case == "bad_opt":
-        r = cli("preprocess", "-di", "synthetic", "-dn", "x", "--opt", "n_x")
-        assert "KEY=VALUE" in one_line_error(r)
-    elif case == "bad_size":
-        r = cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "2")
-        assert "--img-size" in one_line_error(r)
-    elif case == "exists":
-        assert cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY).exit_code == 0
-        before = (base / "data" / "x" / "images.npy").read_bytes()
-        r = cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY)
-        assert "--force" in one_line_error(r)
-        assert (base / "data" / "x" / "images.npy").read_bytes() == before
-        r = cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "64", *TINY, "--force")
-        assert r.exit_code == 0
-    elif case == "missing_data":
-        r = cli("split-samples", "-idn", "nothing", "-trdn", "a", "-tsdn", "b", "-ts", "0.2")
-        assert "not found" in one_line_error(r)
-        r = cli("data", "info", "nothing")
-        assert "not found" in one_line_error(r)
-    elif case == "bad_split":
-        assert cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY).exit_code == 0
-        r = cli("split-samples", "-idn", "x", "-trdn", "a", "-tsdn", "b", "-ts", "1.5")
-        assert "--test-split" in one_line_error(r)
-    elif case == "bad_classes":
-        assert cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY).exit_code == 0
-        r = cli("split-classes", "-idn", "x", "-trdn", "a", "-tsdn", "b", "-ntsi", "5")
-        assert "--num-test-classes" in one_line_error(r)
-    elif case == "same_names":
-        assert cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY).exit_code == 0
-        r = cli("split-samples", "-idn", "x", "-trdn", "x", "-tsdn", "b", "-ts", "0.5")
-        assert one_line_error(r)
-        assert (base / "data" / "x" / "meta.json").exists()
+    SETUPS[setup](src, cli)
+    before = tree(tmp_path)
+    fill = dict(tmp=tmp_path, src=src, base=base)
+    msg = one_line_error(cli(*[a.format(**fill) for a in args]))
+    assert expected.format(**fill) in msg
+    after = tree(tmp_path)
+    if "home/data" not in before:  # the parent of every dataset may be created, empty
+        after.pop("home/data", None)
+    assert after == before
+
+
+def test_preprocess_force_replaces_a_dataset(cli, base):
+    assert cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "32", *TINY).exit_code == 0
+    r = cli("preprocess", "-di", "synthetic", "-dn", "x", "--img-size", "64", *TINY, "--force")
+    assert r.exit_code == 0, r.output
+    assert json.loads((base / "data" / "x" / "meta.json").read_text())["img_size"] == 64
 
 
 def test_class_whose_only_image_fails_is_dropped_not_fatal(cli, base, tmp_path):

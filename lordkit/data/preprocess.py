@@ -56,6 +56,16 @@ class _Cancelling:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def _bar_vanishes_on_error(progress):
+    """A failed run leaves its one error line on stderr, not a half-drawn bar above it."""
+    try:
+        yield
+    except BaseException:
+        progress.live.transient = True
+        raise
+
+
 def _run_chunk(chunk, img_size: int, source: Source):
     try:
         out: Loaded = chunk.load()
@@ -107,7 +117,7 @@ def preprocess(dataset_id: str, dataset_path: str | os.PathLike | None, out_dir:
         infos: list[Any] = []
         try:
             pool = ThreadPoolExecutor(max_workers=workers)
-            with contextlib.closing(_Cancelling(pool)), make_progress() as progress:
+            with contextlib.closing(_Cancelling(pool)), make_progress() as progress, _bar_vanishes_on_error(progress):
                 task = progress.add_task(f"preprocess {dataset_id}", total=n_expected, unit="img",
                                          visible=show_progress)
                 pending: deque = deque()
