@@ -185,27 +185,36 @@ def test_cli_export(cli, base):
     assert man["opset"] == 18 and not list(alt.glob("*.pt"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model-name", "nope"], "model not found"),
-    (["--model-name", "../x"], "invalid model name"),
-    (["--model-name", "tiny", "--opset", "9"], "--opset must be an integer from 13 to 20"),
+BAD_INPUTS = [  # (arguments, expected error line); {base} and {tmp} are filled in
+    (["--model-name", "nope"], "error: model not found"),
+    (["--model-name", "../x"], "error: invalid model name '../x'"),
+    (["--model-name", "tiny", "--opset", "9"], "error: --opset must be an integer from 13 to 20, got 9"),
     (["--model-name", "tiny", "--no-onnx", "--no-torchscript"], "nothing to export"),
-    (["--model-name", "tiny", "--no-onnx", "--fp16"], "needs --onnx"),
+    (["--model-name", "tiny", "--no-onnx", "--fp16"], "error: --fp16 makes half-precision ONNX files; it needs --onnx"),
+    (["--model-name", "tiny", "--int8", "--no-onnx"], "error: --int8 quantizes the ONNX files; it needs --onnx"),
+    (["--model-name", "tiny", "--int8"],
+     "error: --int8 calibration data: dataset not found: {base}/data/tiny (run `lordkit preprocess` first); "
+     "pass --calibration-data NAME"),
+    (["--model-name", "tiny", "--int8", "--calibration-data", "nope"],
+     "error: --int8 calibration data: dataset not found: {base}/data/nope"),
     (["--model-name", "stage1only"], "run `lordkit train-encoders` first"),
-])
-def test_cli_bad_inputs(cli, base, args, message):
+    (["--model-name", "tiny", "--out", "{tmp}/taken"], "error: export {tmp}/taken already exists; pass --force to replace it"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[f"{i}-{m.split(';')[0][7:40]}" for i, (_, m) in enumerate(BAD_INPUTS)])
+def test_cli_bad_inputs(cli, base, tmp_path, args, message):
     make_model_dir(base / "models" / "tiny")
     (make_model_dir(base / "models" / "stage1only") / "amortized.safetensors").unlink()
-    assert message in one_line_error(cli("export", *args))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "manifest.json").write_text("{}")
+    fill = dict(base=base, tmp=tmp_path)
+    assert message.format(**fill) in one_line_error(cli("export", *[a.format(**fill) for a in args]))
     assert not (base / "exports").exists()
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["manifest.json"]
 
 
 def test_cli_export_int8_calibrates_on_a_dataset(cli, base):
-    import json
-
-    from conftest import one_line_error
-    from factories import make_model_dir
-
     from lordkit.data.preprocess import preprocess
     from lordkit.data.sources import Options
 
@@ -213,11 +222,8 @@ def test_cli_export_int8_calibrates_on_a_dataset(cli, base):
                opts=Options({"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue": "2", "n_shapes": "3"}),
                show_progress=False)
     make_model_dir(base / "models" / "q")
-    assert "--calibration-data" in one_line_error(cli("export", "-mn", "q", "--int8"))
-    assert not (base / "exports" / "q").exists()
     r = cli("export", "-mn", "q", "--int8", "--calibration-data", "cal", "--force")
     assert r.exit_code == 0, r.output
     manifest = json.loads((base / "exports" / "q" / "manifest.json").read_text())
     int8 = [f for f in manifest["sha256"] if f.endswith(".int8.onnx")]
     assert len(int8) == 4 and all((base / "exports" / "q" / f).exists() for f in int8)
-    assert "--onnx" in one_line_error(cli("export", "-mn", "q", "--int8", "--no-onnx", "--force"))
