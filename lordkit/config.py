@@ -2,8 +2,8 @@
 
 `LordConfig` has three sections: `model` (architecture; everything the weights' shapes depend on),
 `latent` (stage 1, latent optimization) and `amortized` (stage 2, encoder training). Defaults are
-the public PyTorch re-implementation's (avivga/lord-pytorch, config.py). Sizes that follow from
-others (encoder flatten size, generator start size) are derived properties, never stored.
+those of the public PyTorch re-implementation of LORD. Sizes that follow from others (encoder
+flatten size, generator start size) are derived properties, never stored.
 
 This module imports nothing heavy (no torch): configs are read by the CLI before torch is loaded.
 """

@@ -1,7 +1,7 @@
 """LORD networks, written to script and export: explicit tensor arguments, tuples out, sizes from config.
 
-Architecture and parameter layout follow the public PyTorch re-implementation (avivga/lord-pytorch,
-model/modules.py), with two deliberate differences:
+Architecture and parameter layout follow the public PyTorch re-implementation of LORD, with two
+deliberate differences:
 - AdaIN parameters are an argument of the generator's forward, never assigned onto modules, so the
   generator is stateless between calls (thread-safe, scriptable, exportable);
 - the encoder's flatten size and the generator's start size come from the config (the reference

@@ -1,4 +1,4 @@
-"""Import model dirs written by the public PyTorch re-implementation (avivga/lord-pytorch).
+"""Import model dirs written by the public PyTorch re-implementation of LORD.
 
 Such a dir holds config.pkl (a pickled dict), latent.pth and, after stage 2, amortized.pth
 (torch.save'd state dicts). The pickle is read by `RestrictedUnpickler`, which refuses to look up
