@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from lordkit.config import TINY_MODEL, preset
 from lordkit.console import console, out_console
 from lordkit.fsutil import atomic_write_json, data_dir, export_dir, model_dir
 
@@ -21,9 +22,12 @@ from .common import get_base, handle_errors, say
 # 2 rotations) at 32 px: 480 images. README ("The embedded demo") has the numbers behind this choice.
 DEMO_GRID = {"n_x": "4", "n_y": "4", "n_scale": "3", "n_rotation": "2", "colour": "class"}
 QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_shapes": "3", "colour": "class"}
-QUICK_SETTINGS = ["latent.n_epochs=2", "amortized.n_epochs=2", "model.adain_dim=16", "model.gen_last_dim=8",
-                  "model.enc_conv_dims=8,16,16", "model.enc_fc_dim=32", "latent.batch_size=8",
-                  "amortized.batch_size=8"]
+# --quick: the tiny networks of lordkit.config.TINY_MODEL (the preset's code sizes and depth stay), 2 epochs a stage.
+QUICK_CHANGES: dict[str, dict[str, Any]] = {
+    "model": {k: TINY_MODEL[k] for k in ("adain_dim", "gen_last_dim", "enc_conv_dims", "enc_fc_dim")},
+    "latent": {"n_epochs": 2, "batch_size": 8},
+    "amortized": {"n_epochs": 2, "batch_size": 8},
+}
 # Pass marks from the demo's purpose: transfer error at most half the copy baseline's, leakage near chance.
 MAX_TRANSFER_RATIO = 0.5
 MAX_LEAK_ABOVE_CHANCE = 0.05
@@ -51,7 +55,7 @@ def _transfer_grid(export: Path, test, out: Path, n_contents: int = 6) -> Path:
     import numpy as np
 
     from lordkit.runtime import Transfer
-    from lordkit.viz import image_grid, save_png
+    from lordkit.viz import save_png, transfer_grid
 
     rng = np.random.default_rng(0)
     picks = np.sort(rng.choice(len(test), min(n_contents, len(test)), replace=False))
@@ -63,10 +67,7 @@ def _transfer_grid(export: Path, test, out: Path, n_contents: int = 6) -> Path:
             refs.append(np.asarray(test.images[int(rng.choice(idx))]))
     t = Transfer(export, provider="cpu", align=False, warn=lambda message: None)
     out_imgs = t.transfer(contents, refs)  # (N, M, H, W, C) in [0, 1]
-    rows = [[None] + contents]
-    for j, ref in enumerate(refs):
-        rows.append([ref] + [out_imgs[i, j] for i in range(len(contents))])
-    return save_png(out, image_grid(rows, cell=64))
+    return save_png(out, transfer_grid(contents, refs, np.swapaxes(out_imgs, 0, 1), cell=64))
 
 
 @handle_errors
@@ -79,7 +80,6 @@ def demo(
     force: Annotated[bool, typer.Option("--force", help="Replace the results of an earlier demo run.")] = False,
 ) -> None:
     """Run the whole flow on the generated shapes set, offline on the CPU, and summarise it."""
-    from lordkit.config import preset
     from lordkit.data.info import contact_sheet
     from lordkit.data.preprocess import preprocess
     from lordkit.data.sources import Options
@@ -98,7 +98,9 @@ def demo(
         existing = next(p for p in outputs if p.exists())
         raise LordkitError(f"{existing} exists from an earlier demo; pass --force to run it again")
     grid = QUICK_GRID if quick else DEMO_GRID
-    cfg = preset("synthetic").apply_overrides((QUICK_SETTINGS if quick else []) + list(set_ or []))
+    cfg = preset("synthetic")
+    cfg = cfg.replace(**QUICK_CHANGES) if quick else cfg
+    cfg = cfg.apply_overrides(list(set_ or []))  # the user's --set strings come last and win
     steps = _Steps()
     quiet = dict(show_progress=True, tensorboard=False, device="cpu")
 
