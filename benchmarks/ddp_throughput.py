@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lordkit.fsutil import atomic_write_json
+
 SMALL = ["model.content_dim=32", "model.class_dim=32", "model.n_adain_layers=3", "model.adain_dim=32",
          "model.gen_last_dim=16", "latent.log_every=5"]
 
@@ -63,10 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = results["runs"][0]["img_per_sec"]
     for r in results["runs"]:
         r["speedup"] = r["img_per_sec"] / base
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    atomic_write_json(args.out, results)
+    print(f"wrote {args.out}")
     return results
 
 

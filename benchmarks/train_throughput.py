@@ -15,7 +15,7 @@ read); the mean loss over the last steps of both is reported so that speed is no
 different optimisation. VGG16 weights are random (written in torchvision's layout) unless
 --vgg-weights names the real file: throughput does not depend on the values.
 
-    python benchmarks/train_throughput.py                      # the issue's setting: 64 px, batch 128
+    python benchmarks/train_throughput.py                      # the paper's setting: 64 px, batch 128
     python benchmarks/train_throughput.py --batch-size 32 --steps 8 --warmup 2   # a CPU-sized run
 """
 
@@ -29,12 +29,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lordkit.config import LordConfig
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
+from lordkit.fsutil import atomic_write_json
 from lordkit.losses import PerceptualLoss, VGG16Features, content_penalty
 from lordkit.models import LatentModel, amortized_from_latent
 from lordkit.training import train_amortized, train_latent
@@ -93,43 +96,59 @@ class _Timer:
         return statistics.median(self.rates) if self.rates else float("nan")
 
 
+def reference_parts(ds: Dataset, vgg_file: Path, device: torch.device,
+                    batch_size: int) -> tuple[PerceptualLoss, torch.utils.data.DataLoader]:
+    """What both reference stages build: the perceptual loss with VGG16 left trainable (the
+    reference never freezes it) and a shuffling DataLoader over float32 images on the host."""
+    vgg = VGG16Features.from_file(vgg_file)
+    for p in vgg.parameters():
+        p.requires_grad_(True)
+    loss_fn = PerceptualLoss(vgg).to(device)
+    imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)  # (N, C, H, W)
+    data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         pin_memory=device.type == "cuda")
+    return loss_fn, loader
+
+
+def reference_steps(loader: torch.utils.data.DataLoader, loss_of: Callable[[Tensor, Tensor, Tensor], Tensor],
+                    opt: torch.optim.Optimizer, sched, device: torch.device, n_steps: int,
+                    timer: _Timer) -> list[float]:
+    """The reference's loop: each batch copied to the device, the loss read back every step."""
+    losses: list[float] = []
+    while len(losses) < n_steps:
+        for img, img_id, class_id in loader:
+            loss = loss_of(img.to(device), img_id.to(device), class_id.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())  # a host sync every step, as the reference's progress bar does
+            timer.tick(len(losses))
+            if len(losses) == n_steps:
+                break
+    return losses
+
+
 def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch.device, n_steps: int,
                      timer: _Timer) -> tuple[list[float], LatentModel]:
     """(a) Stage 1 the way the reference runs it."""
     lc = cfg.latent
     torch.manual_seed(lc.seed)
     model = LatentModel(cfg.model).to(device)
-    vgg = VGG16Features.from_file(vgg_file)
-    for p in vgg.parameters():  # the reference never freezes VGG
-        p.requires_grad_(True)
-    loss_fn = PerceptualLoss(vgg).to(device)
-    imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
-    data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
-    loader = torch.utils.data.DataLoader(data, batch_size=lc.batch_size, shuffle=True, drop_last=True,
-                                         pin_memory=device.type == "cuda")
+    loss_fn, loader = reference_parts(ds, vgg_file, device, lc.batch_size)
     opt = torch.optim.Adam([
         {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
         {"params": list(model.content_embedding.parameters()) + list(model.class_embedding.parameters()),
          "lr": lc.lr_latent}], betas=lc.betas)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=lc.lr_min)
-    losses: list[float] = []
-    step = 0
+
+    def loss_of(img: Tensor, img_id: Tensor, class_id: Tensor) -> Tensor:
+        out, content_code, _ = model(img_id, class_id, cfg.model.content_std)
+        return loss_fn(out, img) + lc.content_decay * content_penalty(content_code)
+
     model.train()
-    while step < n_steps:
-        for img, img_id, class_id in loader:
-            img, img_id, class_id = img.to(device), img_id.to(device), class_id.to(device)
-            out, content_code, _ = model(img_id, class_id, cfg.model.content_std)
-            loss = loss_fn(out, img) + lc.content_decay * content_penalty(content_code)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())  # a host sync every step, as the reference's progress bar does
-            step += 1
-            timer.tick(step)
-            if step == n_steps:
-                break
-    return losses, model
+    return reference_steps(loader, loss_of, opt, sched, device, n_steps, timer), model
 
 
 def reference_amortized(ds: Dataset, cfg: LordConfig, latent: LatentModel, vgg_file: Path, device: torch.device,
@@ -140,38 +159,20 @@ def reference_amortized(ds: Dataset, cfg: LordConfig, latent: LatentModel, vgg_f
     latent = latent.to(device).eval()
     model = amortized_from_latent(latent.cpu(), cfg.model).to(device)
     latent = latent.to(device)
-    vgg = VGG16Features.from_file(vgg_file)
-    for p in vgg.parameters():
-        p.requires_grad_(True)
-    loss_fn = PerceptualLoss(vgg).to(device)
-    imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
-    data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
-    loader = torch.utils.data.DataLoader(data, batch_size=ac.batch_size, shuffle=True, drop_last=True,
-                                         pin_memory=device.type == "cuda")
+    loss_fn, loader = reference_parts(ds, vgg_file, device, ac.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=ac.lr, betas=ac.betas)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=ac.lr_min)
-    losses: list[float] = []
-    step = 0
+
+    def loss_of(img: Tensor, img_id: Tensor, class_id: Tensor) -> Tensor:
+        with torch.no_grad():
+            content_target = latent.content_embedding(img_id)
+            class_target = latent.class_embedding(class_id)
+        out, content_code, class_code = model(img)
+        return (loss_fn(out, img) + ac.content_weight * (content_code - content_target).pow(2).mean()
+                + ac.class_weight * (class_code - class_target).pow(2).mean())
+
     model.train()
-    while step < n_steps:
-        for img, img_id, class_id in loader:
-            img, img_id, class_id = img.to(device), img_id.to(device), class_id.to(device)
-            with torch.no_grad():
-                content_target = latent.content_embedding(img_id)
-                class_target = latent.class_embedding(class_id)
-            out, content_code, class_code = model(img)
-            loss = (loss_fn(out, img) + ac.content_weight * (content_code - content_target).pow(2).mean()
-                    + ac.class_weight * (class_code - class_target).pow(2).mean())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            step += 1
-            timer.tick(step)
-            if step == n_steps:
-                break
-    return losses
+    return reference_steps(loader, loss_of, opt, sched, device, n_steps, timer)
 
 
 def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_file: Path, device: str,
@@ -206,10 +207,10 @@ def main(argv: list[str] | None = None) -> dict:
                           ("cpu" if args.device == "auto" else args.device))
     window = args.window or args.warmup
     n_steps = args.warmup + (args.steps // window) * window
-    overrides = [f"latent.batch_size={args.batch_size}", f"amortized.batch_size={args.batch_size}",
-                 "latent.n_epochs=1", "amortized.n_epochs=1", f"latent.log_every={window}",
-                 f"amortized.log_every={window}", "latent.loss=vgg", "amortized.loss=vgg",
-                 f"model.img_size={args.img_size}", *args.set]
+    # One epoch of the generated data is the whole run; --set comes after these and may change them.
+    stage = dict(batch_size=args.batch_size, n_epochs=1, log_every=window, loss="vgg")
+    cfg = LordConfig().replace(model=dict(img_size=args.img_size), latent=stage, amortized=stage)
+    cfg = cfg.apply_overrides(args.set)
     results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "img_size": args.img_size, "batch_size": args.batch_size,
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         vgg_file = Path(args.vgg_weights) if args.vgg_weights else random_vgg_file(tmp / "vgg16-random.pth")
         ds = make_dataset(tmp / "data", n_steps * args.batch_size, args.img_size, 3, 16)
-        cfg = LordConfig().apply_overrides(overrides + [f"model.n_imgs={len(ds)}", "model.n_classes=16"])
+        cfg = cfg.replace(model=dict(n_imgs=len(ds), n_classes=16))
         latent_ref = None
         for stage in args.stages.split(","):
             row = {}
@@ -243,10 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{stage:>9}: reference {row['reference_img_per_sec']:8.1f} img/s  lordkit "
                   f"{row['lordkit_img_per_sec']:8.1f} img/s  x{row['speedup']:.2f}   loss after {n_steps} steps: "
                   f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    atomic_write_json(args.out, results)
+    print(f"wrote {args.out}")
     return results
 
 
