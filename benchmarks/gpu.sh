@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks for a lent GPU machine (H100 / H200): everything written as JSON under $OUT (else
-# benchmarks/results/gpu), in under 8 minutes. Run from the repo root; no install and no network needed
-# (torch with CUDA, onnx and a CPU-only onnxruntime are what the machine has):
+# benchmarks/results/gpu), in under 8 minutes. Run from the repo root; no network needed (torch with CUDA,
+# onnx and a CPU-only onnxruntime are what the machine has). Without an install of lordkit, the package is
+# staged in a temp dir as pyproject's package-dir lays it out (lordkit/ with export/ and cli/ inside):
 #
-#   PYTHONPATH=. bash benchmarks/gpu.sh              # on the GPU machine
+#   bash benchmarks/gpu.sh                           # on the GPU machine
 #   bash benchmarks/gpu.sh --cpu-smoke               # the same steps and code paths, tiny sizes, on a CPU
 #
 # Steps (each under its own time limit; a failed or timed-out step is recorded and the next one runs):
@@ -17,7 +18,6 @@
 # steps.json records each step's exit status and seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SMOKE=0
@@ -26,6 +26,14 @@ RES=${OUT:-benchmarks/results/gpu}
 mkdir -p "$RES"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lordkit-gpu-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+if ! $PY -c "import lordkit.bench, lordkit.export" 2>/dev/null; then
+  # Not installed: lordkit.export and lordkit.cli live in export/ and cli/, mapped in by pyproject.
+  mkdir -p "$WORK/site"
+  cp -r lordkit "$WORK/site/lordkit"
+  ln -s "$PWD/export" "$WORK/site/lordkit/export"
+  ln -s "$PWD/cli" "$WORK/site/lordkit/cli"
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 START=$(date +%s)
 BUDGET_S=${GPU_BENCH_BUDGET_S:-460}   # the whole script, startup included, stays under 8 minutes
 STEPS="$WORK/steps.txt"

@@ -74,7 +74,7 @@ def plot_png(result: dict[str, Any]) -> bytes | None:
     networks = [n for n in settings["networks"] if any(r["network"] == n for r in rows)] or list(settings["networks"])
     backends = [b for b in settings["backends"] if any(r["backend"] == b for r in rows)]
     legend_rows = max(1, math.ceil(len(backends) / LEGEND_COLUMNS))
-    header_in = 0.6 + 0.25 * legend_rows
+    header_in = 0.8 + 0.25 * legend_rows  # title, legend rows, the first charts' titles
     fig = Figure(figsize=(2 * PANEL_IN[0], header_in + PANEL_IN[1] * len(networks)), dpi=100)
     FigureCanvasAgg(fig)  # a figure of its own on the Agg canvas: no pyplot, no global backend switch
     fig.suptitle(title(result), x=0.01, y=0.995, ha="left", va="top", fontsize=11)

@@ -52,14 +52,15 @@ def reference_export(work_dir: Path, cfg: ModelConfig, *, onnx: bool = True, fp1
     from lordkit.export.exporter import export_model
     from lordkit.modeldir import load_config, write_random_model
 
-    size = ("the reference size (LordConfig defaults)" if cfg == reference_config(cfg.img_size, cfg.channels)
-            else "the tiny size (lordkit.config.TINY_MODEL)")
+    reference = cfg == reference_config(cfg.img_size, cfg.channels)
     t0 = time.perf_counter()
     model_dir = write_random_model(work_dir / "model", LordConfig(model=cfg), seed=seed, force=True)
     export_dir = work_dir / "export"
-    log(f"exporting a random {cfg.img_size} px model of {size}; a minute or two on a small CPU at the reference size")
+    log(f"exporting a random {cfg.img_size} px model of " + ("the reference size (a minute or two on a small CPU)"
+                                                             if reference else "the tiny size"))
     export_model(model_dir, export_dir, onnx=onnx, fp16=fp16 and onnx, batch_sizes=(2,), show=False, progress=progress)
-    info: dict[str, Any] = {"source": f"random initialisation ({size}), exported by lordkit.bench",
+    sizes = "LordConfig defaults" if reference else "lordkit.config.TINY_MODEL"
+    info: dict[str, Any] = {"source": f"random initialisation ({sizes}), exported by lordkit.bench",
                             "export_s": time.perf_counter() - t0}
     if int8 and onnx:
         from lordkit.export.quantize import quantize_export, smooth_noise_images
