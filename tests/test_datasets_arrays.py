@@ -106,14 +106,7 @@ def test_mnist_keras_npz(tmp_path, point_at):
     check_mnist(run("mnist", npz if point_at == "file" else npz.parent, tmp_path / "out"))
 
 
-def test_mnist_missing_inputs(tmp_path):
-    with pytest.raises(LordkitError, match="not found"):
-        run("mnist", tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(LordkitError, match="not found"):
-        get_reader("mnist").open(tmp_path / "nowhere", Options())
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(LordkitError, match="train-images-idx3-ubyte.*mnist.npz"):
-        run("mnist", tmp_path / "empty", tmp_path / "out")
+def test_mnist_incomplete_test_set(tmp_path):
     paths = write_mnist_idx(tmp_path / "src", gz=False)
     paths["test_labels"].unlink()
     with pytest.raises(LordkitError, match="test set .* incomplete: t10k-labels-idx1-ubyte"):
@@ -235,14 +228,7 @@ def test_smallnorb_one_set_and_file_path(tmp_path):
     np.testing.assert_array_equal(ds.images, images)
 
 
-def test_smallnorb_missing_inputs(tmp_path):
-    with pytest.raises(LordkitError, match="not found"):
-        run("smallnorb", tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(LordkitError, match="not found"):
-        get_reader("smallnorb").open(tmp_path / "nowhere", Options())
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(LordkitError, match=f"no smallNORB files .*{NORB_TRAIN}-{{dat,cat,info}}.mat"):
-        run("smallnorb", tmp_path / "empty", tmp_path / "out")
+def test_smallnorb_incomplete_set(tmp_path):
     paths = write_norb_set(tmp_path / "src", NORB_TRAIN, norb_arrays(0, 3))
     paths["info"].unlink()
     with pytest.raises(LordkitError, match=f"incomplete: {NORB_TRAIN}-info.mat not found"):
@@ -313,16 +299,6 @@ def test_cars3d(tmp_path, cars_root, point_at):
             i = car * 96 + elevation * 24 + azimuth
             want = normalise_image(ims[name][:, :, :, azimuth, elevation], IMG_SIZE, 3)
             np.testing.assert_array_equal(ds.images[i], want)
-
-
-def test_cars3d_missing_inputs(tmp_path):
-    with pytest.raises(LordkitError, match="not found"):
-        run("cars3d", tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(LordkitError, match="not found"):
-        get_reader("cars3d").open(tmp_path / "nowhere", Options())
-    (tmp_path / "empty" / "cars").mkdir(parents=True)
-    with pytest.raises(LordkitError, match="no Cars3D files .*cars/ folder of per-car .mat files"):
-        run("cars3d", tmp_path / "empty", tmp_path / "out")
 
 
 def test_cars3d_bad_files(tmp_path, cars_root):
@@ -411,16 +387,6 @@ def test_shapes3d(tmp_path, monkeypatch, point_at):
     np.testing.assert_array_equal(ds.images, expected_images(images, 3))
 
 
-def test_shapes3d_missing_inputs(tmp_path):
-    with pytest.raises(LordkitError, match="not found"):
-        run("shapes3d", tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(LordkitError, match="not found"):
-        get_reader("shapes3d").open(tmp_path / "nowhere" / "3dshapes.h5", Options())
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(LordkitError, match="3dshapes.h5 or a folder holding it"):
-        run("shapes3d", tmp_path / "empty", tmp_path / "out")
-
-
 def test_shapes3d_bad_files(tmp_path):
     images, labels, _ = shapes_arrays(12)
     file = tmp_path / "3dshapes.h5"
@@ -453,3 +419,23 @@ def test_shapes3d_without_h5py(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(LordkitError, match=r"lordkit\[train\]"):
         get_reader("shapes3d").open(file, Options())
+
+
+EMPTY_SOURCE = [  # (dataset id, folder made inside the empty source, the error naming what was expected)
+    ("mnist", "", "train-images-idx3-ubyte.*mnist.npz"),
+    ("smallnorb", "", f"no smallNORB files .*{NORB_TRAIN}-{{dat,cat,info}}.mat"),
+    ("cars3d", "cars", "no Cars3D files .*cars/ folder of per-car .mat files"),
+    ("shapes3d", "", "3dshapes.h5 or a folder holding it"),
+]
+
+
+@pytest.mark.parametrize("dataset_id, inside, message", EMPTY_SOURCE)
+def test_missing_or_empty_source(tmp_path, dataset_id, inside, message):
+    with pytest.raises(LordkitError, match="not found"):
+        run(dataset_id, tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(LordkitError, match="not found"):
+        get_reader(dataset_id).open(tmp_path / "nowhere", Options())
+    (tmp_path / "empty" / inside).mkdir(parents=True)
+    with pytest.raises(LordkitError, match=message):
+        run(dataset_id, tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
