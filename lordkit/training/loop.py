@@ -109,7 +109,8 @@ class LossMeter:
     def add(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
         self.loss_sum += loss.detach().float()
         for name, value in terms.items():
-            self.terms_sum[name] = self.terms_sum.get(name, torch.zeros((), device=self.device)) + value.detach().float()
+            zero = torch.zeros((), device=self.device)
+            self.terms_sum[name] = self.terms_sum.get(name, zero) + value.detach().float()
         self.n_steps += 1
 
     def read(self) -> dict[str, float]:
@@ -184,7 +185,7 @@ class Loop:
                         if task is not None:
                             progress.update(task, completed=self.step)
 
-                        # Stop on a signal, and checkpoint every CHECKPOINT_EVERY_S, saving first.
+                        # On SIGINT/SIGTERM save and stop; also save at least every CHECKPOINT_EVERY_S.
                         if self._all_agree(flag.signum is not None, at_log):
                             self._save_checkpoint()
                             raise self._interrupted(flag.signum)
