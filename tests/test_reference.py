@@ -1,4 +1,4 @@
-"""Import of a model dir written by the public PyTorch re-implementation (avivga/lord-pytorch).
+"""Import of a model dir written by the public PyTorch re-implementation.
 
 The reference's formulation is re-stated here in a few lines (same module names and layouts, AdaIN
 parameters assigned onto modules before the forward as it does), used to write a fake reference dir,
