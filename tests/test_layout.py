@@ -103,3 +103,14 @@ def test_import_scanner_sees_nested_and_relative_imports(tmp_path):
     src = MODULES["lordkit.cli.train"]
     assert "lordkit.cli.common" in imports(src)
     assert any(m.startswith("lordkit.training") for m in imports(src))
+
+
+def test_every_package_is_installed():
+    # pyproject lists packages by name: a new subpackage missing there works in an editable install only.
+    import tomllib
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    found = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    assert found - listed == set()
+    assert {k: REPO / v for k, v in tool["package-dir"].items()} == PACKAGE_DIRS
