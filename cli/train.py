@@ -59,12 +59,14 @@ def train(
 ) -> None:
     """Stage 1: learn a content code per image, a class code per class, and the generator."""
     from lordkit.config import preset as preset_config
+    from lordkit.data.sources import dataset_ids
     from lordkit.data.store import Dataset
     from lordkit.training import train_latent
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    cfg = preset_config(preset or ds.meta.dataset_id).apply_overrides(set_ or [])
+    start = preset_config(preset, known=dataset_ids()) if preset is not None else preset_config(ds.meta.dataset_id)
+    cfg = start.apply_overrides(set_ or [])
     cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size), amortized=_given(loss=loss))
     out = model_dir(base, model_name)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, compile=compile_,

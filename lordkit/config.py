@@ -336,7 +336,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset(dataset_id: str) -> LordConfig:
-    """The starting config for a dataset: its PRESETS entry, else the reference defaults."""
+def preset(dataset_id: str, known: Sequence[str] | None = None) -> LordConfig:
+    """The starting config for a dataset: its PRESETS entry, else the reference defaults.
+
+    known: the names accepted besides PRESETS' (the dataset ids); any other name is refused, so a
+    typo never trains the full-size model silently. None accepts any name (a dataset's own id)."""
+    if known is not None and dataset_id not in PRESETS and dataset_id not in known:
+        names = sorted(set(PRESETS) | set(known))
+        raise ConfigError(f"unknown preset {dataset_id!r}; choose from {', '.join(names)}")
     entry = PRESETS.get(dataset_id, {})
     return LordConfig(**{name: SECTIONS[name](**entry.get(name, {})) for name in SECTIONS})

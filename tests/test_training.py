@@ -202,6 +202,7 @@ BAD_INPUTS = [
     (["train", "-dn", "syn", "-mn", "half", *TINY_SET, *CPU], ["--force"]),
     (["train", "-dn", "syn", "-mn", "x", "--set", "latent.bacth_size=3"], ["unknown config key"]),
     (["train", "-dn", "nodata", "-mn", "x"], ["not found"]),
+    (["train", "-dn", "syn", "-mn", "x", "--preset", "nonsense"], ["unknown preset 'nonsense'", "synthetic"]),
     (["train", "-dn", "syn", "-mn", "../x"], ["invalid model name"]),
     (["train", "-dn", "syn", "-mn", "v", *TINY_SET, "--loss", "vgg", *CPU], ["--vgg-weights", "--loss l1"]),
     (["train-encoders", "-dn", "syn", "-mn", "half", *CPU], ["no trained stage 1"]),

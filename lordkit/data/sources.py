@@ -107,6 +107,13 @@ def register(id: str, summary: str, needs_path: bool = True, is_face: bool = Fal
     return wrap
 
 
+def dataset_ids() -> list[str]:
+    """Every dataset id a reader is registered for, sorted."""
+    from lordkit.data import datasets  # noqa: F401  (registers every reader)
+
+    return sorted(READERS)
+
+
 def get_reader(dataset_id: str) -> ReaderSpec:
     from lordkit.data import datasets  # noqa: F401  (registers every reader)
 
