@@ -1,6 +1,6 @@
 """Export a trained model dir to ONNX and TorchScript, verified against the eager model.
 
-Every network goes through the same steps (STYLE item 7): eval(), reference outputs under
+Every network goes through the same steps: eval(), reference outputs under
 inference_mode, export with a dynamic batch axis, onnx.checker, then numeric parity against
 onnxruntime (CPU) and the reloaded TorchScript module on fresh random inputs. The export dir is
 built under a temporary name and renamed into place only when every file has passed, so a failed

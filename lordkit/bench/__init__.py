@@ -9,7 +9,7 @@ turn it into a rich table, lines of text and a JSON file and PNG. `benchmark_tar
 benchmark: an export, or a random model of the reference size built in a temp dir. docs/bench.md
 says what each backend row means.
 
-Measurement (STYLE item 9): every backend gets the same seeded inputs; a few warm-up calls first
+Measurement: every backend gets the same seeded inputs; a few warm-up calls first
 (TorchScript profiling runs, cuDNN autotuning, onnxruntime's arenas); the device is synchronised
 before every clock read; latencies are per call, reported as p50 / p90 / p99, images/s = batch / p50.
 Each row's calls run back to back (steady state). Other processes' share of the CPU over the timed

@@ -1,5 +1,5 @@
 """Timing calls: warm-up, a time budget per row, the device synchronised before every clock read,
-latencies as percentiles (STYLE item 9)."""
+latencies as percentiles."""
 
 from __future__ import annotations
 
