@@ -107,6 +107,12 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
+    # A finished stage has nothing to resume: said once, instead of a run of no steps ("loss nan").
+    for stage, train in (("latent", lambda: train_latent(data, tmp_path / "b", cfg, resume=True, **quiet())),
+                         ("amortized", lambda: train_amortized(data, tmp_path / "b", resume=True, **quiet()))):
+        with pytest.raises(LordkitError, match=f"the {stage} stage of .* is complete .*nothing to resume"):
+            train()
+
 
 def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     m = tmp_path / "m"

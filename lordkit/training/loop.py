@@ -140,6 +140,9 @@ class Loop:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
                                                                     eta_min=spec.lr_min)
         self.step = self._load_checkpoint() if resume else 0
+        if resume and self.step >= self.total_steps:
+            raise LordkitError(f"the {spec.stage} stage of {model_dir} is complete ({self.step}/{self.total_steps} steps); "
+                               "nothing to resume")
         self.log = MetricsLog(model_dir, spec.stage, tensorboard and d.main) if d.main else None
         self.samples_dir = model_dir / "samples"
         if d.main:
