@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lordkit.config import preset
+from lordkit.config import TINY_MODEL, preset
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
@@ -24,15 +24,15 @@ from lordkit.training import NonFiniteLoss, TrainingInterrupted, train_amortized
 from conftest import one_line_error
 
 TINY_DATA = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "2", "n_hue": "2", "n_shapes": "3"}
-TINY_MODEL = ["model.content_dim=8", "model.class_dim=8", "model.n_adain_layers=2", "model.adain_dim=16",
-              "model.gen_last_dim=8", "model.enc_conv_dims=8,16,16", "model.enc_fc_dim=32",
-              "latent.batch_size=16", "latent.log_every=1", "amortized.batch_size=16", "amortized.log_every=1",
-              "latent.loss=l1", "amortized.loss=l1", "latent.sample_every_epochs=1"]
-TINY_SET = [a for o in TINY_MODEL for a in ("--set", o)]
+TINY_STAGE = {"batch_size": 16, "log_every": 1, "loss": "l1"}
+TINY = {"model": TINY_MODEL, "latent": {**TINY_STAGE, "sample_every_epochs": 1}, "amortized": TINY_STAGE}
+# The same settings as `--set section.field=value` arguments of the CLI.
+TINY_SET = [a for section, fields in TINY.items() for name, value in fields.items()
+            for a in ("--set", f"{section}.{name}=" + (",".join(map(str, value)) if isinstance(value, tuple) else str(value)))]
 
 
 def tiny_cfg(*extra):
-    return preset("synthetic").apply_overrides(TINY_MODEL + list(extra))
+    return preset("synthetic").replace(**TINY).apply_overrides(list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,7 @@ def test_refuses_existing_model_and_concurrent_training(data, tmp_path):
     with training_lock(m):
         with pytest.raises(LordkitError, match="being trained"):
             train_latent(data, m, cfg, force=True, **quiet())
+        assert (m / ".lock").read_text() == f"pid {os.getpid()}"  # the refused trainer left the holder's pid
     train_latent(data, m, tiny_cfg("latent.n_epochs=1", "latent.seed=5"), force=True, **quiet())
     assert (m / "latent.safetensors").read_bytes() != before
     load_latent(m)
