@@ -216,6 +216,7 @@ BAD_INPUTS = [
     (["train-encoders", "-dn", "syn", "-mn", "half", "--set", "latent.n_epochs=3", *CPU], ["only takes amortized.*"]),
     (["train-encoders", "-dn", "syn", "-mn", "half", "--set", "amortized.n_epoch=3", *CPU], ["unknown config key"]),
     (["train-encoders", "-dn", "syn", "-mn", "none", *CPU], ["model not found"]),
+    (["train", "-dn", "syn", "-mn", "d", *TINY_SET, "--device", "nonsense"], ["unknown device 'nonsense'"]),
     pytest.param(["train", "-dn", "syn", "-mn", "g", *TINY_SET, "--device", "cuda"], ["CUDA is not available"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ]
