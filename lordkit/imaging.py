@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+
 def to_square(img: np.ndarray, mode: str = "center") -> np.ndarray:
     """The centred largest square of an image ("center"), or the image unchanged ("stretch": the
     resize then changes its aspect)."""
