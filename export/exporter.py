@@ -161,7 +161,7 @@ def _export_torchscript(module: nn.Module, path: Path, extra: str) -> None:
     """torch.jit.script (no tracing: nothing specialised to a shape), frozen so weights become constants."""
     with _quiet():
         frozen = torch.jit.freeze(torch.jit.script(module.eval()))
-        torch.jit.save(frozen, str(path), _extra_files={"lordkit.json": extra})
+        torch.jit.save(frozen, str(path), _extra_files={fmt.TORCHSCRIPT_EXTRA: extra})
 
 
 def _check_onnx(path: Path, props: dict[str, str]) -> None:

@@ -57,12 +57,11 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
     matmul_n: side of the square matrices of the matmul-rate measurement, made at the start and at the
     end of the run, the better one kept (None: the best of 1024 and 2048 on CPU, 8192 on CUDA).
     """
-    from lordkit.fsutil import read_json
     from lordkit.runtime.bundle import Bundle
 
     export_dir = Path(export_dir)
     bundle = Bundle(export_dir, verify="none")  # format, required keys, files present, ONNX metadata
-    manifest = read_json(export_dir / "manifest.json", "export manifest")
+    manifest = bundle.manifest
     batch_sizes = parse_batch_sizes(batch_sizes)
     networks = parse_list(networks, NETWORKS, "network")
     torch_device = resolve_torch_device(device)

@@ -100,8 +100,8 @@ def benchmark_target(model: str | None, model_dir: str | None, base: Path | None
     random model (reference_config) is built in a temp dir, removed afterwards, or in work_dir,
     kept and reused when work_dir already holds one. Every argument is checked before anything slow.
     """
+    from lordkit.export_format import MANIFEST
     from lordkit.fsutil import model_dir as named_model_dir
-    from lordkit.fsutil import read_json
     from lordkit.modeldir import is_model_dir
     from lordkit.runtime.bundle import Bundle, resolve_export
 
@@ -109,7 +109,7 @@ def benchmark_target(model: str | None, model_dir: str | None, base: Path | None
         if model_dir is not None:
             raise LordkitError("--model-dir goes with --model (an export); without --model a random model is built")
         cfg = check_random_target(img_size or 64, channels or 3, tiny=tiny)
-        if work_dir is not None and (work_dir / "export" / "manifest.json").is_file():
+        if work_dir is not None and (work_dir / "export" / MANIFEST).is_file():
             log(f"reusing the random model in {work_dir}")
             info = {"source": f"random initialisation, reused from {work_dir}"}
             yield work_dir / "export", work_dir / "model", {"model_name": REFERENCE_NAME, **info}
@@ -123,8 +123,7 @@ def benchmark_target(model: str | None, model_dir: str | None, base: Path | None
     if tiny:
         raise LordkitError("--tiny applies to the random model; an export's sizes are fixed")
     export_dir = resolve_export(model, base)
-    Bundle(export_dir, verify="none")  # a missing or foreign export fails here, before any work
-    manifest = read_json(export_dir / "manifest.json", "export manifest")
+    manifest = Bundle(export_dir, verify="none").manifest  # a missing or foreign export fails here, before any work
     for flag, value, key in (("--img-size", img_size, "img_size"), ("--channels", channels, "channels")):
         if value is not None and value != manifest[key]:
             raise LordkitError(f"{flag} {value} does not apply: export {export_dir.name} is fixed at {key} {manifest[key]}")
