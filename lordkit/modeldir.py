@@ -171,15 +171,18 @@ def load_weights(module: "nn.Module", path: Path) -> None:
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+_STAGE_HINTS = {"latent": ("no trained stage 1", "lordkit train"),
+                "amortized": ("no trained encoders", "lordkit train-encoders")}
+
+
 def _load_stage(model_dir: Path, stage: str, cfg: LordConfig | None, device: "str | torch.device"):
     from lordkit.models import AmortizedModel, LatentModel
 
     cfg = cfg or load_config(model_dir)
     path = weights_path(model_dir, stage)
     if not path.is_file():
-        hint = ("no trained stage 1", "lordkit train") if stage == "latent" else ("no trained encoders",
-                                                                               "lordkit train-encoders")
-        raise LordkitError(f"{model_dir} has {hint[0]} ({path.name}); run `{hint[1]}` first")
+        what, command = _STAGE_HINTS[stage]
+        raise LordkitError(f"{model_dir} has {what} ({path.name}); run `{command}` first")
     model = (LatentModel if stage == "latent" else AmortizedModel)(cfg.model)
     load_weights(model, path)
     return model.to(device).eval()
@@ -202,7 +205,8 @@ def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:
 
     path = weights_path(model_dir, "latent")
     if not path.is_file():
-        raise LordkitError(f"{model_dir} has no trained stage 1 ({path.name}); run `lordkit train` first")
+        what, command = _STAGE_HINTS["latent"]
+        raise LordkitError(f"{model_dir} has {what} ({path.name}); run `{command}` first")
     try:
         with safe_open(str(path), framework="numpy") as f:
             if CLASS_TABLE_KEY not in f.keys():
@@ -293,9 +297,7 @@ def read_checkpoint(model_dir: Path, stage: str) -> tuple[dict[str, "Tensor"], d
     try:
         model_state = read_state(d / _CHECKPOINT_WEIGHTS)
         state = torch.load(d / _CHECKPOINT_STATE, map_location="cpu", weights_only=True)
-    except LordkitError as e:
-        raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
-    except Exception as e:  # a damaged file: torch raises several types
+    except Exception as e:  # a damaged file: read_state's LordkitError, or one of torch's several types
         raise LordkitError(f"checkpoint {d} is unreadable: {e}") from None
     return model_state, state
 
