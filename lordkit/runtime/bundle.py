@@ -2,70 +2,63 @@
 
 `Bundle(path)` reads manifest.json, refuses a wrong format, checks that every file the manifest
 lists exists and (by default) has the sha256 it records, and that every ONNX file carries the
-`lordkit.*` metadata_props the exporter stamps. ONNX metadata is read with a small protobuf walk
-that skips the graph, so the check costs a few reads per file and needs neither `onnx` nor a session.
+`lordkit.*` metadata_props the exporter stamps. The manifest's fields are checked once, against
+the schema in lordkit.export_format, so nothing later meets a field of the wrong type. Files are
+read without following links, and an ONNX file may keep weights only in files the manifest lists.
+ONNX files are read with a small protobuf walk over a memory map (tensor bytes are skipped), so
+the check needs neither `onnx` nor a session.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from lordkit import export_format as fmt
 from lordkit.errors import LordkitError
-from lordkit.export_format import FORMAT, RUNTIME_NETWORKS, sha256_file
-from lordkit.fsutil import read_json
+from lordkit.export_format import FORMAT, RUNTIME_NETWORKS
 
 VERIFY_MODES = ("all", "used", "none")
+PRECISIONS = ("fp32", "fp16")
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 # ---------------------------------------------------------------------------------------------
-# ONNX metadata without the onnx package: ModelProto field 14 is metadata_props, a repeated
-# StringStringEntryProto (key = 1, value = 2); field 7 is the graph, which we seek past.
+# ONNX files without the onnx package: a small protobuf walk over a memory map of the file.
+# ModelProto field 14 is metadata_props, a repeated StringStringEntryProto (key = 1, value = 2);
+# field 7 is the graph. Tensors that keep their bytes in another file (external data) are found
+# by walking the graph down to every TensorProto: the runtime must know every file onnxruntime
+# would open before it lets onnxruntime open any.
+
+_WIRE_FIXED = {1: 8, 5: 4}  # wire type -> bytes of a fixed-size value
+_MAX_NESTING = 64  # subgraphs inside subgraphs (If / Loop bodies); real models nest a few levels
+# Message fields that lead to tensors, per message kind: field number -> kind of the sub-message.
+_TENSOR_PATHS: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},  # ModelProto.graph, .training_info, .functions
+    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto.initialization, .algorithm
+    "function": {7: "node"},  # FunctionProto.node
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},  # GraphProto.node, .initializer, .sparse_initializer
+    "node": {5: "attribute"},  # NodeProto.attribute
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},  # SparseTensorProto.values, .indices
+    "tensor": {},
+}
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 
 
-def _varint(f: BinaryIO) -> int | None:
+def _varint_bytes(buf, i: int, end: int | None = None) -> tuple[int, int]:
+    end = len(buf) if end is None else end
     result = shift = 0
     while True:
-        b = f.read(1)
-        if not b:
-            if shift:
-                raise ValueError("truncated varint")
-            return None
-        result |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _entry(buf: bytes) -> tuple[str, str]:
-    key = value = ""
-    i = 0
-    while i < len(buf):
-        tag, i = _varint_bytes(buf, i)
-        if tag & 7 != 2:
-            raise ValueError("unexpected wire type in a metadata entry")
-        length, i = _varint_bytes(buf, i)
-        text = buf[i:i + length].decode("utf-8")
-        i += length
-        if tag >> 3 == 1:
-            key = text
-        elif tag >> 3 == 2:
-            value = text
-    return key, value
-
-
-def _varint_bytes(buf: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if i >= len(buf):
+        if i >= end:
             raise ValueError("truncated varint")
         b = buf[i]
         i += 1
@@ -73,46 +66,129 @@ def _varint_bytes(buf: bytes, i: int) -> tuple[int, int]:
         if not b & 0x80:
             return result, i
         shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, wire type, value) of each field in buf[start:end]: an int for varints, the
+    (start, end) offsets of the bytes for length-delimited fields, None for fixed-size ones."""
+    i = start
+    while i < end:
+        tag, i = _varint_bytes(buf, i, end)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, i = _varint_bytes(buf, i, end)
+            yield field, wire, value
+        elif wire == 2:
+            length, i = _varint_bytes(buf, i, end)
+            if i + length > end:
+                raise ValueError("field runs past the end of its message")
+            yield field, wire, (i, i + length)
+            i += length
+        elif wire in _WIRE_FIXED:
+            i += _WIRE_FIXED[wire]
+            if i > end:
+                raise ValueError("field runs past the end of its message")
+            yield field, wire, None
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _entry(buf, start: int, end: int) -> tuple[str, str]:
+    """A StringStringEntryProto: (key, value)."""
+    key = value = ""
+    for field, wire, span in _fields(buf, start, end):
+        if wire != 2:
+            raise ValueError("unexpected wire type in a string entry")
+        text = bytes(buf[span[0]:span[1]]).decode("utf-8")
+        if field == 1:
+            key = text
+        elif field == 2:
+            value = text
+    return key, value
+
+
+def _external_locations(buf, start: int, end: int, kind: str, depth: int, out: list[str]) -> None:
+    """Append the external data file of every tensor under this message to `out`."""
+    if depth > _MAX_NESTING:
+        raise ValueError("subgraphs nested too deeply")
+    paths = _TENSOR_PATHS[kind]
+    external, locations = False, []
+    for field, wire, value in _fields(buf, start, end):
+        if kind == "tensor":
+            if field == _TENSOR_DATA_LOCATION and wire == 0:
+                external = value == _EXTERNAL
+            elif field == _TENSOR_EXTERNAL_DATA and wire == 2:
+                key, location = _entry(buf, *value)
+                if key == "location":
+                    locations.append(location)
+        elif field in paths and wire == 2:
+            _external_locations(buf, *value, paths[field], depth + 1, out)
+    if external and not locations:
+        raise ValueError("a tensor stored externally names no location")
+    out += locations
+
+
+def scan_onnx(path: str | Path, fd: int | None = None) -> tuple[dict[str, str], list[str]]:
+    """(metadata_props, external data locations) of an ONNX model file; ValueError if it is not one.
+
+    fd: an open descriptor of the file to read instead of opening `path`.
+    """
+    import mmap
+
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise ValueError("empty file")
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as buf:
+            props: dict[str, str] = {}
+            graph = None
+            for field, wire, value in _fields(buf, 0, size):
+                if field == 14 and wire == 2:
+                    key, text = _entry(buf, *value)
+                    props[key] = text
+                elif field == 7 and wire == 2:
+                    graph = value
+            if graph is None:
+                raise ValueError("no graph")
+            locations: list[str] = []
+            _external_locations(buf, 0, size, "model", 0, locations)
+            return props, list(dict.fromkeys(locations))
+    finally:
+        if own:
+            os.close(fd)
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
     """metadata_props of an ONNX model file; ValueError if the file is not an ONNX model."""
-    path = Path(path)
-    size = path.stat().st_size
-    props: dict[str, str] = {}
-    seen_graph = False
-    with open(path, "rb") as f:
-        while True:
-            tag = _varint(f)
-            if tag is None:
-                break
-            field, wire = tag >> 3, tag & 7
-            if field == 0:
-                raise ValueError("field number 0")
-            if wire == 0:
-                if _varint(f) is None:
-                    raise ValueError("truncated")
-            elif wire == 1:
-                f.seek(8, os.SEEK_CUR)
-            elif wire == 5:
-                f.seek(4, os.SEEK_CUR)
-            elif wire == 2:
-                length = _varint(f)
-                if length is None or f.tell() + length > size:
-                    raise ValueError("field runs past the end of the file")
-                if field == 14:
-                    key, value = _entry(f.read(length))
-                    props[key] = value
-                else:
-                    seen_graph |= field == 7
-                    f.seek(length, os.SEEK_CUR)
-            else:
-                raise ValueError(f"wire type {wire}")
-            if f.tell() > size:
-                raise ValueError("field runs past the end of the file")
-    if not seen_graph:
-        raise ValueError("no graph")
-    return props
+    return scan_onnx(path)[0]
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, refusing a symbolic link in its last component."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _sha256_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _os_problem(e: OSError) -> str:
+    """The end of a `cannot read X: ...` line for an OS error."""
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "it is a directory"
+    return (e.strerror or str(e)).lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,44 +204,101 @@ class Bundle:
 
     def __init__(self, path: str | os.PathLike, verify: str = "all"):
         if verify not in VERIFY_MODES:
-            raise LordkitError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
-        self.path = Path(path)
+            raise LordkitError(f"unknown verify mode {verify!r}; use one of: {', '.join(VERIFY_MODES)}")
+        self.path = Path(path)  # a link to the export dir is fine; links inside it are not
         self.verify = verify
         if not self.path.exists():
             raise LordkitError(f"export not found: {self.path}")
         if not self.path.is_dir():
             raise LordkitError(f"{self.path} is not an export directory")
         manifest_path = self.path / fmt.MANIFEST
-        if not manifest_path.is_file():
-            raise LordkitError(f"{self.path} is not a lordkit export: it has no {fmt.MANIFEST}")
-        m = read_json(manifest_path, "export manifest")
+        m = self._read_manifest(manifest_path)
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             got = m.get("format") if isinstance(m, dict) else type(m).__name__
             raise LordkitError(f"{manifest_path} has format {got!r}; this runtime reads {FORMAT}")
-        missing = [k for k in fmt.REQUIRED_KEYS if k not in m]
-        if missing:
-            raise LordkitError(f"{manifest_path} lacks {', '.join(missing)}; re-export the model")
+        problem = fmt.manifest_problem(m)
+        if problem:
+            raise LordkitError(f"{manifest_path}: {problem}; re-export the model")
         self.manifest: dict[str, Any] = m
         self._hashed: set[str] = set()
+        self._external: dict[str, list[str]] = {}  # ONNX file -> the external data files it reads
         self._class_bank: np.ndarray | None = None
 
-        # Every listed file must exist: a partial copy is caught here, whatever `verify` says.
+        # Every listed file must exist and be a regular file of the dir: a partial copy, or a
+        # link that would let the manifest's hashes vouch for a file elsewhere, is caught here,
+        # whatever `verify` says.
         sha = m["sha256"]
-        if not isinstance(sha, dict):
-            raise LordkitError(f"{manifest_path}: sha256 must map file names to digests")
         for name in sha:
-            if Path(name).name != name or name in (".", ".."):
-                raise LordkitError(f"{manifest_path} lists {name!r}, which is not a file of the export dir")
-            if not (self.path / name).is_file():
-                raise LordkitError(f"export {self.path} is missing {name} (listed in manifest.json); "
-                                   "copy the whole export dir again")
+            self._check_regular(name)
         for network in RUNTIME_NETWORKS:
             self._files(network)  # each network the runtime runs must have ONNX files
         if verify == "all":
             self._hash(list(sha))
         for name in sha:
             if name.endswith(".onnx"):
-                self._check_onnx_metadata(name)
+                self._check_onnx_file(name)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> Any:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise LordkitError(f"{path.parent} is not a lordkit export: it has no {fmt.MANIFEST}") from None
+        except OSError as e:
+            raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LordkitError(f"cannot read {path}: it is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(fmt.MAX_MANIFEST_BYTES + 1)
+        except OSError as e:
+            raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
+        finally:
+            os.close(fd)
+        if len(data) > fmt.MAX_MANIFEST_BYTES:
+            raise LordkitError(f"{path} is over {fmt.MAX_MANIFEST_BYTES >> 20} MB, too big for a manifest; "
+                               "re-export the model")
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            detail = str(e).splitlines()[0] if str(e) else "nested too deeply"
+            raise LordkitError(f"export manifest {path} is not valid JSON: {detail}") from None
+
+    def _check_regular(self, name: str) -> None:
+        """A listed file must be a regular file inside the dir, not a link to one elsewhere."""
+        path = self.path / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise LordkitError(f"export {self.path} is missing {name} (listed in manifest.json); "
+                               "copy the whole export dir again") from None
+        except OSError as e:
+            raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise LordkitError(f"export {self.path}: {name} is a symbolic link; the runtime does not follow links "
+                               "inside an export, copy the file itself in")
+        if not stat.S_ISREG(st.st_mode):
+            raise LordkitError(f"export {self.path}: {name} (listed in manifest.json) is not a regular file")
+
+    def _open(self, name: str) -> int:
+        """A read-only descriptor of a listed file (never through a link); LordkitError if it cannot be read."""
+        path = self.path / name
+        try:
+            return _open_regular(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise LordkitError(f"export {self.path}: {name} is a symbolic link; the runtime does not follow "
+                                   "links inside an export, copy the file itself in") from None
+            raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
+
+    def _sha256(self, name: str) -> str:
+        fd = self._open(name)
+        try:
+            return _sha256_fd(fd)
+        except OSError as e:
+            raise LordkitError(f"cannot read {self.path / name}: {_os_problem(e)}") from None
+        finally:
+            os.close(fd)
 
     # -- manifest fields ----------------------------------------------------------------------
 
@@ -212,8 +345,8 @@ class Bundle:
     # -- files ----------------------------------------------------------------------------------
 
     def _files(self, network: str) -> dict[str, str]:
-        entry = self.manifest["models"].get(network) if isinstance(self.manifest["models"], dict) else None
-        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        entry = self.manifest["models"].get(network)  # the schema check made models a dict of dicts
+        if entry is None:
             raise LordkitError(f"export {self.path} has no {network} in its manifest; re-export the model")
         files = entry["files"]
         if "onnx" not in files:
@@ -231,7 +364,7 @@ class Bundle:
         elif precision == "fp32":
             name = files["onnx_opt"] if optimized and "onnx_opt" in files else files["onnx"]
         else:
-            raise LordkitError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+            raise LordkitError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
         return self._checked(name)
 
     def _checked(self, name: str) -> Path:
@@ -239,7 +372,7 @@ class Bundle:
             raise LordkitError(f"files disagree with the manifest: {name} has no sha256 entry in "
                                f"{self.path / 'manifest.json'}")
         if self.verify != "none":
-            self._hash([name])
+            self._hash([name, *self._external.get(name, [])])  # an ONNX file with the weights it reads
         return self.path / name
 
     def _hash(self, names: list[str]) -> None:
@@ -248,7 +381,7 @@ class Bundle:
             return
         # hashlib releases the GIL on large buffers: hash the files in parallel.
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            digests = list(pool.map(lambda n: sha256_file(self.path / n), todo))
+            digests = list(pool.map(self._sha256, todo))
         for name, got in zip(todo, digests):
             want = str(self.manifest["sha256"][name]).lower()
             if got != want:
@@ -256,17 +389,31 @@ class Bundle:
                                    f"manifest.json says {want[:12]}...; copy or re-export the whole dir")
             self._hashed.add(name)
 
-    def _check_onnx_metadata(self, name: str) -> None:
+    def _check_onnx_file(self, name: str) -> None:
+        """lordkit metadata, and external data only from files the manifest lists (and so hashes)."""
+        fd = self._open(name)
         try:
-            props = onnx_metadata(self.path / name)
-        except (ValueError, UnicodeDecodeError, OSError):
+            props, locations = scan_onnx(self.path / name, fd)
+        except OSError as e:
+            raise LordkitError(f"cannot read {self.path / name}: {_os_problem(e)}") from None
+        except (ValueError, UnicodeDecodeError):
             raise LordkitError(f"not a lordkit export: {name} is not an ONNX model file") from None
+        finally:
+            os.close(fd)
         if props.get(fmt.META_FORMAT) != FORMAT:
             raise LordkitError(f"not a lordkit export: {name} came from another tool (no lordkit metadata)")
         network = props.get(fmt.META_NETWORK)
         expected = fmt.network_of_file(name)
         if expected is not None and network != expected:
             raise LordkitError(f"files disagree with the manifest: {name} holds the {network} network, not {expected}")
+        for location in locations:
+            if not fmt.is_plain_file_name(location):
+                raise LordkitError(f"not a lordkit export: {name} reads external data from {location!r}, "
+                                   "outside the export dir")
+            if location not in self.manifest["sha256"]:
+                raise LordkitError(f"files disagree with the manifest: {name} reads external data from {location}, "
+                                   "which manifest.json does not list; re-export the model")
+        self._external[name] = locations
 
     @property
     def class_bank(self) -> np.ndarray:
@@ -274,11 +421,26 @@ class Bundle:
         if self._class_bank is None:
             name = str(self.manifest["class_bank"])
             path = self._checked(name)
-            try:
-                bank = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise LordkitError(f"{path} is not a readable .npy file: {e}") from None
             want = (self.n_classes, self.class_dim)
+            fd = self._open(name)
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    # The header first: a file declaring a huge array is refused before it is allocated.
+                    version = np.lib.format.read_magic(f)
+                    if version not in _NPY_HEADERS:
+                        raise ValueError(f".npy format version {version} is not one numpy.save writes for codes")
+                    shape, _, dtype = _NPY_HEADERS[version](f)
+                    if shape != want or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+                        raise LordkitError(f"{path} is {dtype} {shape}; the manifest says float32 {want}")
+                    f.seek(0)
+                    bank = np.load(f, allow_pickle=False)
+            except OSError as e:
+                raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
+            except (ValueError, EOFError) as e:
+                detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise LordkitError(f"{path} is not a readable .npy file: {detail}") from None
+            finally:
+                os.close(fd)
             if bank.shape != want or not np.issubdtype(bank.dtype, np.floating):
                 raise LordkitError(f"{path} is {bank.dtype} {bank.shape}; the manifest says float32 {want}")
             self._class_bank = np.ascontiguousarray(bank, dtype=np.float32)
