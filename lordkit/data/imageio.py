@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import cv2
-import numpy as np
+MAX_PIXELS = 100_000_000  # the limit of lordkit.runtime.images, which the runtime also reads headers for
+# OpenCV reads its decoder pixel limit once, at import: set before cv2 is imported (a process that
+# imported cv2 earlier keeps OpenCV's default of 2^30 pixels).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
-from lordkit.data.sources import DecodeError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lordkit.data.sources import DecodeError  # noqa: E402
+
+# A broken file is one DecodeError naming it; OpenCV's own log lines about it would be noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -19,7 +28,14 @@ def read_image(path: str | Path, grey: bool = False) -> np.ndarray:
     except OSError as e:
         raise DecodeError(f"cannot read {path}: {e.strerror or e}") from None
     flag = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
-    img = cv2.imdecode(data, flag) if data.size else None
+    try:
+        img = cv2.imdecode(data, flag) if data.size else None
+    except cv2.error as e:  # OpenCV's pixel limit, or an allocation the image's header asked for
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
+            raise DecodeError(f"{path} is above the {MAX_PIXELS / 1e6:.0f} MP limit") from None
+        if "Insufficient memory" in str(e):
+            raise DecodeError(f"{path} is too big to decode in the memory available") from None
+        raise DecodeError(f"{path} is not a decodable image") from None
     if img is None:
         raise DecodeError(f"{path} is not a decodable image")
     if img.dtype != np.uint8:  # 16-bit PNG/TIFF

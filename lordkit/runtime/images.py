@@ -7,8 +7,11 @@ reported through a `warn` callback as one line each.
 What happens to each kind of input
 ----------------------------------
 - not a file, unreadable, empty, or bytes no decoder accepts: LordkitError.
+- a known header followed by pixels the decoder rejects (a truncated PNG): LordkitError. OpenCV's
+  own log lines are silenced, so that the error is the only line.
 - more than MAX_PIXELS pixels (read from the header where the format allows, before decoding):
-  LordkitError, the image is never decoded.
+  LordkitError, the image is never decoded. Other formats meet the same limit inside OpenCV
+  (OPENCV_IO_MAX_IMAGE_PIXELS, set before cv2 is imported), also before their pixels are allocated.
 - larger than `max_side` on its longer side: JPEGs are decoded at 1/2, 1/4 or 1/8 size by libjpeg
   itself (cv2.IMREAD_REDUCED_*), other formats are decoded and shrunk with area averaging; the
   result is at most `max_side` on its longer side and keeps its shorter side >= `keep_min_side`.
@@ -22,17 +25,27 @@ What happens to each kind of input
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
-import numpy as np
-
-from lordkit.errors import LordkitError
-
 MAX_PIXELS = 100_000_000  # refuse anything larger (a 10000 x 10000 photo is the largest square accepted)
+# OpenCV's own limit for every decoder, also formats whose header is not read here (JPEG 2000,
+# AVIF, ...). OpenCV reads it once, when cv2 is imported, so it is set before the import; a
+# process that imported cv2 earlier keeps OpenCV's default (2^30 pixels).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lordkit.errors import LordkitError  # noqa: E402
+
+# OpenCV logs decoder complaints (a truncated PNG, a failed allocation) to stderr on its own;
+# each of those cases becomes one LordkitError line here instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 WORK_MAX_SIDE = 4096  # photos are worked on at most this size on their longer side (50 MB as RGB)
 
 Warn = Callable[[str], None]
@@ -42,7 +55,7 @@ Warn = Callable[[str], None]
 class ImageInfo:
     """What a file's header says, read without decoding the pixels."""
 
-    format: str  # "png", "jpeg", "bmp", "gif", "webp", "pnm", "tiff"
+    format: str  # "png", "jpeg", "bmp", "gif", "webp", "pnm", "tiff", "hdr", "pfm", "sunras"
     width: int
     height: int
     grey: bool | None = None  # None: the header does not say
@@ -146,6 +159,42 @@ def _pnm(data: bytes) -> ImageInfo | None:
     return ImageInfo("pnm", width, height, grey=data[1:2] in (b"1", b"2", b"4", b"5"))
 
 
+def _pam(data: bytes) -> ImageInfo | None:
+    header = data[:512].split(b"ENDHDR")[0]
+    fields = dict(re.findall(rb"^(WIDTH|HEIGHT|DEPTH)\s+(\d+)", header, re.M))
+    if b"WIDTH" not in fields or b"HEIGHT" not in fields:
+        return None
+    depth = int(fields.get(b"DEPTH", b"0"))
+    return ImageInfo("pnm", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"]), grey=depth in (1, 2) or None,
+                     alpha=depth in (2, 4) or None)
+
+
+def _pfm(data: bytes) -> ImageInfo | None:
+    tokens = data[2:256].split()
+    try:
+        width, height = int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None
+    return ImageInfo("pfm", width, height, grey=data[1:2] == b"f")
+
+
+def _hdr(data: bytes) -> ImageInfo | None:
+    # Radiance: header lines, an empty line, then the resolution, e.g. "-Y 480 +X 640" (rows first).
+    _, sep, rest = data.partition(b"\n\n")
+    found = re.match(rb"\s*([-+])([XY])\s+(\d+)\s+([-+])([XY])\s+(\d+)", rest) if sep else None
+    if found is None or found.group(2) == found.group(5):
+        return None
+    rows, cols = int(found.group(3)), int(found.group(6))
+    return ImageInfo("hdr", cols, rows) if found.group(2) == b"Y" else ImageInfo("hdr", rows, cols)
+
+
+def _sunras(data: bytes) -> ImageInfo | None:
+    if len(data) < 12:
+        return None
+    width, height = struct.unpack(">II", data[4:12])
+    return ImageInfo("sunras", width, height)
+
+
 def _tiff(data: bytes | np.ndarray) -> ImageInfo | None:
     end = "<" if bytes(data[:2]) == b"II" else ">"
     try:
@@ -180,6 +229,14 @@ def sniff(data: bytes | np.ndarray) -> ImageInfo | None:
         return _webp(head)
     if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
         return _pnm(head)
+    if head.startswith(b"P7"):
+        return _pam(head)
+    if head[:3] in (b"PF\n", b"Pf\n", b"PF\r", b"Pf\r"):
+        return _pfm(head)
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return _hdr(head)
+    if head.startswith(b"\x59\xa6\x6a\x95"):
+        return _sunras(head)
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff(data)
     return None
@@ -277,12 +334,7 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
                 break
         if grey and not info.grey and warn:
             warn(f"{name} is in colour; converted to greyscale for this grey model")
-    try:
-        img = cv2.imdecode(data, flag)
-    except cv2.error as e:  # e.g. OpenCV's own pixel limit, or a truncated file some decoders reject loudly
-        raise LordkitError(f"{name} could not be decoded as an image: {str(e).strip().splitlines()[-1]}") from None
-    if img is None:
-        raise LordkitError(f"{name} is not an image file (no decoder accepts it)")
+    img = _decode(data, flag, name, info, max_pixels)
     if info is None:  # a format whose header we do not read: check after decoding
         _check_pixels(img.shape[1], img.shape[0], name, max_pixels)
     original = (info.width, info.height) if info is not None else (img.shape[1] * factor, img.shape[0] * factor)
@@ -326,6 +378,25 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
     img = convert_channels(np.ascontiguousarray(img), channels, name, warn)
     return LoadedImage(pixels=np.ascontiguousarray(img), path=path, original_size=original,
                        scale=img.shape[1] / original[0])
+
+
+def _decode(data: np.ndarray, flag: int, name: str, info: ImageInfo | None, max_pixels: int) -> np.ndarray:
+    """cv2.imdecode, with each way it fails as one LordkitError line."""
+    try:
+        img = cv2.imdecode(data, flag)
+    except cv2.error as e:
+        text = str(e)
+        if "CV_IO_MAX_IMAGE_PIXELS" in text:  # OpenCV's limit, for formats whose header is not read here
+            raise LordkitError(f"{name} is above the {max_pixels / 1e6:.0f} MP limit; shrink it first") from None
+        if "Insufficient memory" in text or "Failed to allocate" in text:
+            raise LordkitError(f"{name} is too big to decode in the memory available; shrink it first") from None
+        detail = text.strip().splitlines()[-1] if text.strip() else "decoder error"
+        raise LordkitError(f"cannot decode {name}: {detail}") from None
+    if img is None:
+        if info is not None:  # the header was read, so the pixels that follow it are broken
+            raise LordkitError(f"cannot decode {name}: truncated or corrupt {info.format.upper()} file")
+        raise LordkitError(f"{name} is not an image file (no decoder accepts it)")
+    return img
 
 
 def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:

@@ -17,16 +17,18 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
+from lordkit import export_format as fmt
 from lordkit.errors import LordkitError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDERS = ("auto", "cpu", "cuda")
+PROVIDER_NAMES = (*PROVIDERS, "cuda:N")  # as a user writes them
 _BUFFER_SHAPES_KEPT = 4  # device buffers kept per tensor name (a chunked run uses two shapes)
 
 
@@ -50,16 +52,12 @@ class Device:
 def select_device(provider: str = "auto", warn: Callable[[str], None] | None = None) -> Device:
     """"auto": CUDA when this onnxruntime offers it, else CPU; "cuda" / "cuda:N": CUDA or, with a
     warning, CPU; "cpu": CPU."""
-    name = (provider or "auto").strip().lower()
+    name = (provider or "auto").strip().lower() if isinstance(provider, str) or provider is None else None
     device_id = 0
-    if name.startswith("cuda:"):
-        try:
-            device_id = int(name.split(":", 1)[1])
-        except ValueError:
-            raise LordkitError(f"bad provider {provider!r}: use auto, cpu, cuda or cuda:N") from None
-        name = "cuda"
+    if name is not None and name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit():
+        device_id, name = int(name[5:]), "cuda"
     if name not in PROVIDERS:
-        raise LordkitError(f"unknown provider {provider!r}: use auto, cpu, cuda or cuda:N")
+        raise LordkitError(f"unknown provider {provider!r}; use one of: {', '.join(PROVIDER_NAMES)}")
     available = ort.get_available_providers()
     if name in ("auto", "cuda") and CUDA in available:
         return Device("cuda", device_id)
@@ -184,7 +182,30 @@ def open_models(paths: dict[str, Path], device: Device, threads: int | None, io_
     return models
 
 
-def check_inputs(model: OrtModel, expected: Sequence[str]) -> None:
-    if sorted(model.input_names) != sorted(expected):
-        raise LordkitError(f"files disagree with the manifest: {model.path.name} takes inputs "
-                           f"{model.input_names}, the manifest says {list(expected)}")
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def check_contract(model: OrtModel, network: str, img_size: int, channels: int, content_dim: int,
+                   class_dim: int) -> None:
+    """The session's inputs and outputs must be those of `network` in the export contract: names,
+    float32 elements, rank, a dynamic batch axis, and every other dimension the file fixes.
+
+    Metadata can be copied onto any graph; this catches such a file before it runs.
+    """
+    inputs, outputs = fmt.NETWORK_IO[network]
+    name = model.path.name
+    got_in = [i.name for i in model.session.get_inputs()]
+    got_out = [o.name for o in model.session.get_outputs()]
+    if sorted(got_in) != sorted(inputs) or got_out != list(outputs):
+        raise LordkitError(f"not a lordkit export: {name} has inputs {got_in} and outputs {got_out}, "
+                           f"expected {list(inputs)} and {list(outputs)} for the {network} network")
+    for arg in [*model.session.get_inputs(), *model.session.get_outputs()]:
+        want = fmt.tensor_shape(arg.name, -1, img_size, channels, content_dim, class_dim)
+        shape = list(arg.shape)
+        fixed_ok = all(not isinstance(d, int) or d == w for d, w in zip(shape[1:], want[1:]))
+        batch_ok = bool(shape) and not isinstance(shape[0], int)  # B is a dynamic axis in every export
+        if arg.type != fmt.TENSOR_ELEMENT_TYPE or len(shape) != len(want) or not fixed_ok or not batch_ok:
+            expected = "[batch, " + ", ".join(map(str, want[1:])) + "]"
+            raise LordkitError(f"not a lordkit export: {name} has {arg.name} {arg.type} {_dims(shape)}, "
+                               f"expected {fmt.TENSOR_ELEMENT_TYPE} {expected} (the manifest's sizes)")

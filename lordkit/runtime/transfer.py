@@ -19,7 +19,7 @@ from lordkit.errors import LordkitError
 from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
 from lordkit.export_format import RUNTIME_NETWORKS
 from lordkit.runtime.bundle import Bundle
-from lordkit.runtime.session import Device, OrtModel, check_inputs, open_models, select_device
+from lordkit.runtime.session import Device, OrtModel, check_contract, open_models, select_device
 
 ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)
 ClassLike = Any  # a class id (int), a class name (str), a Prepared, an array, or an image path
@@ -67,7 +67,7 @@ class Transfer:
         paths = {n: b.model_path(n, precision, optimized) for n in RUNTIME_NETWORKS}
         self.models: dict[str, OrtModel] = open_models(paths, device, threads, io_binding, self.warn)
         for name, model in self.models.items():
-            check_inputs(model, b.manifest["models"][name].get("inputs", model.input_names))
+            check_contract(model, name, b.img_size, b.channels, b.content_dim, b.class_dim)
         self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
                                  landmarks=landmarks, detector=detector, eye_weight=eye_weight,
                                  alpha_background=alpha_background, warn=self.warn)
