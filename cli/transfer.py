@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -47,6 +49,49 @@ def _layout(out: Path, single: bool, grid: bool) -> str:
     return "dir"
 
 
+def _as_int(text: str, flag: str, minimum: int | None = None) -> int:
+    """An integer option parsed here, so that a bad value is one error line (click draws a usage box)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise LordkitError(f"{flag} must be an integer, got {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise LordkitError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_photo(path: Path) -> None:
+    """An input photo must be a readable regular file; checked before the export is opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise LordkitError(f"image not found: {path}") from None
+    except OSError as e:
+        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LordkitError(f"{path} is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise LordkitError(f"{path} is not a regular file; give an image file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise LordkitError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+
+
+def _check_writable(out: Path) -> None:
+    """The nearest existing directory at or above -o must be a writable directory (cheap, before any work)."""
+    where = out if out.is_dir() else out.parent
+    while not os.path.lexists(where) and where != where.parent:
+        where = where.parent
+    if os.path.lexists(where) and not where.is_dir():
+        raise LordkitError(f"cannot write {out}: {where} is a file, not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise LordkitError(f"cannot write {out}: {where} is not writable (permission denied)")
+
+
 @handle_errors
 def transfer(
     ctx: typer.Context,
@@ -54,11 +99,11 @@ def transfer(
     model: Annotated[str, typer.Option("--model", "-m", help="Export dir, or a name under <base-dir>/exports/.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (one input, one class), else a directory of <input>__<class>.png; with --grid the grid PNG.")],
     class_imgs: Annotated[Optional[list[Path]], typer.Option("--class", help="Class reference photo, repeatable.")] = None,
-    class_ids: Annotated[Optional[list[int]], typer.Option("--class-id", help="Class id of the training set (row of the class bank), repeatable.")] = None,
+    class_ids: Annotated[Optional[list[str]], typer.Option("--class-id", metavar="N", help="Class id of the training set (row of the class bank), repeatable.")] = None,
     class_names: Annotated[Optional[list[str]], typer.Option("--class-name", help="Class name of the training set, repeatable.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or pairs per onnxruntime call.")] = 32,
+    batch_size: Annotated[str, typer.Option("--batch-size", metavar="N", help="Images or pairs per onnxruntime call.")] = "32",
     provider: Annotated[str, typer.Option("--provider", help="auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", metavar="N", help="onnxruntime intra-op threads (default: one per core).")] = None,
     no_align: Annotated[bool, typer.Option("--no-align", help="Face models: the photos are crops aligned already.")] = False,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Face models: every face of each photo, not only the largest.")] = False,
     paste_back: Annotated[bool, typer.Option("--paste-back", help="Face models: write the whole photo with the generated face pasted in.")] = False,
@@ -71,7 +116,10 @@ def transfer(
     """Draw each input's content in each given class (N inputs x M classes images)."""
     from lordkit.runtime import Transfer, resolve_export
 
-    class_imgs, class_ids, class_names = class_imgs or [], class_ids or [], class_names or []
+    class_imgs, class_names = class_imgs or [], class_names or []
+    class_ids = [_as_int(i, "--class-id") for i in class_ids or []]  # the export's range is checked later
+    n_batch = _as_int(batch_size, "--batch-size", 1)
+    n_threads = _as_int(threads, "--threads", 1) if threads is not None else None
     if not (class_imgs or class_ids or class_names):
         raise LordkitError("give at least one class: --class REF.jpg, --class-id N or --class-name NAME")
     if grid and paste_back:
@@ -79,7 +127,12 @@ def transfer(
     if paste_back and no_align:
         raise LordkitError("--paste-back needs faces found in the photos; it cannot be combined with --no-align")
 
-    t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=threads, batch_size=batch_size,
+    # Paths are checked before the export is opened and hashed.
+    for path in [*inputs, *class_imgs]:
+        _check_photo(path)
+    _check_writable(out)
+
+    t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=n_threads, batch_size=n_batch,
                  align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
     if not t.is_face:
         for flag, used in (("--paste-back", paste_back), ("--all-faces", all_faces)):

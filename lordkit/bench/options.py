@@ -3,6 +3,7 @@ parsing of a user's text into checked values: a bad name is one LordkitError lin
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from lordkit.errors import LordkitError
@@ -32,11 +33,22 @@ def parse_list(text: str | Sequence[str], known: Sequence[str], what: str) -> li
     """A comma-separated list of names, each checked against `known`; LordkitError names the bad one."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if not items:
-        raise LordkitError(f"no {what} given; choose from {', '.join(known)}")
+        raise LordkitError(f"no {what} given; use one of: {', '.join(known)}")
     for item in items:
         if item not in known:
-            raise LordkitError(f"unknown {what} {item!r}; choose from {', '.join(known)}")
+            raise LordkitError(f"unknown {what} {item!r}; use one of: {', '.join(known)}")
     return list(dict.fromkeys(items))
+
+
+def parse_number(text: str | float, flag: str, kind: type = int) -> float:
+    """A number given on the command line, as `kind` (int or float); LordkitError names the flag."""
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise LordkitError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise LordkitError(f"{flag} must be a finite number, got {text!r}")
+    return value
 
 
 def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
@@ -69,8 +81,9 @@ def default_backends(torch_device: str) -> list[str]:
 def resolve_torch_device(device: str) -> str:
     """"auto": cuda when torch sees a GPU, else cpu (also when torch is missing)."""
     name = (device or "auto").strip().lower()
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise LordkitError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    index = name[5:] if name.startswith("cuda:") else ""
+    if name not in ("auto", "cpu", "cuda") and not (index.isascii() and index.isdigit()):
+        raise LordkitError(f"unknown device {device!r}; use one of: auto, cpu, cuda, cuda:N")
     if name == "cpu":
         return "cpu"
     has_cuda = False

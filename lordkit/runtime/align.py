@@ -30,7 +30,8 @@ import numpy as np
 
 from lordkit.errors import LordkitError
 # images first: it sets OpenCV's pixel limit, which OpenCV reads once when cv2 is first imported.
-from lordkit.runtime.images import WORK_MAX_SIDE, LoadedImage, Warn, check_min_size, convert_channels, load_image
+from lordkit.runtime.images import (ALPHA_BACKGROUNDS, WORK_MAX_SIDE, LoadedImage, Warn, check_min_size,
+                                    convert_channels, load_image)
 from lordkit.imaging import square_resize  # noqa: I001
 
 DETECT_SIDE = 1280  # faces are searched on a copy this big at most (HOG cost grows with pixels)
@@ -38,6 +39,8 @@ MIN_SCORE = 0.3  # weaker HOG detections (badges, patterned cloth) are dropped u
 EYE_WEIGHT = 4.0  # weight of each eye against 1 for nose and mouth corners in the alignment fit
 MAX_UPSAMPLE_QUIET = 2.0  # faces enlarged more than this get a warning
 DLIB5_FROM_68 = [45, 42, 36, 39, 33]  # dlib's 5-point layout taken from the 68 points
+DETECTORS = ("hog", "cnn")
+LANDMARKS = ("68", "5")  # or a shape predictor file, by path
 
 
 @dataclass
@@ -73,6 +76,15 @@ class Preparer:
                  face_points: str | None = None, *, align: bool = True, landmarks: str | Path = "68",
                  detector: str = "hog", eye_weight: float = EYE_WEIGHT, detect_side: int = DETECT_SIDE,
                  max_side: int = WORK_MAX_SIDE, alpha_background: str = "white", warn: Warn | None = None):
+        # Names are checked here, also for models that never align: a typo fails before any work.
+        if detector not in DETECTORS:
+            raise LordkitError(f"unknown detector {detector!r}; use one of: {', '.join(DETECTORS)}")
+        if str(landmarks) not in LANDMARKS and not str(landmarks).endswith(".dat"):
+            raise LordkitError(f"unknown landmarks {str(landmarks)!r}; use one of: {', '.join(LANDMARKS)}, "
+                               "or the path of a dlib shape predictor .dat file")
+        if alpha_background not in ALPHA_BACKGROUNDS:
+            raise LordkitError(f"unknown alpha background {alpha_background!r}; "
+                               f"use one of: {', '.join(ALPHA_BACKGROUNDS)}")
         self.img_size, self.channels = int(img_size), int(channels)
         self.template = np.asarray(face_template, np.float64) if face_template is not None else None
         self.face_points = face_points or ("eyes_nose_mouth" if self.template is not None else None)

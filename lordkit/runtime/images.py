@@ -46,6 +46,7 @@ from lordkit.errors import LordkitError  # noqa: E402
 # OpenCV logs decoder complaints (a truncated PNG, a failed allocation) to stderr on its own;
 # each of those cases becomes one LordkitError line here instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+ALPHA_BACKGROUNDS = ("white", "black")  # what transparent pixels are composited onto
 WORK_MAX_SIDE = 4096  # photos are worked on at most this size on their longer side (50 MB as RGB)
 
 Warn = Callable[[str], None]
@@ -301,8 +302,8 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
     keep_min_side: but never shrink the shorter side below this (e.g. the model's img_size).
     alpha_background: "white" or "black", what transparent pixels are composited onto.
     """
-    if alpha_background not in ("white", "black"):
-        raise LordkitError(f"alpha background must be 'white' or 'black', got {alpha_background!r}")
+    if alpha_background not in ALPHA_BACKGROUNDS:
+        raise LordkitError(f"unknown alpha background {alpha_background!r}; use one of: {', '.join(ALPHA_BACKGROUNDS)}")
     path = Path(path)
     name = str(path)
     if path.is_dir():

@@ -18,7 +18,7 @@ import numpy as np
 from lordkit.errors import LordkitError
 from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
 from lordkit.export_format import RUNTIME_NETWORKS
-from lordkit.runtime.bundle import Bundle
+from lordkit.runtime.bundle import PRECISIONS, Bundle
 from lordkit.runtime.session import Device, OrtModel, check_contract, open_models, select_device
 
 ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)
@@ -61,16 +61,19 @@ class Transfer:
             raise LordkitError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.warn = warn or (lambda message: None)
+        # Cheap checks of names first, then the export (hashing), then the sessions (slowest).
+        device = select_device(provider, self.warn)
+        if precision not in PRECISIONS:
+            raise LordkitError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
         self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify)
         b = self.bundle
-        device = select_device(provider, self.warn)
-        paths = {n: b.model_path(n, precision, optimized) for n in RUNTIME_NETWORKS}
-        self.models: dict[str, OrtModel] = open_models(paths, device, threads, io_binding, self.warn)
-        for name, model in self.models.items():
-            check_contract(model, name, b.img_size, b.channels, b.content_dim, b.class_dim)
         self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
                                  landmarks=landmarks, detector=detector, eye_weight=eye_weight,
                                  alpha_background=alpha_background, warn=self.warn)
+        paths = {n: b.model_path(n, precision, optimized) for n in RUNTIME_NETWORKS}
+        self.models: dict[str, OrtModel] = open_models(paths, device, threads, io_binding, self.warn)
+        for name, model in self.models.items():  # metadata can be copied onto any graph: check the graph too
+            check_contract(model, name, b.img_size, b.channels, b.content_dim, b.class_dim)
 
     # -- properties -----------------------------------------------------------------------------
 
