@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 import lordkit
+from lordkit.errors import Terminated
 
 from . import bench, data, demo, evaluate, export_cmd, train
 from . import transfer as transfer_cmd
@@ -45,5 +47,11 @@ transfer_cmd.register(app)
 bench.register(app)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C: staging dirs are removed, training saves a checkpoint.
+    signal.signal(signal.SIGTERM, _terminate)
     app()

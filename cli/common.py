@@ -9,8 +9,8 @@ from typing import Callable
 
 import typer
 
-from lordkit.errors import LordkitError
-from lordkit.fsutil import base_dir
+from lordkit.errors import LordkitError, Terminated, errno_in_message, os_error_line
+from lordkit.fsutil import base_dir, recover
 
 
 def err(message: str) -> None:
@@ -28,19 +28,36 @@ def handle_errors(fn: Callable) -> Callable:
             if not getattr(e, "reported", False):
                 err(str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise typer.Exit(e.exit_code) from None
+        except Terminated:
+            err("terminated (SIGTERM); nothing was left half-written")
+            raise typer.Exit(Terminated.exit_code) from None
         except KeyboardInterrupt:
             err("interrupted")
             raise typer.Exit(130) from None
         except MemoryError:
             err("out of memory; try a smaller --batch-size or image size")
             raise typer.Exit(1) from None
+        except OSError as e:  # by kind: no space, permission, read-only fs, not a directory, exists, ...
+            err(os_error_line(e))
+            raise typer.Exit(2) from None
+        except RuntimeError as e:  # C++ writers (torch.save, onnx) report OS faults only in their text
+            code = errno_in_message(str(e))
+            if code is None:
+                raise
+            err(os_error_line(OSError(code, "")))
+            raise typer.Exit(2) from None
 
     return wrapper
 
 
 def get_base(ctx: typer.Context) -> Path:
+    """The base dir; every command that uses it first repairs what crashed commands left in
+    data/, models/ and exports/ (missing names restored, dead processes' temporary names removed)."""
     obj = ctx.find_root().obj or {}
-    return base_dir(obj.get("base_dir"))
+    base = base_dir(obj.get("base_dir"))
+    for sub in ("data", "models", "exports"):
+        recover(base / sub)
+    return base
 
 
 def say(message: str) -> None:

@@ -1,12 +1,18 @@
-"""Atomic file writes, safe names and the base-dir layout shared by every command."""
+"""Atomic file and directory writes, their recovery after a crash, safe names and the base-dir layout."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -66,24 +72,164 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# ----------------------------------------------------------------------------------------------
+# Temporary names. Everything a command writes is first built under a hidden name beside its
+# target, `.<name>.<pid>@<host>-<random>.<kind>`, so that the next command can tell whose it is:
+#   tmp      a file being written            partial  a directory being built
+#   new      a complete directory, about to take the name (fallback replacement only)
+#   old      the previous directory, moved aside (fallback replacement only)
+# A temporary name whose process is gone (same host, pid not running) is removed by `recover`,
+# after a missing name has been restored from a complete `new` (preferred) or `old` copy.
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{6})-[A-Za-z0-9_]+\.(?P<kind>tmp|partial|new|old)$")
+_LEGACY_OLD_RE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the previous release's moved-aside copy
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def temp_prefix(name: str) -> str:
+    """The start of a temporary name for `name` owned by this process (mkstemp/mkdtemp add the rest)."""
+    return f".{name}.{os.getpid()}@{_host_tag()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` on this host runs; a zombie (dead, not yet reaped) counts as gone."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] not in "ZX"
+    return True
+
+
+def _dead_temps(parent: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Temporary names in `parent` left by processes of this host that are gone: {name: [(kind, path)]}."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return found
+    host = _host_tag()
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is not None and m["host"] == host:
+            kind = m["kind"]
+        else:
+            m, kind = _LEGACY_OLD_RE.match(entry.name), "old"
+        if m is None or _alive(int(m["pid"])):
+            continue
+        found.setdefault(m["name"], []).append((kind, Path(entry.path)))
+    return found
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+def recover(parent: str | os.PathLike, only: str | None = None) -> list[str]:
+    """Repair what dead processes left in `parent`: a name missing after an interrupted fallback
+    replacement gets its complete copy back (`new`, else `old`), then every dead temporary name is
+    removed. Limited to the temporaries of `only` when given. Never touches a live process's names;
+    errors (a read-only dir) are ignored: the copy under the name is complete either way.
+    Returns the names it restored."""
+    parent = Path(parent)
+    restored = []
+    for name, temps in _dead_temps(parent).items():
+        if only is not None and name != only:
+            continue
+        target = parent / name
+        if not os.path.lexists(target):
+            for kind in ("new", "old"):  # the newest complete copy wins
+                copies = sorted((p for k, p in temps if k == kind), key=lambda p: p.stat().st_mtime, reverse=True)
+                if copies:
+                    with contextlib.suppress(OSError):
+                        os.rename(copies[0], target)
+                        restored.append(name)
+                        temps = [(k, p) for k, p in temps if p != copies[0]]
+                        break
+        for _kind, path in temps:
+            _remove(path)
+    if restored:
+        _fsync_dir(parent)
+    return restored
+
+
+def recover_tree(path: str | os.PathLike, depth: int = 2) -> None:
+    """`recover` for `path` within its parent, then inside it and its sub-directories, `depth` levels down."""
+    path = Path(path)
+    recover(path.parent, only=path.name)
+    _recover_inside(path, depth)
+
+
+def _recover_inside(path: Path, depth: int) -> None:
+    if depth <= 0 or not path.is_dir() or path.is_symlink():
+        return
+    recover(path)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                _recover_inside(Path(entry.path), depth - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault points: `LORDKIT_FAULT_KILL=<point>[:<n>]` makes the process SIGKILL itself the n-th time
+# (default first) it reaches <point>, so tests can stop a replacement exactly between two steps.
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    spec = os.environ.get("LORDKIT_FAULT_KILL")
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    if want != point:
+        return
+    _fault_counts[point] = _fault_counts.get(point, 0) + 1
+    if _fault_counts[point] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success fsync and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: give the modes a plain open() would
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point("file-before-rename")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_file(path: str | os.PathLike) -> Path:
+    """A fresh temporary name beside `path` (for writers that want a path, not a file object)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return Path(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -109,29 +255,83 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise LordkitError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+# ----------------------------------------------------------------------------------------------
+# Directory replacement.
+
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    C library, the kernel or the filesystem cannot, or when LORDKIT_NO_EXCHANGE is set."""
+    global _renameat2
+    if os.environ.get("LORDKIT_NO_EXCHANGE") or not sys.platform.startswith("linux"):
+        return False
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    at_fdcwd = -100
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the complete directory `tmp` under the name `final`, which always holds a complete copy.
+
+    Where the filesystem can, the two are exchanged in one step and the old copy, now under the
+    temporary name, is removed. Elsewhere: `tmp` is renamed to a `new` name (marking it complete),
+    `final` to an `old` name, `new` to `final`; a crash between these steps leaves the name empty
+    for a moment, and `recover` puts the newest complete copy back."""
+    if not os.path.lexists(final):
+        os.rename(tmp, final)
+        return
+    if _exchange(tmp, final):
+        fault_point("replace-exchanged")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    token = f"{temp_prefix(final.name)}{os.urandom(4).hex()}"
+    new, old = final.with_name(f"{token}.new"), final.with_name(f"{token}.old")
+    os.rename(tmp, new)
+    fault_point("replace-marked-new")
+    os.rename(final, old)
+    fault_point("replace-moved-old")
+    os.rename(new, final)
+    fault_point("replace-renamed-new")
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterator[Path]:
-    """Build a directory under a temporary name next to `final`, then rename it into place.
+    """Build a directory under a temporary name next to `final`, then put it in place (replace_dir).
 
-    An existing `final` is refused unless `force`; with `force` it is moved aside and removed only
-    after the new directory is in place, so a failure never leaves the user with neither.
+    An existing `final` is refused unless `force`. Dead processes' leftovers of the same name are
+    cleaned first; a failure removes this one's staging dir and leaves `final` as it was.
     """
     final = Path(final)
-    if final.exists() and not force:
-        raise LordkitError(f"{what} {final} already exists; pass --force to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    recover(final.parent, only=final.name)
+    if os.path.lexists(final) and not force:
+        raise LordkitError(f"{what} {final} already exists; pass --force to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".partial", dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: an export must be readable by its service
         yield tmp
         _fsync_dir(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        fault_point("staged-complete")
+        replace_dir(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

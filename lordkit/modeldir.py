@@ -28,7 +28,7 @@ import numpy as np
 
 from lordkit.config import LordConfig, ModelConfig
 from lordkit.errors import LordkitError
-from lordkit.fsutil import atomic_write_json, read_json, staged_dir
+from lordkit.fsutil import atomic_write_json, read_json, recover_tree, staged_dir, temp_file
 
 if TYPE_CHECKING:  # torch stays out of module import: the runtime imports lordkit without torch
     import torch
@@ -60,6 +60,7 @@ def checkpoint_dir(model_dir: Path, stage: str) -> Path:
 
 
 def has_checkpoint(model_dir: Path, stage: str) -> bool:
+    recover_tree(checkpoint_dir(model_dir, stage), depth=1)  # a swap cut short by a crash is repaired first
     return (checkpoint_dir(model_dir, stage) / _CHECKPOINT_STATE).is_file()
 
 
@@ -72,6 +73,8 @@ def is_model_dir(model_dir: Path) -> bool:
 
 
 def load_config(model_dir: Path) -> LordConfig:
+    """The model's config; opening a model first repairs what crashed writers left in and beside it."""
+    recover_tree(model_dir)
     path = Path(model_dir) / CONFIG
     if not path.is_file():
         raise LordkitError(f"model not found: {model_dir} (no {CONFIG}; train it with `lordkit train`)")
@@ -137,7 +140,7 @@ def save_state(state: dict[str, "Tensor"], path: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_file(path)
     try:
         save_file(state, str(tmp), metadata={"format": "pt"})
         with open(tmp, "rb") as f:
@@ -165,7 +168,14 @@ def read_state(path: Path) -> dict[str, "Tensor"]:
 
 
 def load_weights(module: "nn.Module", path: Path) -> None:
-    missing, unexpected = module.load_state_dict(read_state(path), strict=False)
+    state = read_state(path)
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise LordkitError(f"{path} does not match the model in {CONFIG}: {len(wrong)} tensors differ in shape "
+                           f"(first: {wrong[0]}, file vs config); was {CONFIG} edited after training?")
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LordkitError(f"{path} does not match the model in {CONFIG} "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -292,7 +302,7 @@ def read_checkpoint(model_dir: Path, stage: str) -> tuple[dict[str, "Tensor"], d
     import torch
 
     d = checkpoint_dir(model_dir, stage)
-    if not (d / _CHECKPOINT_STATE).is_file():
+    if not has_checkpoint(model_dir, stage):
         raise LordkitError(f"no {stage} checkpoint in {d} to resume from")
     try:
         model_state = read_state(d / _CHECKPOINT_WEIGHTS)

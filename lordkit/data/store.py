@@ -22,7 +22,7 @@ import numpy as np
 
 import lordkit
 from lordkit.errors import LordkitError
-from lordkit.fsutil import atomic_write_json
+from lordkit.fsutil import atomic_write_json, recover_tree
 
 STORE_FORMAT = "lordkit-dataset/1"
 _HEADER_BYTES = 128  # fixed .npy header size so N can be patched in once the last image is written
@@ -148,6 +148,7 @@ class Dataset:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        recover_tree(self.path, depth=1)  # a replacement cut short by a crash is repaired before reading
         if not self.path.is_dir():
             raise LordkitError(f"dataset not found: {self.path} (run `lordkit preprocess` first)")
         meta_path = self.path / "meta.json"
