@@ -217,9 +217,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         fault_point("file-before-rename")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (e.filename is None or e.filename == tmp):
+            e.filename = str(path)  # a write error names the file the user asked for
         raise
 
 
@@ -333,6 +335,13 @@ def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterat
         fault_point("staged-complete")
         replace_dir(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as e:  # name the file the user asked for, not the staging dir it was written in
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.filename is None:  # numpy and others raise it without one
+            e.filename = str(final)
+        elif isinstance(e.filename, str) and e.filename.startswith(str(tmp)):
+            e.filename = str(final) + e.filename[len(str(tmp)):]
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

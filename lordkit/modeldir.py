@@ -21,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from lordkit.config import LordConfig, ModelConfig
-from lordkit.errors import LordkitError
-from lordkit.fsutil import atomic_write_json, read_json, recover_tree, staged_dir, temp_file
+from lordkit.errors import LordkitError, errno_in_message
+from lordkit.fsutil import atomic_write_json, current_umask, read_json, recover_tree, staged_dir, temp_file
 
 if TYPE_CHECKING:  # torch stays out of module import: the runtime imports lordkit without torch
     import torch
@@ -142,13 +143,41 @@ def save_state(state: dict[str, "Tensor"], path: Path) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tmp = temp_file(path)
     try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk as text: "I/O error: ... (os error 28)"
+            raise _os_error(e, path) from None
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates its file 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _os_error(e: Exception, path: Path) -> Exception:
+    """The OSError a writer library described only in its message, else `e` itself."""
+    m = re.search(r"os error (\d+)", str(e))
+    code = int(m.group(1)) if m else errno_in_message(str(e))
+    return OSError(code, os.strerror(code), str(path)) if code else e
+
+
+class _WriteRecorder:
+    """A file for torch.save that keeps the OSError its C++ writer would hide behind 'enforce fail'."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def save_weights(module: "nn.Module", path: Path) -> None:
@@ -291,8 +320,15 @@ def write_checkpoint(model_dir: Path, stage: str, model_state: dict[str, "Tensor
     with staged_dir(checkpoint_dir(model_dir, stage), force=True, what="checkpoint") as tmp:
         save_state(model_state, tmp / _CHECKPOINT_WEIGHTS)
         with open(tmp / _CHECKPOINT_STATE, "wb") as f:
-            torch.save(state, f)
-            f.flush()
+            writer = _WriteRecorder(f)
+            try:
+                torch.save(state, writer)
+                f.flush()
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                e = writer.error
+                raise OSError(e.errno, e.strerror, str(tmp / _CHECKPOINT_STATE)) from None
             os.fsync(f.fileno())
         atomic_write_json(tmp / _CHECKPOINT_PROGRESS, progress)
 
