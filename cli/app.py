@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 
 import lordkit
 from lordkit.errors import Terminated
@@ -51,7 +53,26 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The console script: runs a command and exits with its status.
+
+    Usage mistakes (an unknown option, a missing value, a value of the wrong type) are one `error:`
+    line naming the command's --help, instead of click's usage box."""
     # SIGTERM unwinds like Ctrl-C: staging dirs are removed, training saves a checkpoint.
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="lordkit", standalone_mode=False)
+    except typer.TyperException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `lordkit`: the help
+            e.show()
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        typer.echo(f"error: {message}{hint}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
