@@ -10,10 +10,10 @@ MAX_PIXELS = 100_000_000  # the limit of lordkit.runtime.images, which the runti
 # imported cv2 earlier keeps OpenCV's default of 2^30 pixels).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from lordkit.data.sources import DecodeError  # noqa: E402
+from lordkit.data.sources import DecodeError
 
 # A broken file is one DecodeError naming it; OpenCV's own log lines about it would be noise.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

@@ -29,10 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from lordkit.errors import LordkitError
+
+# isort: off
 # images first: it sets OpenCV's pixel limit, which OpenCV reads once when cv2 is first imported.
 from lordkit.runtime.images import (ALPHA_BACKGROUNDS, WORK_MAX_SIDE, LoadedImage, Warn, check_min_size,
                                     convert_channels, load_image)
-from lordkit.imaging import square_resize  # noqa: I001
+from lordkit.imaging import square_resize
+# isort: on
 
 DETECT_SIDE = 1280  # faces are searched on a copy this big at most (HOG cost grows with pixels)
 MIN_SCORE = 0.3  # weaker HOG detections (badges, patterned cloth) are dropped unless nothing else is found

@@ -38,10 +38,10 @@ MAX_PIXELS = 100_000_000  # refuse anything larger (a 10000 x 10000 photo is the
 # process that imported cv2 earlier keeps OpenCV's default (2^30 pixels).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from lordkit.errors import LordkitError  # noqa: E402
+from lordkit.errors import LordkitError
 
 # OpenCV logs decoder complaints (a truncated PNG, a failed allocation) to stderr on its own;
 # each of those cases becomes one LordkitError line here instead.
@@ -162,7 +162,7 @@ def _pnm(data: bytes) -> ImageInfo | None:
 
 def _pam(data: bytes) -> ImageInfo | None:
     header = data[:512].split(b"ENDHDR")[0]
-    fields = dict(re.findall(rb"^(WIDTH|HEIGHT|DEPTH)\s+(\d+)", header, re.M))
+    fields = dict(re.findall(rb"^(WIDTH|HEIGHT|DEPTH)\s+(\d+)", header, re.MULTILINE))
     if b"WIDTH" not in fields or b"HEIGHT" not in fields:
         return None
     depth = int(fields.get(b"DEPTH", b"0"))
