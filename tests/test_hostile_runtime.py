@@ -265,6 +265,7 @@ CASES = [
     # 4. Links inside the export (the export dir itself may be a link).
     C("link-class-bank", symlink("class_bank.npy"), ("class_bank.npy is a symbolic link",)),
     C("link-onnx", symlink("generator.opt.onnx"), ("generator.opt.onnx is a symbolic link",)),
+    C("link-manifest", symlink("manifest.json"), ("manifest.json is a symbolic link",)),
     C("linked-export-dir-is-fine", linked_export_dir, ("class id 7 is out of range",)),
     # 5. ONNX external data.
     C("external-unlisted", external_data("weights.bin", listed=False),

@@ -25,6 +25,7 @@ import numpy as np
 from lordkit import export_format as fmt
 from lordkit.errors import LordkitError
 from lordkit.export_format import FORMAT, RUNTIME_NETWORKS
+from lordkit.fsutil import recover_tree
 
 VERIFY_MODES = ("all", "used", "none")
 PRECISIONS = ("fp32", "fp16")
@@ -207,6 +208,7 @@ class Bundle:
             raise LordkitError(f"unknown verify mode {verify!r}; use one of: {', '.join(VERIFY_MODES)}")
         self.path = Path(path)  # a link to the export dir is fine; links inside it are not
         self.verify = verify
+        recover_tree(self.path, depth=1)  # an export replaced by a process that died half-way is repaired first
         if not self.path.exists():
             raise LordkitError(f"export not found: {self.path}")
         if not self.path.is_dir():
@@ -241,10 +243,13 @@ class Bundle:
     @staticmethod
     def _read_manifest(path: Path) -> Any:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise LordkitError(f"{path.parent} is not a lordkit export: it has no {fmt.MANIFEST}") from None
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise LordkitError(f"{path} is a symbolic link; the runtime does not follow links inside an "
+                                   "export") from None
             raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
