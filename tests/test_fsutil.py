@@ -54,3 +54,17 @@ def test_valid_names(name):
 def test_names_that_would_make_odd_paths_are_refused(name):
     with pytest.raises(LordkitError, match="invalid"):
         validate_name(name)
+
+
+def test_model_files_and_checkpoints_follow_the_umask(tmp_path, umask):
+    import torch
+
+    from lordkit.config import LordConfig, tiny_model
+    from lordkit.modeldir import checkpoint_dir, write_checkpoint, write_random_model
+
+    m = write_random_model(tmp_path / "m", LordConfig(model=tiny_model(32, 3, n_imgs=4, n_classes=2)))
+    write_checkpoint(m, "latent", {"w": torch.zeros(3)}, {"step": 1}, {"epoch": 1})
+    files = [p for p in m.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert any(p.suffix == ".safetensors" for p in files) and (checkpoint_dir(m, "latent") / "state.pt").is_file()
+    assert {p.name: mode(p) for p in files} == {p.name: 0o666 & ~umask for p in files}
+    assert {mode(p) for p in m.rglob("*") if p.is_dir()} == {0o777 & ~umask}
