@@ -28,7 +28,7 @@ def export(
     """Export content/class encoders, generator and transfer; check each file against PyTorch."""
     from lordkit.console import out_console
     from lordkit.errors import LordkitError
-    from lordkit.export.exporter import check_opset, export_model, parity_table
+    from lordkit.export.exporter import check_opset, check_out_dir, export_model, parity_table
 
     base = get_base(ctx)
     src = model_dir(base, model_name)
@@ -37,13 +37,20 @@ def export(
         raise LordkitError("--int8 quantizes the ONNX files; it needs --onnx")
     if onnx:
         check_opset(opset)  # before loading anything: a bad opset is a typo, not a late export failure
-    calibration, calibration_name = (_calibration(base, src, calibration_data) if int8 else (None, None))
-    manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
-                            show=False, progress=True)
+    check_out_dir(dst, force)
+    finish = None
     if int8:
         from lordkit.export.quantize import quantize_export
+        from lordkit.modeldir import load_config
 
-        manifest = quantize_export(dst, calibration, calibration_source=calibration_name, show=False)
+        load_config(src)  # a missing model is named before its calibration data
+        calibration, calibration_name = _calibration(base, src, calibration_data)
+
+        def finish(staged: Path) -> dict:  # int8 files join the export before it takes its name
+            return quantize_export(staged, calibration, calibration_source=calibration_name, shown_dir=dst)
+
+    manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
+                            show=False, progress=True, finish=finish)
     out_console.print(parity_table(manifest["parity"]))
     n_files = len(manifest["sha256"]) + 1
     say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'})")
@@ -53,10 +60,11 @@ def _calibration(base: Path, src: Path, name: Optional[str]):
     """The dataset --int8 calibrates on, opened before the (slow) export so a typo fails fast."""
     from lordkit.data.store import Dataset
     from lordkit.errors import LordkitError
-    from lordkit.fsutil import data_dir, read_json
+    from lordkit.fsutil import data_dir
+    from lordkit.modeldir import load_data_record
 
-    name = name or read_json(src / "data.json", "model data record").get("data_name")
-    if not name:
+    name = name or load_data_record(src).get("data_name")
+    if not name or not isinstance(name, str):
         raise LordkitError("--int8 needs images to calibrate on: pass --calibration-data NAME")
     try:
         return Dataset(data_dir(base, name)), name

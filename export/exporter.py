@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
+import os
 import re
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +31,8 @@ from lordkit import export_format as fmt
 from lordkit.config import ModelConfig
 from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
-from lordkit.export.onnxmeta import write_metadata
-from lordkit.fsutil import atomic_write_json, staged_dir
+from lordkit.export.onnxmeta import write_metadata, writing
+from lordkit.fsutil import atomic_write_bytes, atomic_write_json, staged_dir
 from lordkit.modeldir import load_amortized, load_class_bank, load_config, load_data_record
 from lordkit.models import AmortizedModel, eager_networks
 
@@ -82,10 +84,11 @@ def random_inputs(net: Network, cfg: ModelConfig, batch: int, rng: np.random.Gen
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence deprecation notices of the TorchScript-based exporters (chosen on purpose); TracerWarnings still show."""
+    """No third-party warnings on the user's terminal: the TorchScript-based exporters' deprecation
+    notices (chosen on purpose) and TracerWarnings, whose worry (a shape specialised away) the parity
+    check at several batch sizes settles for real."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")
         yield
 
 
@@ -120,6 +123,14 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(half, str(dst))
 
 
+def _ort_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: onnxruntime's warnings would print on the user's terminal
+    return opts
+
+
 def _topological_sort(graph) -> None:
     """Reorder graph.node so every node follows the producers of its inputs (stable otherwise)."""
     known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -144,10 +155,16 @@ def _optimise_onnx(src: Path, dst: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = _ort_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), opts, providers=ORT_PROVIDERS)
+    try:
+        ort.InferenceSession(str(src), opts, providers=ORT_PROVIDERS)
+    except Exception as e:
+        # onnxruntime reports a failed write as "Protobuf serialization failed", without the cause:
+        # writing as many bytes ourselves shows whether the disk refused them.
+        _probe_write(dst, src.stat().st_size)
+        raise LordkitError(f"onnxruntime could not optimise {src.name}: {_first_line(e)}") from None
     # onnxruntime declares all its own op domains; keep only those the graph uses, for other tools.
     model = onnx.load(str(dst))
     used = {n.domain for n in model.graph.node} | {""}
@@ -157,11 +174,36 @@ def _optimise_onnx(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def _probe_write(path: Path, n_bytes: int) -> None:
+    """Write n_bytes to `path` and remove it: an OSError here names the disk's fault (no space, too large)."""
+    chunk = b"\0" * min(n_bytes, 1 << 20)
+    try:
+        with open(path, "wb") as f:
+            for _ in range(0, n_bytes, len(chunk) or 1):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _export_torchscript(module: nn.Module, path: Path, extra: str) -> None:
-    """torch.jit.script (no tracing: nothing specialised to a shape), frozen so weights become constants."""
+    """torch.jit.script (no tracing: nothing specialised to a shape), frozen so weights become constants.
+
+    Saved to memory and written by Python: torch.jit.save's own file writer aborts the whole process
+    (std::terminate) when the disk refuses a write, where Python raises an OSError that can be reported.
+    """
     with _quiet():
         frozen = torch.jit.freeze(torch.jit.script(module.eval()))
-        torch.jit.save(frozen, str(path), _extra_files={fmt.TORCHSCRIPT_EXTRA: extra})
+        buf = io.BytesIO()
+        torch.jit.save(frozen, buf, _extra_files={fmt.TORCHSCRIPT_EXTRA: extra})
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 def _check_onnx(path: Path, props: dict[str, str]) -> None:
@@ -191,7 +233,7 @@ class _Runner:
             import onnxruntime as ort
 
             self.backend = "onnxruntime-cpu"
-            opts = ort.SessionOptions()
+            opts = _ort_options()
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield to torch's
             self.session = ort.InferenceSession(str(path), opts, providers=ORT_PROVIDERS)
         else:
@@ -272,16 +314,53 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
+    """Refuse, before any slow work, an export dir that cannot be written or must not be replaced.
+
+    An existing dir is replaced only with `force`, and only when it is an export (it has a manifest)
+    or empty: `--out ~ --force` must not delete a home directory. Missing parents are created later,
+    so the nearest existing ancestor must be a writable directory.
+    """
+    out_dir = Path(out_dir)
+    if os.path.lexists(out_dir):
+        if not out_dir.is_dir():
+            raise LordkitError(f"{out_dir} is a file, not an export dir; remove it or choose another --out")
+        if not force:
+            raise LordkitError(f"export {out_dir} already exists; pass --force to replace it")
+        try:
+            with os.scandir(out_dir) as entries:
+                empty = next(entries, None) is None
+        except OSError as e:
+            raise LordkitError(f"cannot read {out_dir} to replace it: {e.strerror or e}") from None
+        if not empty and not (out_dir / fmt.MANIFEST).is_file():
+            raise LordkitError(f"{out_dir} is not an export dir (no {fmt.MANIFEST}); --force replaces exports only, "
+                               "choose another --out")
+    parent = out_dir.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LordkitError(f"cannot create {out_dir}: {parent} is a file, not a directory")
+    with contextlib.suppress(OSError):
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            raise LordkitError(f"cannot write {out_dir}: {parent} is on a read-only filesystem")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LordkitError(f"cannot write {out_dir}: no permission to create files in {parent}")
+    return out_dir
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = True, torchscript: bool = True,
                  fp16: bool = False, opset: int = 17, force: bool = False,
                  batch_sizes: Sequence[int] = BATCH_SIZES, show: bool = True,
-                 progress: bool | None = None) -> dict[str, Any]:
+                 progress: bool | None = None,
+                 finish: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Export a model dir's amortized networks to `out_dir` (written atomically); returns the manifest.
 
     onnx / torchscript choose the formats; fp16 adds *.fp16.onnx; opset is the ONNX opset; force
     replaces an existing `out_dir`; batch_sizes are the parity batch sizes; show prints the parity
-    table on the (stderr) console; progress shows a progress bar (default: as show). Raises
-    LordkitError, leaving no output behind, when any file fails its checks.
+    table on the (stderr) console; progress shows a progress bar (default: as show); finish, given
+    the complete staged dir before it takes the name, adds files to it (the int8 copies) and returns
+    the manifest it leaves. Raises LordkitError, leaving no output behind (or the previous export
+    under the name), when any file fails its checks or the disk refuses a write.
     """
     t_start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -294,8 +373,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if not batch_sizes or min(batch_sizes) < 1:
         raise LordkitError(f"batch sizes must be >= 1, got {batch_sizes}")
-    if out_dir.exists() and not force:  # fail before the slow part; staged_dir checks again
-        raise LordkitError(f"export {out_dir} already exists; pass --force to replace it")
+    check_out_dir(out_dir, force)  # before the slow part; staged_dir checks existence again
 
     # Load the model, its data record and the class bank.
     cfg = load_config(model_dir)
@@ -303,9 +381,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     model = load_amortized(model_dir, cfg).eval()
     bank = load_class_bank(model_dir, mc)
     data = load_data_record(model_dir)
-    class_names = [str(n) for n in (data.get("class_names") or range(mc.n_classes))]
+    record = model_dir / "data.json"
+    names = data.get("class_names")
+    if names is not None and not isinstance(names, list):
+        raise LordkitError(f"{record}: class_names must be a list, got {type(names).__name__}")
+    class_names = [str(n) for n in (names or range(mc.n_classes))]
     if len(class_names) != mc.n_classes:
-        raise LordkitError(f"{model_dir / 'data.json'} names {len(class_names)} classes, the model has {mc.n_classes}")
+        raise LordkitError(f"{record} names {len(class_names)} classes, the model has {mc.n_classes}")
     face_template = data.get("face_template") or None
     face_points = data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None)
 
@@ -320,6 +402,11 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
         "models": _file_table(onnx, torchscript, fp16),
         "class_bank": fmt.CLASS_BANK,
     }
+    # The data record's fields go into the manifest unchanged: check them as a reader of the export will.
+    all_files = [fmt.CLASS_BANK] + [f for m in meta["models"].values() for f in m["files"].values()]
+    problem = fmt.manifest_problem({**meta, "sha256": {f: "0" * 64 for f in all_files}})
+    if problem:
+        raise LordkitError(f"{record} cannot go into an export manifest: {problem}")
     meta_json = json.dumps(meta)
 
     def props(name: str) -> dict[str, str]:
@@ -331,8 +418,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     with staged_dir(out_dir, force=force, what="export") as tmp, torch.no_grad(), \
             (make_progress(transient=True) if (show if progress is None else progress)
              else contextlib.nullcontext()) as bar:
+
+        def write(name: str):  # a full disk while writing `name` is one line naming the export's file
+            return writing(out_dir / name)
+
         task = bar.add_task("export", total=len(nets), unit="net") if bar else None
-        np.save(tmp / fmt.CLASS_BANK, bank)
+        with write(fmt.CLASS_BANK):
+            buf = io.BytesIO()
+            np.save(buf, bank)
+            atomic_write_bytes(tmp / fmt.CLASS_BANK, buf.getvalue())
         for net in nets:
             if bar:
                 bar.update(task, description=f"export {net.name}")
@@ -348,13 +442,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
             # ONNX: export, stamp metadata, optimise, check, then parity in onnxruntime.
             if onnx:
                 plain, opt = tmp / files["onnx"], tmp / files["onnx_opt"]
-                _export_onnx(net.module, net, mc, plain, opset)
-                write_metadata(plain, props(net.name))
-                _optimise_onnx(plain, opt)
+                with write(plain.name):
+                    _export_onnx(net.module, net, mc, plain, opset)
+                    write_metadata(plain, props(net.name))
+                with write(opt.name):
+                    _optimise_onnx(plain, opt)
                 to_check = [(plain, FP32_TOL), (opt, FP32_TOL)]
                 if fp16:
                     half = tmp / files["onnx_fp16"]
-                    _convert_fp16(plain, half)  # keeps the metadata stamped on `plain`
+                    with write(half.name):
+                        _convert_fp16(plain, half)  # keeps the metadata stamped on `plain`
                     to_check.append((half, FP16_TOL))
                 for path, tol in to_check:
                     _check_onnx(path, props(net.name))
@@ -362,7 +459,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
             # TorchScript: script, freeze, save with metadata, reload and compare.
             if torchscript:
                 ts = tmp / files["torchscript"]
-                _export_torchscript(net.module, ts, json.dumps(props(net.name)))
+                with write(ts.name):
+                    _export_torchscript(net.module, ts, json.dumps(props(net.name)))
                 parity += check_parity(ts, net, references, FP32_TOL)
             if bar:
                 bar.advance(task)
@@ -371,7 +469,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
         manifest = dict(meta)
         manifest["sha256"] = {p.name: fmt.sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["parity"] = parity
-        atomic_write_json(tmp / fmt.MANIFEST, manifest)
+        with write(fmt.MANIFEST):
+            atomic_write_json(tmp / fmt.MANIFEST, manifest)
+        if finish is not None:
+            manifest = finish(tmp)
 
     if show:
         console.print(parity_table(parity))

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lordkit.errors import LordkitError
+from lordkit.export.onnxmeta import writing
 from lordkit.export_format import NETWORKS
 
 INT8_KEY = "onnx_int8"  # key of the int8 file in a network's manifest `files` (lordkit.export_format)
@@ -197,14 +198,19 @@ def _stamp(src: Path, dst: Path) -> None:
         raise LordkitError(f"onnx.checker rejected {dst.name}: {str(e).splitlines()[0]}") from None
 
 
+def check_format(quant_format: str) -> str:
+    if quant_format not in FORMATS:
+        raise LordkitError(f"unknown quantization format {quant_format!r}; use one of: {', '.join(FORMATS)}")
+    return quant_format
+
+
 def quantize_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *, quant_format: str = "qdq",
                   per_channel: bool = False, reduce_range: bool = True, work_dir: Path | None = None) -> None:
     """Static int8 quantization of one ONNX file, calibrated on `feeds` (MinMax ranges)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if quant_format not in FORMATS:
-        raise LordkitError(f"quantization format must be one of {', '.join(FORMATS)}, got {quant_format!r}")
+    check_format(quant_format)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, _quiet_ort():
         pre = Path(tmp) / "pre.onnx"
         # Symbolic shape inference is for transformers and cannot follow the generator's Resize: onnx's suffices.
@@ -223,7 +229,7 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
                     quant_format: str = "qdq", per_channel: bool = False, reduce_range: bool = True,
                     n_calibration: int = 64, n_holdout: int = 16, batch_size: int = 4, seed: int = 0,
                     threads: int | None = None, force: bool = False, show: bool = False,
-                    calibration_source: str | None = None) -> dict[str, Any]:
+                    calibration_source: str | None = None, shown_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write `<network>.int8.onnx` for each of `models` into an export dir and record them in its
     manifest; returns the updated manifest.
 
@@ -233,17 +239,20 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
     per_channel: one weight scale per output channel; reduce_range: 7-bit weights (AVX2 without
     VNNI). batch_size: images per calibration batch. threads: onnxruntime threads of the quality
     check. force: replace existing int8 files. show: print the quality table on the console.
-    calibration_source: a note for the manifest (e.g. the dataset name).
+    calibration_source: a note for the manifest (e.g. the dataset name). shown_dir: the dir that
+    error messages name (the export's final name while the exporter still builds it elsewhere).
     """
     from lordkit.export_format import MANIFEST, file_name, sha256_file
-    from lordkit.fsutil import atomic_write_json, read_json
+    from lordkit.fsutil import atomic_write_json, read_json, temp_file
     from lordkit.runtime.bundle import Bundle
 
     export_dir = Path(export_dir)
+    shown = Path(shown_dir) if shown_dir is not None else export_dir
     models = list(dict.fromkeys(models))
     unknown = [m for m in models if m not in NETWORKS]
     if unknown or not models:
-        raise LordkitError(f"unknown network {unknown[0] if unknown else None!r}; choose from {', '.join(NETWORKS)}")
+        raise LordkitError(f"unknown network {unknown[0] if unknown else None!r}; use one of: {', '.join(NETWORKS)}")
+    check_format(quant_format)
     if n_holdout < 1 or n_calibration < 1 or batch_size < 1:
         raise LordkitError("n_calibration, n_holdout and batch_size must be >= 1")
     bundle = Bundle(export_dir, verify="none")  # format and files present; the sources are hashed below
@@ -278,11 +287,12 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
     try:
         for network in models:
             src = export_dir / files[network]["onnx"]
-            tmp = export_dir / f".{targets[network]}.{os.getpid()}.tmp"
+            tmp = temp_file(export_dir / targets[network])  # a name the next command clears after a crash
             written[network] = tmp
-            quantize_file(src, tmp, feeds[network].calibration, quant_format=quant_format, per_channel=per_channel,
-                          reduce_range=reduce_range)
-            _stamp(src, tmp)
+            with writing(shown / targets[network]):  # a full disk (here or in the system temp dir): one line
+                quantize_file(src, tmp, feeds[network].calibration, quant_format=quant_format,
+                              per_channel=per_channel, reduce_range=reduce_range)
+                _stamp(src, tmp)
             ref = _run(_session(src, threads), feeds[network].holdout)
             got = _run(_session(tmp, threads), feeds[network].holdout)
             quality.append(quality_row(network, targets[network], src.name, got, ref))
@@ -308,7 +318,8 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
                         "source": calibration_source or str(getattr(calibration, "path", "array"))},
     }
     manifest["quality"] = [q for q in manifest.get("quality") or [] if q.get("file") not in targets.values()] + quality
-    atomic_write_json(export_dir / MANIFEST, manifest)
+    with writing(shown / MANIFEST):
+        atomic_write_json(export_dir / MANIFEST, manifest)
     if show:
         from lordkit.console import console
 
