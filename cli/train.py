@@ -116,11 +116,14 @@ def import_reference(
     """Convert a model trained with the original LORD code into a lordkit model (export, evaluate, transfer)."""
     from pathlib import Path
 
+    from lordkit.errors import LordkitError
     from lordkit.reference import import_reference as read
     from lordkit.modeldir import write_imported_model
 
-    cfg, latent, amortized = read(src)
     out = model_dir(get_base(ctx), model_name)
+    if out.exists() and not force:  # before reading weights that may be large
+        raise LordkitError(f"model {out} already exists; pass --force to replace it")
+    cfg, latent, amortized = read(src)
     write_imported_model(out, cfg, latent, amortized, source=str(Path(src).resolve()), force=force)
     stages = "stage 1 and encoders" if amortized is not None else "stage 1 only (no amortized.pth)"
     say(f"imported {stages}: {cfg.model.n_imgs} content codes, {cfg.model.n_classes} classes, "

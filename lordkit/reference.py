@@ -5,7 +5,7 @@ Such a dir holds config.pkl (a pickled dict), latent.pth and, after stage 2, amo
 any global: the reference's config is a dict of ints, floats, strings, lists, tuples and dicts
 (img_shape is a tuple of Python ints and n_classes is `.item()`'d), none of which need a global
 to unpickle, so nothing is allowed at all, numpy scalars included. The state dicts are read with
-torch.load(weights_only=True).
+torch.load(weights_only=True): a file that holds anything but tensors is refused, never run.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from lordkit.errors import LordkitError
 from lordkit.models import AmortizedModel, LatentModel
 
 MAX_CONFIG_BYTES = 1 << 20  # a reference config.pkl is a few hundred bytes
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format starts with a protocol-2 pickle
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -41,13 +45,29 @@ def restricted_loads(data: bytes) -> Any:
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise LordkitError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise LordkitError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise LordkitError(f"{what} {path} is not a regular file")
+
+
+def _read_head(path: Path, n_bytes: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n_bytes)
+    except OSError as e:
+        raise LordkitError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}") from None
+
+
 def read_reference_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise LordkitError(f"reference config not found: {path}")
-    data = path.read_bytes()
+    _check_file(path, "reference config")
+    data = _read_head(path, MAX_CONFIG_BYTES + 1, "reference config")
     if len(data) > MAX_CONFIG_BYTES:
-        raise LordkitError(f"{path} is too large for a reference config ({len(data)} bytes)")
+        raise LordkitError(f"{path} is too large for a reference config (over {MAX_CONFIG_BYTES} bytes)")
     try:
         obj = restricted_loads(data)
     except Exception as e:  # refused global, truncated or not a pickle
@@ -125,14 +145,39 @@ def map_reference_key(key: str) -> str:
     return f"generator.adain_conv_layers.{idx // 4}.conv.{m.group(2)}"
 
 
+def _load_error(e: Exception) -> str:
+    """Why torch.load refused a file, in words that fit a file nobody should unpickle."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in text.lower():
+        found = _GLOBAL_RE.search(text)  # absent when torch stops at an opcode before any global
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects that are not plain tensors{what}; refused for safety"
+    if "zip archive" in text or "central directory" in text:
+        return "a damaged or truncated zip archive"
+    first = (text.strip().splitlines() or [""])[0]
+    return f"damaged or not a PyTorch checkpoint ({type(e).__name__}{': ' + first[:120] if first else ''})"
+
+
 def _read_state(path: Path) -> dict[str, Tensor]:
+    what = "reference weights"
+    _check_file(path, what)
+    head = _read_head(path, len(ZIP_MAGIC), what)
+    if not head:
+        raise LordkitError(f"{what} {path} is empty")
+    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC)):
+        raise LordkitError(f"{what} {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LordkitError(f"cannot read reference weights {path}: {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise LordkitError(f"reference weights {path} are not a state dict of tensors")
+        # torch warns on pickle features it does not read (and suggests weights_only=False, the one
+        # thing never to do with a file like this); the refusal below says what matters.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise LordkitError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}") from None
+    except Exception as e:  # torch raises its own types, pickle's and zip's for damaged or hostile files
+        raise LordkitError(f"cannot read {what} {path}: {_load_error(e)}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise LordkitError(f"{what} {path} are not a state dict of named tensors")
     return state
 
 
@@ -146,6 +191,14 @@ def convert_state_dict(state: dict[str, Tensor], own: dict[str, Tensor], source:
         if tuple(value.shape) != tuple(own[new].shape):
             raise LordkitError(f"{source}: {key} has shape {tuple(value.shape)}, the config implies "
                                f"{tuple(own[new].shape)}")
+        if value.is_meta or value.layout != torch.strided:
+            raise LordkitError(f"{source}: {key} is not a dense tensor with data ({value.layout}, "
+                               f"{value.device.type}); weights must be")
+        if not value.is_floating_point():
+            raise LordkitError(f"{source}: {key} has dtype {str(value.dtype).removeprefix('torch.')}; "
+                               "weights are floating-point")
+        if not bool(torch.isfinite(value).all()):
+            raise LordkitError(f"{source}: {key} holds NaN or infinite values")
         out[new] = value.detach().to(torch.float32).contiguous()
     missing = [k for k in own if k not in out]
     if missing:
@@ -158,17 +211,19 @@ def import_reference(src_dir: str | os.PathLike) -> tuple[LordConfig, dict[str, 
     """Read a reference model dir: (config, latent state dict, amortized state dict or None),
     with lordkit key names, ready for LatentModel / AmortizedModel.load_state_dict."""
     src = Path(src_dir)
-    if not src.is_dir():
+    if not src.exists():
         raise LordkitError(f"reference model dir not found: {src}")
+    if not src.is_dir():
+        raise LordkitError(f"{src} is a file; pass the reference model dir (config.pkl, latent.pth, amortized.pth)")
     config = config_from_reference(read_reference_config(src / "config.pkl"))
     latent_path = src / "latent.pth"
-    if not latent_path.is_file():
+    if not os.path.lexists(latent_path):
         raise LordkitError(f"reference model dir {src} has no latent.pth")
     with torch.device("meta"):  # shapes only: no memory for the (possibly large) content table
         latent_own, amortized_own = LatentModel(config.model).state_dict(), AmortizedModel(config.model).state_dict()
     latent = convert_state_dict(_read_state(latent_path), latent_own, str(latent_path))
     amortized = None
     amortized_path = src / "amortized.pth"
-    if amortized_path.is_file():
+    if os.path.lexists(amortized_path):  # absent: stage 1 only; present but unreadable: an error
         amortized = convert_state_dict(_read_state(amortized_path), amortized_own, str(amortized_path))
     return config, latent, amortized
