@@ -26,9 +26,21 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
 
 
+class _Progress(Progress):
+    """rich's Progress, except that on a file or pipe a bar that vanishes (a failed run, a transient
+    bar) leaves no empty line behind: the error line is then the whole of stderr."""
+
+    def stop(self) -> None:
+        if self.disable:
+            return
+        self.live.stop()
+        if not self.console.is_interactive and not self.console.is_jupyter and not self.live.transient:
+            self.console.print()
+
+
 def make_progress(*extra_columns, transient: bool = False) -> Progress:
     """Progress bar with count, rate, elapsed time and ETA: `with make_progress() as p: ...`."""
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

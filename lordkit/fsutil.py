@@ -327,7 +327,11 @@ def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterat
     recover(final.parent, only=final.name)
     if os.path.lexists(final) and not force:
         raise LordkitError(f"{what} {final} already exists; pass --force to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".partial", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".partial", dir=final.parent))
+    except OSError as e:  # name the output, not the hidden staging name it could not create
+        e.filename = str(final)
+        raise
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: an export must be readable by its service
         yield tmp
