@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from lordkit.config import ConfigError, LordConfig, ModelConfig, preset
 from lordkit.errors import LordkitError
-from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain,
+from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain, adain_explicit,
+                            onnx_form, upsample2x,
                             amortized_from_latent, code_generator, transfer_net)
 
 ort = pytest.importorskip("onnxruntime")
@@ -32,7 +33,7 @@ SIZES = [(32, 3), (32, 1), (64, 3), (64, 1), (128, 3)]
 def export_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]) -> bytes:
     f = io.BytesIO()
     axes = {n: {0: "batch"} for n in input_names + output_names}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), onnx_form(module):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, f, dynamo=False, opset_version=17, input_names=input_names,
                           output_names=output_names, dynamic_axes=axes)
@@ -151,8 +152,22 @@ def test_adain_matches_independent_instance_norm() -> None:
     ref = F.batch_norm(x.reshape(1, 15, 6, 7), None, None, weight.reshape(-1), bias.reshape(-1),
                        training=True, eps=1e-5).reshape(x.shape)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    # Channels-last input gives the same result.
+    # Channels-last input gives the same result, and so does the form the ONNX export uses.
     torch.testing.assert_close(adain(x.to(memory_format=torch.channels_last), weight, bias), out)
+    torch.testing.assert_close(adain_explicit(x, weight, bias), out, rtol=0, atol=1e-5)
+    # Gradients too (training runs the fused form), and in bf16 the statistics stay float32.
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    (adain(xs[0], weight, bias) ** 2).sum().backward()
+    (adain_explicit(xs[1], weight, bias) ** 2).sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-4, atol=1e-4)
+    half = adain(x.bfloat16(), weight, bias)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), out, rtol=0.02, atol=0.05)
+
+
+def test_upsample_is_nearest_neighbour() -> None:
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(upsample2x(x), F.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
 
 
 def test_modulation_layout() -> None:

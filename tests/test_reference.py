@@ -1,8 +1,8 @@
 """Import of a model dir written by the public PyTorch re-implementation.
 
-The reference's formulation is re-stated here in a few lines (same module names and layouts, AdaIN
-parameters assigned onto modules before the forward as it does), used to write a fake reference dir,
-and compared with lordkit's models loaded from the import.
+The reference's formulation (lordkit.bench.reference: same module names and layouts, AdaIN parameters
+assigned onto modules before the forward as it does) writes a fake reference dir, compared with
+lordkit's models loaded from the import.
 """
 
 from __future__ import annotations
@@ -13,113 +13,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from lordkit.bench.reference import RefAmortized, RefLatent
 from lordkit.errors import LordkitError
 from lordkit.models import AmortizedModel, LatentModel, transfer_net
-from lordkit.reference import import_reference, map_reference_key, read_reference_config, restricted_loads
-
-# --- the reference formulation ------------------------------------------------------------------
-
-
-class RefAdaIN(nn.Module):
-    def __init__(self, idx: int):
-        super().__init__()
-        self.idx = idx
-        self.weight = None  # assigned from outside before each forward
-        self.bias = None
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        out = F.batch_norm(x.reshape(1, b * c, h, w), None, None, self.weight.reshape(-1),
-                           self.bias.reshape(-1), training=True)
-        return out.reshape(b, c, h, w)
-
-
-class RefEmbedding(nn.Module):
-    def __init__(self, n, dim):
-        super().__init__()
-        self.embedding = nn.Embedding(n, dim)
-
-    def forward(self, ids):
-        return self.embedding(ids)  # eval mode: no noise
-
-
-class RefModulation(nn.Module):
-    def __init__(self, code_dim, n_layers, dim):
-        super().__init__()
-        self.n_layers, self.dim = n_layers, dim
-        self.adain_per_layer = nn.ModuleList([nn.Linear(code_dim, dim * 2) for _ in range(n_layers)])
-
-    def forward(self, x):
-        return torch.cat([f(x) for f in self.adain_per_layer], -1).reshape(-1, self.n_layers, self.dim, 2)
-
-
-class RefGenerator(nn.Module):
-    def __init__(self, content_dim, n_layers, dim, img_shape):
-        super().__init__()
-        self.s = img_shape[0] // 2**n_layers
-        self.dim = dim
-        area = self.s * self.s
-        self.fc_layers = nn.Sequential(nn.Linear(content_dim, area * dim // 8), nn.LeakyReLU(),
-                                       nn.Linear(area * dim // 8, area * dim // 4), nn.LeakyReLU(),
-                                       nn.Linear(area * dim // 4, area * dim), nn.LeakyReLU())
-        blocks = []
-        for i in range(n_layers):
-            blocks += [nn.Upsample(scale_factor=(2, 2)), nn.Conv2d(dim, dim, 3, padding=1), nn.LeakyReLU(), RefAdaIN(i)]
-        self.adain_conv_layers = nn.Sequential(*blocks)
-        self.last_conv_layers = nn.Sequential(nn.Conv2d(dim, 64, 5, padding=2), nn.LeakyReLU(),
-                                              nn.Conv2d(64, img_shape[2], 7, padding=3), nn.Sigmoid())
-
-    def forward(self, content_code, params):
-        for m in self.adain_conv_layers:
-            if isinstance(m, RefAdaIN):
-                m.bias, m.weight = params[:, m.idx, :, 0], params[:, m.idx, :, 1]
-        x = self.fc_layers(content_code).reshape(-1, self.dim, self.s, self.s)
-        return self.last_conv_layers(self.adain_conv_layers(x))
-
-
-class RefEncoder(nn.Module):
-    def __init__(self, img_shape, code_dim):
-        super().__init__()
-        self.conv_layers = nn.Sequential(
-            nn.Conv2d(img_shape[-1], 64, 7, stride=1, padding=3), nn.LeakyReLU(),
-            nn.Conv2d(64, 128, 4, stride=2, padding=1), nn.LeakyReLU(),
-            nn.Conv2d(128, 256, 4, stride=2, padding=1), nn.LeakyReLU(),
-            nn.Conv2d(256, 256, 4, stride=2, padding=1), nn.LeakyReLU(),
-            nn.Conv2d(256, 256, 4, stride=2, padding=1), nn.LeakyReLU())
-        self.fc_layers = nn.Sequential(nn.Linear(4096, 256), nn.LeakyReLU(), nn.Linear(256, 256), nn.LeakyReLU(),
-                                       nn.Linear(256, code_dim))
-
-    def forward(self, x):
-        return self.fc_layers(self.conv_layers(x).view(x.shape[0], -1))
-
-
-class RefLatent(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.content_embedding = RefEmbedding(c["n_imgs"], c["content_dim"])
-        self.class_embedding = nn.Embedding(c["n_classes"], c["class_dim"])
-        self.modulation = RefModulation(c["class_dim"], c["n_adain_layers"], c["adain_dim"])
-        self.generator = RefGenerator(c["content_dim"], c["n_adain_layers"], c["adain_dim"], c["img_shape"])
-
-    def forward(self, img_id, class_id):
-        return self.generator(self.content_embedding(img_id), self.modulation(self.class_embedding(class_id)))
-
-
-class RefAmortized(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.content_encoder = RefEncoder(c["img_shape"], c["content_dim"])
-        self.class_encoder = RefEncoder(c["img_shape"], c["class_dim"])
-        self.modulation = RefModulation(c["class_dim"], c["n_adain_layers"], c["adain_dim"])
-        self.generator = RefGenerator(c["content_dim"], c["n_adain_layers"], c["adain_dim"], c["img_shape"])
-
-    def convert(self, content_img, class_img):
-        params = self.modulation(self.class_encoder(class_img))
-        return self.generator(self.content_encoder(content_img), params)
-
+from lordkit.reference import config_from_reference, import_reference, map_reference_key, read_reference_config, restricted_loads
 
 def reference_config(channels: int = 3) -> dict:
     """As the reference's lord.py builds it: data fields, then config.py's base_config (tiny sizes here)."""
@@ -134,7 +32,8 @@ def reference_config(channels: int = 3) -> dict:
 
 def write_reference_dir(path, cfg: dict, amortized: bool = True):
     torch.manual_seed(0)
-    latent = RefLatent(cfg).eval()
+    model_cfg = config_from_reference(cfg).model
+    latent = RefLatent(model_cfg).eval()
     for p in latent.parameters():  # move away from default init so a wrong mapping cannot pass
         p.data.add_(torch.randn_like(p) * 0.02)
     path.mkdir(parents=True, exist_ok=True)
@@ -143,7 +42,7 @@ def write_reference_dir(path, cfg: dict, amortized: bool = True):
     torch.save(latent.state_dict(), path / "latent.pth")
     amort = None
     if amortized:
-        amort = RefAmortized(cfg).eval()
+        amort = RefAmortized(model_cfg).eval()
         amort.modulation.load_state_dict(latent.modulation.state_dict())
         amort.generator.load_state_dict(latent.generator.state_dict())
         torch.save(amort.state_dict(), path / "amortized.pth")
@@ -170,7 +69,7 @@ def test_import_reproduces_reference(tmp_path, channels: int) -> None:
     latent.load_state_dict(latent_state)
     ids, cls = torch.tensor([0, 8, 4]), torch.tensor([3, 0, 1])
     with torch.inference_mode():
-        expected = ref_latent(ids, cls)
+        expected = ref_latent(ids, cls)[0]
         got = latent(ids, cls)[0]
     assert got.shape == (3, channels, 64, 64)
     assert (got - expected).abs().max().item() < 1e-5
@@ -180,7 +79,7 @@ def test_import_reproduces_reference(tmp_path, channels: int) -> None:
     torch.manual_seed(1)
     a, b = torch.rand(2, channels, 64, 64), torch.rand(2, channels, 64, 64)
     with torch.inference_mode():
-        assert (transfer_net(amortized)(a, b) - ref_amort.convert(a, b)).abs().max().item() < 1e-5
+        assert (transfer_net(amortized)(a, b) - ref_amort.convert(a, b)[0]).abs().max().item() < 1e-5
 
 
 def test_import_without_amortized(tmp_path) -> None:
@@ -254,11 +153,11 @@ def test_cli_import_reference_writes_a_lordkit_model(tmp_path, cli, base) -> Non
     latent, amortized = load_latent(m), load_amortized(m)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        want = ref_amort.convert(x, x.flip(0))
+        want = ref_amort.convert(x, x.flip(0))[0]
         got, _, _ = amortized.convert(x, x.flip(0))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         ids, cls = torch.tensor([0, 5]), torch.tensor([1, 3])
-        torch.testing.assert_close(latent(ids, cls)[0], ref_latent(ids, cls), atol=1e-5, rtol=0)
+        torch.testing.assert_close(latent(ids, cls)[0], ref_latent(ids, cls)[0], atol=1e-5, rtol=0)
     assert "--force" in one_line_error(cli("import-reference", tmp_path / "ref", "--model-name", "imp"))
     assert "not found" in one_line_error(cli("import-reference", tmp_path / "nope", "--model-name", "x"))
     assert not (base / "models" / "x").exists()
