@@ -30,6 +30,8 @@ from lordkit.fsutil import atomic_write_json
 
 POINTS = ["staged-complete", "replace-exchanged", "replace-marked-new", "replace-moved-old", "replace-renamed-new",
           "file-before-rename"]
+EXCHANGE_POINTS = ("replace-exchanged",)  # reached only when the filesystem exchanges
+RENAME_POINTS = ("replace-marked-new", "replace-moved-old", "replace-renamed-new")  # only by the fallback
 DATA_OPTS = ["--opt", "n_x=2", "--opt", "n_y=2", "--opt", "n_scale=1", "--opt", "n_rotation=2", "--opt", "n_hue=2",
              "--opt", "n_shapes=3"]
 TRAIN = ["--set", "model.content_dim=8", "--set", "model.class_dim=8", "--set", "model.n_adain_layers=2",
@@ -57,13 +59,14 @@ def hidden(parent: Path) -> int:
 
 
 def fault(rng: random.Random, duration: float) -> tuple[dict, float | None, str]:
-    """A fault point (with or without the exchange) or a random moment within `duration` seconds."""
+    """A fault point of the replacement method it belongs to, or a random moment within `duration` s."""
     if rng.random() < 0.5:
         point = rng.choice(POINTS)
-        env = {"LORDKIT_FAULT_KILL": f"{point}:{rng.randint(1, 3)}"}
-        if rng.random() < 0.5:
+        exchange = point in EXCHANGE_POINTS or (point not in RENAME_POINTS and rng.random() < 0.5)
+        env = {"LORDKIT_FAULT_KILL": f"{point}:{rng.randint(1, 2)}"}
+        if not exchange:
             env["LORDKIT_NO_EXCHANGE"] = "1"
-        return env, None, env["LORDKIT_FAULT_KILL"] + (" renames" if "LORDKIT_NO_EXCHANGE" in env else "")
+        return env, None, env["LORDKIT_FAULT_KILL"] + ("" if exchange else " renames")
     at = rng.uniform(0.3, duration)
     return {}, at, f"at {at:.1f} s"
 

@@ -3,12 +3,14 @@
 Both run side by side in one process on the same random data, the same initial weights and the same
 hyperparameters, with the perceptual (VGG16) loss:
 
-  (a) reference-equivalent: float32 images on the host, a shuffling DataLoader, a host-to-device copy
-      per step, VGG16 left trainable (its weight gradients are computed and never used), fp32,
-      NCHW, for-each Adam, the loss read back (`.item()`) every step;
+  (a) the reference: its networks' formulation (lordkit.bench.reference: nn.Upsample, AdaIN through
+      F.batch_norm on a (1, B*C, H, W) view), float32 images on the host, a shuffling DataLoader, a
+      host-to-device copy per step, VGG16 left trainable (its weight gradients are computed and never
+      used), fp32, NCHW, for-each Adam, the loss read back (`.item()`) every step;
   (b) lordkit: `lordkit.training.train_latent` / `train_amortized` themselves — uint8 images
       resident on the device, batches gathered there, frozen VGG, bf16 autocast + channels-last +
-      fused Adam on CUDA, the loss read every `log_every` steps.
+      fused Adam on CUDA, the loss read every `log_every` steps; with --cpu-bf16 also a row under CPU
+      bf16 autocast (CPUs with AVX-512 BF16 or AMX).
 
 Images/s are medians over timed windows after warm-up (the device synchronized before each clock
 read); the mean loss over the last steps of both is reported so that speed is not bought with a
@@ -39,7 +41,9 @@ from lordkit.config import LordConfig
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.fsutil import atomic_write_json
 from lordkit.losses import PerceptualLoss, VGG16Features, content_penalty
-from lordkit.models import LatentModel, amortized_from_latent
+from lordkit.bench.reference import RefAmortized, RefLatent
+from lordkit.bench.reference import reference_latent as reference_latent_net
+from lordkit.models import LatentModel
 from lordkit.training import train_amortized, train_latent
 
 VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -131,11 +135,11 @@ def reference_steps(loader: torch.utils.data.DataLoader, loss_of: Callable[[Tens
 
 
 def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch.device, n_steps: int,
-                     timer: _Timer) -> tuple[list[float], LatentModel]:
-    """(a) Stage 1 the way the reference runs it."""
+                     timer: _Timer) -> tuple[list[float], RefLatent]:
+    """(a) Stage 1 the way the reference runs it, from lordkit's initial weights for the same seed."""
     lc = cfg.latent
     torch.manual_seed(lc.seed)
-    model = LatentModel(cfg.model).to(device)
+    model = reference_latent_net(LatentModel(cfg.model), cfg.model).to(device)
     loss_fn, loader = reference_parts(ds, vgg_file, device, lc.batch_size)
     opt = torch.optim.Adam([
         {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
@@ -144,21 +148,23 @@ def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=lc.lr_min)
 
     def loss_of(img: Tensor, img_id: Tensor, class_id: Tensor) -> Tensor:
-        out, content_code, _ = model(img_id, class_id, cfg.model.content_std)
+        out, content_code, _ = model(img_id, class_id)  # the content noise: the embedding's, in training mode
         return loss_fn(out, img) + lc.content_decay * content_penalty(content_code)
 
     model.train()
     return reference_steps(loader, loss_of, opt, sched, device, n_steps, timer), model
 
 
-def reference_amortized(ds: Dataset, cfg: LordConfig, latent: LatentModel, vgg_file: Path, device: torch.device,
+def reference_amortized(ds: Dataset, cfg: LordConfig, latent: RefLatent, vgg_file: Path, device: torch.device,
                         n_steps: int, timer: _Timer) -> list[float]:
-    """(a) Stage 2 the way the reference runs it."""
+    """(a) Stage 2 the way the reference runs it: its encoders, stage 1's modulation and generator."""
     ac = cfg.amortized
     torch.manual_seed(ac.seed)
     latent = latent.to(device).eval()
-    model = amortized_from_latent(latent.cpu(), cfg.model).to(device)
-    latent = latent.to(device)
+    model = RefAmortized(cfg.model)
+    model.modulation.load_state_dict(latent.modulation.state_dict())
+    model.generator.load_state_dict(latent.generator.state_dict())
+    model = model.to(device)
     loss_fn, loader = reference_parts(ds, vgg_file, device, ac.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=ac.lr, betas=ac.betas)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps, eta_min=ac.lr_min)
@@ -176,10 +182,10 @@ def reference_amortized(ds: Dataset, cfg: LordConfig, latent: LatentModel, vgg_f
 
 
 def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_file: Path, device: str,
-                timer: _Timer, compile: bool) -> list[float]:
+                timer: _Timer, compile: bool, cpu_bf16: bool = False) -> list[float]:
     """(b) The real training functions; losses read back from metrics.jsonl."""
     kw = dict(device=device, vgg_weights=str(vgg_file), show_progress=False, tensorboard=False,
-              on_step=timer.tick, compile=compile)
+              on_step=timer.tick, compile=compile, cpu_bf16=cpu_bf16)
     if stage == "latent":
         train_latent(ds, model_dir, cfg, **kw)
     else:
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--vgg-weights", default=None, help="real torchvision VGG16 file (default: random weights)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile lordkit's path")
+    ap.add_argument("--cpu-bf16", action="store_true", help="also lordkit's path under CPU bf16 autocast")
     ap.add_argument("--stages", default="latent,amortized")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. model.adain_dim=128")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
@@ -240,10 +247,25 @@ def main(argv: list[str] | None = None) -> dict:
             row["lordkit_img_per_sec"] = t.median()
             row["lordkit_loss_last"] = float(fast_losses[-1])
             row["speedup"] = row["lordkit_img_per_sec"] / row["reference_img_per_sec"]
+            extra = ""
+            if args.cpu_bf16:
+                t = _Timer(device, args.batch_size, args.warmup, window)
+                bf16_dir = tmp / "model-bf16"
+                if stage == "amortized":
+                    bf16_dir.mkdir(exist_ok=True)
+                    for name in ("config.json", "data.json", "latent.safetensors"):
+                        (bf16_dir / name).write_bytes((tmp / "model" / name).read_bytes())
+                bf16_losses = lordkit_run(stage, ds, bf16_dir, cfg, vgg_file, str(device), t, args.compile, True)
+                row["lordkit_bf16_img_per_sec"] = t.median()
+                row["lordkit_bf16_loss_last"] = float(bf16_losses[-1])
+                row["bf16_speedup"] = row["lordkit_bf16_img_per_sec"] / row["reference_img_per_sec"]
+                extra = (f"  bf16 {row['lordkit_bf16_img_per_sec']:8.1f} img/s x{row['bf16_speedup']:.2f} "
+                         f"loss {row['lordkit_bf16_loss_last']:.4f}")
             results["stages"][stage] = row
             print(f"{stage:>9}: reference {row['reference_img_per_sec']:8.1f} img/s  lordkit "
                   f"{row['lordkit_img_per_sec']:8.1f} img/s  x{row['speedup']:.2f}   loss after {n_steps} steps: "
-                  f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}", flush=True)
+                  f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}{extra}",
+                  flush=True)
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     return results

@@ -52,6 +52,7 @@ def train(
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth (default: torch hub cache, downloaded when online).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = True,
+    cpu_bf16: Annotated[bool, typer.Option("--cpu-bf16", help="bf16 autocast on the CPU (CPUs with AVX-512 BF16 or AMX).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the generator.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Delete an existing model of that name and train anew.")] = False,
@@ -69,7 +70,7 @@ def train(
     cfg = start.apply_overrides(set_ or [])
     cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size), amortized=_given(loss=loss))
     out = model_dir(base, model_name)
-    result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, compile=compile_,
+    result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
                           resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
     if _main_rank():
         say(f"stage 1 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
@@ -87,6 +88,7 @@ def train_encoders(
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = True,
+    cpu_bf16: Annotated[bool, typer.Option("--cpu-bf16", help="bf16 autocast on the CPU (CPUs with AVX-512 BF16 or AMX).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the amortized model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage 2.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train encoders anew even if they exist.")] = False,
@@ -100,7 +102,7 @@ def train_encoders(
     ds = Dataset(data_dir(base, data_name))
     changes = {**_amortized_settings(set_ or []), **_given(loss=loss, n_epochs=epochs, batch_size=batch_size)}
     out = model_dir(base, model_name)
-    result = train_amortized(ds, out, changes=changes, device=device, amp=amp, compile=compile_,
+    result = train_amortized(ds, out, changes=changes, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
                              resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
     if _main_rank():
         say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")

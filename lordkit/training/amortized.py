@@ -19,7 +19,7 @@ from lordkit.modeldir import (check_data_matches, checkpoint_dir, is_model_dir, 
 from lordkit.models import amortized_from_latent
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
-from lordkit.training.session import adam, autocast, on_main, place, session, wrap_ddp
+from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
 from lordkit.viz import sample_positions
 
 
@@ -49,6 +49,7 @@ def train_amortized(
     changes: dict[str, Any] | None = None,  # amortized-section field values, e.g. {"batch_size": 64} (saved)
     device: str = "auto",  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True,  # bf16 autocast on CUDA (ignored on CPU)
+    cpu_bf16: bool = False,  # bf16 autocast on a CPU with native bf16 (AVX-512 BF16, AMX)
     compile: bool = False,  # torch.compile the amortized model
     resume: bool = False,  # continue from checkpoints/amortized (changes are not applied)
     force: bool = False,  # retrain encoders that are already trained
@@ -62,6 +63,7 @@ def train_amortized(
     if not is_model_dir(model_dir):
         load_config(model_dir)  # one clear "model not found" before any lock file is created
     with session(model_dir, device) as (d, dev):
+        check_cpu_bf16(cpu_bf16, dev)
         # Check stage 1 and save the settings: rank 0 decides, every rank reads what it decided.
         on_main(d, lambda: _start_stage(ds, model_dir, changes, resume=resume, force=force))
         cfg = load_config(model_dir)
@@ -87,7 +89,7 @@ def train_amortized(
             with torch.no_grad():
                 content_target = latent.content_embedding(owned_t[idx])  # clean stage-1 codes (eval: no noise)
                 class_target = latent.class_embedding(cls)
-            with autocast(dev, amp):
+            with autocast(dev, amp, cpu_bf16):
                 out, content_code, class_code = forward(imgs)
                 rec = loss_fn(out, imgs)
             content_mse = (content_code.float() - content_target).pow(2).mean()

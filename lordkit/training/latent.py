@@ -22,7 +22,7 @@ from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
-from lordkit.training.session import adam, autocast, on_main, place, session, wrap_ddp
+from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
 from lordkit.viz import sample_positions
 
 CONTENT_TABLE = "content_embedding.embedding.weight"  # the per-image table, split by rank under torchrun
@@ -78,6 +78,7 @@ def train_latent(
     data_name: str = "",  # recorded in data.json (default: the dataset dir's name)
     device: str = "auto",  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True,  # bf16 autocast on CUDA (ignored on CPU)
+    cpu_bf16: bool = False,  # bf16 autocast on a CPU with native bf16 (AVX-512 BF16, AMX)
     compile: bool = False,  # torch.compile the generator path
     resume: bool = False,  # continue from checkpoints/latent
     force: bool = False,  # replace an existing model dir
@@ -91,6 +92,7 @@ def train_latent(
     Under torchrun each rank trains the content codes of its own images (see lordkit.distributed)."""
     model_dir = Path(model_dir)
     with session(model_dir, device) as (d, dev):
+        check_cpu_bf16(cpu_bf16, dev)
         # Set up the model dir: rank 0 decides, every rank reads what it decided.
         on_main(d, lambda: _start_model_dir(ds, model_dir, cfg, data_name=data_name, resume=resume, force=force))
         cfg = load_config(model_dir)
@@ -123,7 +125,7 @@ def train_latent(
         def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
             # Content noise, optionally ramped up from 0 over the first noise_warmup_epochs.
             ramp = min(1.0, epoch / lc.noise_warmup_epochs) if lc.noise_warmup_epochs > 0 else 1.0
-            with autocast(dev, amp):
+            with autocast(dev, amp, cpu_bf16):
                 content_code = model.content_embedding(idx, content_std * ramp)  # (B, content_dim)
                 out = generate(content_code, cls)  # (B, C, H, W)
                 rec = loss_fn(out, imgs)

@@ -93,8 +93,24 @@ def wrap_ddp(module: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when amp is on; nothing on CPU."""
+def autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA when amp is on; on the CPU only when asked for (cpu_bf16), since it
+    changes the arithmetic of a run that was fp32 before. AdaIN's statistics stay float32 either way."""
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_cpu_bf16(cpu_bf16: bool, device: torch.device) -> None:
+    """Refuse CPU bf16 where it cannot pay: a device that is not the CPU, or a CPU without native bf16."""
+    if not cpu_bf16:
+        return
+    from lordkit.device import native_bf16
+
+    if device.type != "cpu":
+        raise LordkitError(f"--cpu-bf16 is for training on the CPU; this run is on {device} (--amp covers CUDA)")
+    if not native_bf16():
+        raise LordkitError("--cpu-bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX); this one has neither, "
+                           "and emulated bf16 is slower than fp32")
