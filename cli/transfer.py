@@ -95,9 +95,9 @@ def _check_writable(out: Path) -> None:
 @handle_errors
 def transfer(
     ctx: typer.Context,
-    inputs: Annotated[list[Path], typer.Argument(help="Content photos (their pose, expression, layout... is kept).", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Content photos (their pose, expression, layout... is kept), or videos: a video file, an image sequence (frames/%05d.png), a camera index or a stream URL.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Export dir, or a name under <base-dir>/exports/.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (one input, one class), else a directory of <input>__<class>.png; with --grid the grid PNG.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (one input, one class), else a directory of <input>__<class>.png; with --grid the grid PNG. Videos: the output video, else a directory of <input>__<class>.mp4.")],
     class_imgs: Annotated[Optional[list[Path]], typer.Option("--class", help="Class reference photo, repeatable.")] = None,
     class_ids: Annotated[Optional[list[str]], typer.Option("--class-id", metavar="N", help="Class id of the training set (row of the class bank), repeatable.")] = None,
     class_names: Annotated[Optional[list[str]], typer.Option("--class-name", help="Class name of the training set, repeatable.")] = None,
@@ -112,10 +112,26 @@ def transfer(
     alpha_background: Annotated[str, typer.Option("--alpha-background", help="white or black under transparent pixels.")] = "white",
     grid: Annotated[bool, typer.Option("--grid", help="Write one grid PNG: a row per class, a column per input, sources shown.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
+    size: Annotated[Optional[str], typer.Option("--size", metavar="N", help="Videos, non-face models: output side in px (default: the model's size).")] = None,
+    detect_every: Annotated[str, typer.Option("--detect-every", metavar="N", help="Videos, face models: search faces every N frames, follow them in between.")] = "10",
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Videos, face models: smooth the face alignment over time (One Euro filter).")] = True,
 ) -> None:
-    """Draw each input's content in each given class (N inputs x M classes images)."""
+    """Draw each input's content in each given class (N inputs x M classes images, or videos)."""
     from lordkit.runtime import Transfer, resolve_export
+    from lordkit.runtime.video import video_input
 
+    videos = [video_input(text) for text in inputs]
+    if any(videos):
+        _transfer_videos(ctx, inputs, videos, model=model, out=out, class_imgs=class_imgs or [],
+                         class_ids=class_ids or [], class_names=class_names or [], batch_size=batch_size,
+                         provider=provider, threads=threads, no_align=no_align, all_faces=all_faces,
+                         landmarks=landmarks, detector=detector, alpha_background=alpha_background, grid=grid,
+                         paste_back=paste_back, force=force, size=size, detect_every=detect_every, smooth=smooth)
+        return
+    for flag, used in (("--size", size is not None), ("--detect-every", detect_every != "10"), ("--no-smooth", not smooth)):
+        if used:
+            raise LordkitError(f"{flag} applies to videos; the inputs are photos")
+    inputs = [Path(text) for text in inputs]
     class_imgs, class_names = class_imgs or [], class_names or []
     class_ids = [_as_int(i, "--class-id") for i in class_ids or []]  # the export's range is checked later
     n_batch = _as_int(batch_size, "--batch-size", 1)
@@ -140,15 +156,7 @@ def transfer(
                 raise LordkitError(f"{flag} needs a face model; {t.bundle.path} has no face template")
 
     # Class sources: reference photos first, then ids, then names (grid rows follow this order).
-    class_refs: list = [t.prepare(p)[0] for p in class_imgs]
-    class_labels = [p.stem for p in class_imgs]
-    for i in class_ids:
-        class_refs.append(t.bundle.class_id(i))
-        class_labels.append(t.class_names[class_refs[-1]])
-    for name in class_names:
-        class_refs.append(t.bundle.class_id(name))
-        class_labels.append(name)
-    class_labels = _unique([_safe(x) for x in class_labels])
+    class_refs, class_labels = _class_refs(t, class_imgs, class_ids, class_names)
 
     # Content: the largest face (or every face) of each photo, or the centre square.
     contents, photo_of = [], []
@@ -185,6 +193,69 @@ def transfer(
                class_labels=class_labels, targets=targets, grid=grid, paste_back=paste_back)
     written = _run(t, job)
     say(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} images to {out}")
+
+
+def _class_refs(t: Transfer, class_imgs: list[Path], class_ids: list[int], class_names: list[str]) -> tuple[list, list[str]]:
+    """Class sources (reference photos first, then ids, then names) and their file-name labels."""
+    class_refs: list = [t.prepare(p)[0] for p in class_imgs]
+    class_labels = [p.stem for p in class_imgs]
+    for i in class_ids:
+        class_refs.append(t.bundle.class_id(i))
+        class_labels.append(t.class_names[class_refs[-1]])
+    for name in class_names:
+        class_refs.append(t.bundle.class_id(name))
+        class_labels.append(name)
+    return class_refs, _unique([_safe(x) for x in class_labels])
+
+
+def _transfer_videos(ctx: typer.Context, inputs: list[str], videos: list, *, model: str, out: Path,
+                     class_imgs: list[Path], class_ids: list[str], class_names: list[str], batch_size: str,
+                     provider: str, threads: str | None, no_align: bool, all_faces: bool, landmarks: str,
+                     detector: str, alpha_background: str, grid: bool, paste_back: bool, force: bool,
+                     size: str | None, detect_every: str, smooth: bool) -> None:
+    """`lordkit transfer` on videos (cli/video.py runs them)."""
+    from lordkit.runtime import Transfer, resolve_export
+    from lordkit.runtime.video import check_video_file
+
+    from .video import run_videos, video_targets
+
+    if not all(videos):
+        photo = next(text for text, v in zip(inputs, videos) if v is None)
+        raise LordkitError(f"give either photos or videos in one run: {photo} is not a video input")
+    ids = [_as_int(i, "--class-id") for i in class_ids]
+    n_batch = _as_int(batch_size, "--batch-size", 1)
+    n_threads = _as_int(threads, "--threads", 1) if threads is not None else None
+    n_size = _as_int(size, "--size", 8) if size is not None else None
+    n_detect = _as_int(detect_every, "--detect-every", 1)
+    if not (class_imgs or ids or class_names):
+        raise LordkitError("give at least one class: --class REF.jpg, --class-id N or --class-name NAME")
+    if grid:
+        raise LordkitError("--grid makes one picture of photos; it cannot be used with videos")
+    if paste_back and no_align:
+        raise LordkitError("--paste-back needs faces found in the frames; it cannot be combined with --no-align")
+    for source in videos:
+        check_video_file(source)
+    for path in class_imgs:
+        _check_photo(path)
+    _check_writable(out)
+
+    t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=n_threads, batch_size=n_batch,
+                 align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
+    aligning = t.is_face and not no_align
+    if not t.is_face:
+        for flag, used in (("--paste-back", paste_back), ("--all-faces", all_faces)):
+            if used:
+                raise LordkitError(f"{flag} needs a face model; {t.bundle.path} has no face template")
+    if aligning and n_size is not None:
+        raise LordkitError("--size sets the size of a model's results; face models paste them into the full frame")
+    class_refs, class_labels = _class_refs(t, class_imgs, ids, class_names)
+    targets = video_targets(videos, class_labels, out)
+    existing = [p for row in targets for p in row if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise LordkitError(f"output {existing[0]} already exists{more}; pass --force to replace it")
+    run_videos(t, videos, class_refs, class_labels, targets, out_size=n_size, detect_every=n_detect,
+               all_faces=all_faces, smooth=smooth)
 
 
 @dataclass
