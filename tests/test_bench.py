@@ -187,7 +187,7 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
         assert r["n_iters"] == 2 and r["img_per_sec"] > 0
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
         assert r["gflops"] > 0 and r["peak_fraction"] > 0
-        assert r["speedup_vs_eager"] > 0
+        assert r["speedup_vs_eager"] > 0 and r["speedup_vs_reference"] > 0
     assert "compile_s" in rows[("generator", "compile", 1)]
     assert rows[("generator", "int8", 2)]["file"] == "generator.int8.onnx"
     assert rows[("generator", "ort-cpu-opt", 2)]["file"] == "generator.opt.onnx"
@@ -196,7 +196,7 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     assert result["flops"]["generator"]["per_image"] > 0
     assert result["env"]["cpu"] and result["env"]["threads"] == 1 and result["env"]["versions"]["onnxruntime"]
     assert [q["model"] for q in result["quality"]] == list(bench.NETWORKS)
-    assert set(result["targets"]) >= {"speedup_vs_eager", "peak_fraction", "int8"}
+    assert set(result["targets"]) >= {"speedup_vs_eager", "peak_fraction", "int8", "torchscript"}
     align = result["alignment"]
     if align["status"] == "ok":  # needs dlib's model files and scikit-image's astronaut
         assert align["n_faces"] >= 1 and align["latency_ms"]["total"]["p50"] > 0
@@ -497,3 +497,16 @@ def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path):
     assert saved["ort_sweep"]["rows"][0]["setting"] == "default (all, spinning)"
     with pytest.raises(LordkitError, match="unknown network 'decoder'"):
         latency.main(["--ort-sweep", "decoder:2"])
+
+
+def test_torchscript_target_against_the_reference_and_eager():
+    def row(backend, batch, ips):
+        return {"network": "transfer", "backend": backend, "batch": batch, "status": "ok", "img_per_sec": ips,
+                "device": "cpu"}
+
+    rows = [row("reference", 8, 10.0), row("eager", 8, 14.0), row("torchscript", 8, 13.5),
+            row("reference", 32, 10.0), row("eager", 32, 12.0), row("torchscript", 32, 13.5)]
+    from lordkit.bench.run import targets
+
+    got = targets({"rows": rows, "settings": {"networks": ["transfer"]}})["torchscript"]
+    assert [(t["batch"], round(t["ratio"], 2), t["met"]) for t in got] == [(8, 1.35, False), (32, 1.35, True)]

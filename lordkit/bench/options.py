@@ -12,7 +12,10 @@ from .machine import has_module
 
 # name -> (what it runs, precision, engine); the order is the table's order.
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "eager": ("PyTorch nn.Module from the model dir, fp32 (the baseline)", "fp32", "torch"),
+    "reference": ("the public reference code's formulation (nn.Upsample, AdaIN through F.batch_norm on a "
+                  "(1, B*C, H, W) view) with the model dir's weights, eager fp32 NCHW: the x ref baseline", "fp32",
+                  "torch"),
+    "eager": ("PyTorch nn.Module from the model dir, fp32 (the x eager baseline)", "fp32", "torch"),
     "torchscript": ("the export's frozen TorchScript .pt, fp32", "fp32", "torch"),
     "compile": ("torch.compile of the eager module, one compile per shape (not timed)", "fp32", "torch"),
     "torch-fp16": ("the eager module cast to float16 (.half())", "fp16", "torch"),
@@ -24,7 +27,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "fp16": ("onnxruntime CPU, .fp16.onnx", "fp16", "ort"),
     "int8": ("onnxruntime CPU, .int8.onnx (export.quantize)", "int8", "ort"),
 }
-DEFAULT_BACKENDS = ("eager", "torchscript", "ort-cpu", "ort-cpu-opt", "ort-cuda", "fp16", "int8", "compile")
+DEFAULT_BACKENDS = ("reference", "eager", "torchscript", "ort-cpu", "ort-cpu-opt", "ort-cuda", "fp16", "int8", "compile")
 CUDA_EXTRA_BACKENDS = ("torch-fp16", "torch-bf16", "ort-cuda-fp16")  # added to the default on a CUDA torch device
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 

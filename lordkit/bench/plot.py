@@ -11,7 +11,7 @@ from .labels import title
 
 # One colour per backend (matplotlib's tab10, eager in near-black), distinguishable in print.
 COLOURS = {
-    "eager": "#282828", "torchscript": "#1f77b4", "compile": "#e377c2", "torch-fp16": "#7f7f7f",
+    "reference": "#98df8a", "eager": "#282828", "torchscript": "#1f77b4", "compile": "#e377c2", "torch-fp16": "#7f7f7f",
     "torch-bf16": "#bcbd22", "ort-cpu": "#ff7f0e", "ort-cpu-opt": "#2ca02c", "ort-cuda": "#d62728",
     "ort-cuda-fp16": "#8c564b", "fp16": "#17becf", "int8": "#9467bd",
 }

@@ -30,9 +30,9 @@ def results_table(result: dict[str, Any]):
         heading += f"; network: {networks[0]}"
     # Light rules and single spaces between columns: the numbers keep their full width in 80 columns.
     t = Table(title=heading, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    t.caption = "p50 / p90 / p99: latency per call in ms; img/s = B / p50"
+    t.caption = "p50 / p99: latency per call in ms (p90 in the JSON); img/s = B / p50; x: img/s over eager's, the reference's"
     for name, justify in (("network", "left"), ("backend", "left"), ("B", "right"), ("p50", "right"),
-                          ("p90", "right"), ("p99", "right"), ("img/s", "right"), ("x eager", "right"),
+                          ("p99", "right"), ("img/s", "right"), ("x eager", "right"), ("x ref", "right"),
                           ("GFLOP/s", "right"), ("% matmul", "right"), ("note", "left")):
         if not (one and name == "network"):
             t.add_column(name, justify=justify, no_wrap=True, min_width=None if name == "network" else len(name))
@@ -68,8 +68,8 @@ def results_table(result: dict[str, Any]):
             continue
         lat = r["latency_ms"]
         note = f"compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
-        add_row(r["network"], r["backend"], str(r["batch"]), fmt_num(lat["p50"]), fmt_num(lat["p90"]),
-                fmt_num(lat["p99"]), fmt_num(r["img_per_sec"]), f"{r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "",
+        add_row(r["network"], r["backend"], str(r["batch"]), fmt_num(lat["p50"]), fmt_num(lat["p99"]), fmt_num(r["img_per_sec"]), f"{r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "",
+                f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "",
                 fmt_num(r["gflops"]) if "gflops" in r else "",
                 f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else "", note)
     a = result.get("alignment")
@@ -77,8 +77,8 @@ def results_table(result: dict[str, Any]):
         t.add_section()
         if a["status"] == "ok":
             lat = a["latency_ms"]
-            add_row("face align", "dlib", "1", fmt_num(lat["total"]["p50"]), fmt_num(lat["total"]["p90"]),
-                    fmt_num(lat["total"]["p99"]), fmt_num(a["img_per_sec"]), "", "", "",
+            add_row("face align", "dlib", "1", fmt_num(lat["total"]["p50"]),
+                    fmt_num(lat["total"]["p99"]), fmt_num(a["img_per_sec"]), "", "", "", "",
                     f"dlib + OpenCV: detect {lat['detect']['p50']:.1f}, landmarks {lat['landmarks']['p50']:.2f}, "
                     f"warp {lat['warp']['p50']:.2f} ms ({a['image']}, upsample {a['detect_upsample']})")
         else:
@@ -121,6 +121,10 @@ def targets_lines(result: dict[str, Any]) -> list[str]:
     for r in t["peak_fraction"]:
         lines.append(f"{r['network']} B={r['batch']}: {r['best']} {r['gflops']:.1f} GFLOP/s = {100 * r['fraction']:.0f}% "
                      f"of the matmul rate (target {100 * lim['peak_fraction']:.0f}%) {'met' if r['met'] else 'NOT met'}")
+    for r in t.get("torchscript", []):
+        eager = f", {r['vs_eager']:.2f}x eager" if r["vs_eager"] is not None else ""
+        lines.append(f"{r['network']} B={r['batch']}: TorchScript {r['ratio']:.2f}x the reference{eager} (target "
+                     f"{lim['torchscript_vs_reference']}x, and no slower than eager) {'met' if r['met'] else 'NOT met'}")
     for r in t["int8"]:
         p = f", PSNR {r['psnr_db']:.1f} dB" if r["psnr_db"] is not None else ""
         lines.append(f"{r['network']} B={r['batch']}: int8 {r['ratio']:.2f}x {r['vs']}{p} (target "

@@ -31,6 +31,7 @@ TARGET_SPEEDUP_VS_EAGER = 1.5
 TARGET_PEAK_FRACTION = 0.8
 TARGET_INT8_SPEEDUP = 1.7
 TARGET_INT8_PSNR_DB = 30.0
+TARGET_TORCHSCRIPT_VS_REFERENCE = 1.3  # and no slower than eager
 
 
 def _fmt_reason(e: BaseException) -> str:
@@ -221,11 +222,13 @@ def _bench_backend(sources: Sources, network: str, backend: str, batch_sizes: Se
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
-    eager = {(r["network"], r["batch"]): r["img_per_sec"] for r in rows if r["backend"] == "eager" and r["status"] == "ok"}
-    for r in rows:
-        base = eager.get((r["network"], r["batch"]))
-        if r["status"] == "ok" and base:
-            r["speedup_vs_eager"] = r["img_per_sec"] / base
+    for baseline in ("eager", "reference"):
+        base_rate = {(r["network"], r["batch"]): r["img_per_sec"] for r in rows
+                     if r["backend"] == baseline and r["status"] == "ok"}
+        for r in rows:
+            base = base_rate.get((r["network"], r["batch"]))
+            if r["status"] == "ok" and base:
+                r[f"speedup_vs_{baseline}"] = r["img_per_sec"] / base
 
 
 def _add_peak_fractions(rows: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
@@ -248,8 +251,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     """The targets, measured (reported, never asserted): per network at batch 8 and 32 on the CPU,
     the best fp32 backend against eager and against the matmul rate, and int8 against fp32 onnxruntime."""
     rows = [r for r in result.get("rows") or [] if r.get("device") == "cpu"]  # the targets are the CPU's
-    out: dict[str, Any] = {"speedup_vs_eager": [], "peak_fraction": [], "int8": [],
+    out: dict[str, Any] = {"speedup_vs_eager": [], "peak_fraction": [], "int8": [], "torchscript": [],
                            "limits": {"speedup_vs_eager": TARGET_SPEEDUP_VS_EAGER, "peak_fraction": TARGET_PEAK_FRACTION,
+                                      "torchscript_vs_reference": TARGET_TORCHSCRIPT_VS_REFERENCE,
                                       "int8_speedup": TARGET_INT8_SPEEDUP, "int8_psnr_db": TARGET_INT8_PSNR_DB}}
     psnr = {q["model"]: q.get("psnr_db") for q in result.get("quality") or []}
     for network in result["settings"]["networks"]:
@@ -266,6 +270,13 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                 out["peak_fraction"].append({"network": network, "batch": batch, "best": best["backend"],
                                              "gflops": best["gflops"], "fraction": best["peak_fraction"],
                                              "met": best["peak_fraction"] >= TARGET_PEAK_FRACTION})
+            script, ref = _ok(rows, network, batch, "torchscript"), _ok(rows, network, batch, "reference")
+            if script and ref:
+                ratio = script["img_per_sec"] / ref["img_per_sec"]
+                vs_eager = script["img_per_sec"] / eager["img_per_sec"] if eager else None
+                out["torchscript"].append({"network": network, "batch": batch, "ratio": ratio, "vs_eager": vs_eager,
+                                           "met": ratio >= TARGET_TORCHSCRIPT_VS_REFERENCE and
+                                           (vs_eager is None or vs_eager >= 1.0)})
             int8 = _ok(rows, network, batch, "int8")
             ort32 = max((r for b in ("ort-cpu", "ort-cpu-opt") if (r := _ok(rows, network, batch, b))),
                         key=lambda r: r["img_per_sec"], default=None)

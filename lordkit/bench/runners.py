@@ -17,7 +17,7 @@ from lordkit.export_format import NETWORK_IO, NETWORKS, tensor_shape
 
 from .machine import ORT_CPU, ORT_CUDA, has_module, ort_session_options
 
-TORCH_BACKENDS = ("eager", "compile", "torch-fp16", "torch-bf16")  # built from the model dir's nn.Modules
+TORCH_BACKENDS = ("reference", "eager", "compile", "torch-fp16", "torch-bf16")  # built from the model dir's nn.Modules
 # The export file each onnxruntime backend opens (a key of the manifest's `files`).
 ORT_FILES = {"ort-cpu": "onnx", "ort-cpu-opt": "onnx_opt", "fp16": "onnx_fp16", "int8": "onnx_int8",
              "ort-cuda": "onnx", "ort-cuda-fp16": "onnx_fp16"}
@@ -133,6 +133,7 @@ class Sources:
         self.threads, self.torch_device, self.io_binding = threads, torch_device, io_binding
         self.model_dir_note = model_dir_note
         self._eager: dict[str, Any] | None = None
+        self._reference: dict[str, Any] | None = None
 
     def file(self, network: str, key: str) -> Path:
         """The export's file of `network` under a manifest `files` key; Unavailable if it has none."""
@@ -159,10 +160,23 @@ class Sources:
             self._eager = eager_networks(load_amortized(self.model_dir))
         return self._eager
 
+    def reference_modules(self) -> dict[str, Any]:
+        """The same weights in the reference code's formulation (lordkit.bench.reference), by network."""
+        self.eager_modules()  # the same checks: a model dir, torch
+        if self._reference is None:
+            from lordkit.bench.reference import reference_networks
+            from lordkit.modeldir import load_amortized, load_config
+
+            cfg = load_config(self.model_dir)
+            self._reference = reference_networks(load_amortized(self.model_dir, cfg), cfg.model)
+        return self._reference
+
     def open(self, backend: str, network: str) -> Runner:
         """The Runner of one backend for one network; Unavailable when it cannot run here."""
         import copy
 
+        if backend == "reference":
+            return _torch_runner(self.reference_modules()[network], self.torch_device)
         if backend in TORCH_BACKENDS:
             # torch-fp16 / bf16 run on the CPU too when asked for (slowly: not in the CPU default list).
             module = self.eager_modules()[network]
