@@ -252,3 +252,17 @@ def test_sigterm_saves_a_loadable_checkpoint(base, tmp_path):
     weights = load_file(ckpt / "model.safetensors")
     assert state["step"] >= 5 and all(torch.isfinite(v).all() for v in weights.values())
     assert not list(ckpt.parent.glob(".*partial"))
+
+
+def test_cpu_bf16_trains_where_native_and_is_refused_elsewhere(data, tmp_path, monkeypatch):
+    import lordkit.device
+
+    monkeypatch.setattr(lordkit.device, "native_bf16", lambda: False)
+    with pytest.raises(LordkitError, match="native bf16"):
+        train_latent(data, tmp_path / "no", tiny_cfg("latent.n_epochs=1"), cpu_bf16=True, **quiet())
+    monkeypatch.setattr(lordkit.device, "native_bf16", lambda: True)
+    fp32 = train_latent(data, tmp_path / "fp32", tiny_cfg("latent.n_epochs=3"), **quiet())
+    bf16 = train_latent(data, tmp_path / "bf16", tiny_cfg("latent.n_epochs=3"), cpu_bf16=True, **quiet())
+    weights = load_file(tmp_path / "bf16" / "latent.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.1 * fp32["loss"]  # the same run, to bf16's precision
