@@ -14,6 +14,7 @@ import lordkit
 from lordkit.errors import Terminated
 
 from . import bench, data, demo, evaluate, export_cmd, train
+from . import serve as serve_cmd
 from . import transfer as transfer_cmd
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ demo.register(app)
 export_cmd.register(app)
 transfer_cmd.register(app)
 bench.register(app)
+serve_cmd.register(app)
 
 
 def _terminate(signum, frame) -> None:

@@ -73,7 +73,8 @@ def test_the_library_never_imports_the_command_line(path):
         assert imported_from("lordkit.cli", path) == []
 
 
-@pytest.mark.parametrize("path", files_under("lordkit.runtime", "lordkit.export_format", "lordkit.imaging"),
+@pytest.mark.parametrize("path", files_under("lordkit.runtime", "lordkit.export_format", "lordkit.imaging",
+                                             "lordkit.serve", "lordkit.client"),
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_runtime_and_export_contract_are_torch_free(path):
     assert imported_from("torch", path) == []
