@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from lordkit.errors import LordkitError
+from lordkit.fsutil import check_input_file
 
 from .common import get_base, handle_errors, say
 
@@ -62,23 +62,7 @@ def _as_int(text: str, flag: str, minimum: int | None = None) -> int:
 
 def _check_photo(path: Path) -> None:
     """An input photo must be a readable regular file; checked before the export is opened."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise LordkitError(f"image not found: {path}") from None
-    except OSError as e:
-        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise LordkitError(f"{path} is a directory, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise LordkitError(f"{path} is not a regular file; give an image file")
-    try:
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise LordkitError(f"cannot read {path}: permission denied") from None
-    except OSError as e:
-        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    check_input_file(path, "image")
 
 
 def _check_writable(out: Path) -> None:

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -245,6 +246,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_input_file(path: str | os.PathLike, kind: str = "input") -> os.stat_result:
+    """An input file must exist, be a regular file and be readable: one LordkitError line otherwise,
+    before any slow work. `kind` names it in the message ("image", "video")."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise LordkitError(f"{kind} not found: {path}") from None
+    except OSError as e:
+        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LordkitError(f"{path} is a directory, not {'an' if kind[:1] in 'aeiou' else 'a'} {kind} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise LordkitError(f"{path} is not a regular file; give {'an' if kind[:1] in 'aeiou' else 'a'} {kind} file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise LordkitError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    return st
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

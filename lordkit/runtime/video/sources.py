@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from lordkit.errors import LordkitError
+from lordkit.fsutil import check_input_file
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
                               ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".mxf", ".vob", ".y4m", ".dv"})
@@ -83,20 +83,9 @@ def check_video_file(source: VideoInput) -> None:
     if source.kind != "file":
         return
     path = source.text
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise LordkitError(f"video not found: {path}") from None
-    except OSError as e:
-        raise LordkitError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise LordkitError(f"{path} is a directory, not a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise LordkitError(f"{path} is not a regular file; give a video file")
+    st = check_input_file(path, "video")
     if st.st_size == 0:
         raise LordkitError(f"{path} is empty, not a video")
-    if not os.access(path, os.R_OK):
-        raise LordkitError(f"cannot read {path}: permission denied")
 
 
 def have_pyav() -> bool:
