@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from lordkit.errors import LordkitError
-from lordkit.fsutil import check_input_file
+from lordkit.fsutil import check_input_file, recover
 
 from .common import get_base, handle_errors, say
 
@@ -74,6 +74,7 @@ def _check_writable(out: Path) -> None:
         raise LordkitError(f"cannot write {out}: {where} is a file, not a directory")
     if not os.access(where, os.W_OK | os.X_OK):
         raise LordkitError(f"cannot write {out}: {where} is not writable (permission denied)")
+    recover(where)  # what a transfer killed outright left beside its outputs (dead processes' names only)
 
 
 @handle_errors

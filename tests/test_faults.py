@@ -235,3 +235,22 @@ def test_export_killed_inside_its_replacement_keeps_a_complete_export(base):
     lordkit(base, "data", "list")  # any command that opens the base dir repairs it
     Bundle(base / "exports" / "m")  # every file present with the sha256 its manifest records
     assert hidden(base / "exports") == []
+
+
+def test_transfer_clears_what_a_killed_transfer_left_beside_its_output(base, tmp_path):
+    import numpy as np
+    from factories import make_export, make_model_dir
+
+    from lordkit.fsutil import _host_tag
+    from lordkit.viz import save_png
+
+    make_model_dir(tmp_path / "model")
+    export = make_export(tmp_path / "model", tmp_path / "export", onnx=True, torchscript=False)
+    save_png(tmp_path / "in.png", (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3))
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f".in__class00.png.999999999@{_host_tag()}-abcdefgh.tmp"  # no such pid on this host
+    dead.write_bytes(b"half a png")
+    lordkit(base, "transfer", str(tmp_path / "in.png"), "-m", str(export), "--class-id", "0", "--class-id", "1",
+            "-o", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["in__class00.png", "in__class01.png"]
