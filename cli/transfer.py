@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from lordkit.errors import LordkitError
-from lordkit.fsutil import check_input_file, recover
+from lordkit.fsutil import check_can_create, check_input_file, recover
 
 from .common import get_base, handle_errors, say
 
@@ -66,15 +66,9 @@ def _check_photo(path: Path) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    """The nearest existing directory at or above -o must be a writable directory (cheap, before any work)."""
-    where = out if out.is_dir() else out.parent
-    while not os.path.lexists(where) and where != where.parent:
-        where = where.parent
-    if os.path.lexists(where) and not where.is_dir():
-        raise LordkitError(f"cannot write {out}: {where} is a file, not a directory")
-    if not os.access(where, os.W_OK | os.X_OK):
-        raise LordkitError(f"cannot write {out}: {where} is not writable (permission denied)")
-    recover(where)  # what a transfer killed outright left beside its outputs (dead processes' names only)
+    """-o must be creatable (checked before any work); then what a transfer killed outright left beside
+    its outputs is cleared (dead processes' temporary names only)."""
+    recover(check_can_create(out if out.is_dir() else out.parent))
 
 
 @handle_errors

@@ -32,7 +32,7 @@ from lordkit.config import ModelConfig
 from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
 from lordkit.export.onnxmeta import write_metadata, writing
-from lordkit.fsutil import atomic_write_bytes, atomic_write_json, staged_dir
+from lordkit.fsutil import atomic_write_bytes, atomic_write_json, check_can_create, staged_dir
 from lordkit.modeldir import load_amortized, load_class_bank, load_config, load_data_record
 from lordkit.models import AmortizedModel, eager_networks, onnx_form
 
@@ -335,16 +335,7 @@ def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
         if not empty and not (out_dir / fmt.MANIFEST).is_file():
             raise LordkitError(f"{out_dir} is not an export dir (no {fmt.MANIFEST}); --force replaces exports only, "
                                "choose another --out")
-    parent = out_dir.absolute().parent
-    while not os.path.lexists(parent) and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise LordkitError(f"cannot create {out_dir}: {parent} is a file, not a directory")
-    with contextlib.suppress(OSError):
-        if os.statvfs(parent).f_flag & os.ST_RDONLY:
-            raise LordkitError(f"cannot write {out_dir}: {parent} is on a read-only filesystem")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LordkitError(f"cannot write {out_dir}: no permission to create files in {parent}")
+    check_can_create(out_dir.absolute().parent)
     return out_dir
 
 

@@ -271,6 +271,23 @@ def check_input_file(path: str | os.PathLike, kind: str = "input") -> os.stat_re
     return st
 
 
+def check_can_create(path: str | os.PathLike) -> Path:
+    """The nearest existing directory at or above `path` must be a writable directory on a writable
+    filesystem (missing parents are created later): one LordkitError line otherwise, before any work."""
+    path = Path(path)
+    where = path.absolute()
+    while not os.path.lexists(where) and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise LordkitError(f"cannot write {path}: {where} is a file, not a directory")
+    with contextlib.suppress(OSError):
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            raise LordkitError(f"cannot write {path}: {where} is on a read-only filesystem")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise LordkitError(f"cannot write {path}: no permission to create files in {where}")
+    return where
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
     try:

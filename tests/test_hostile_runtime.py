@@ -287,7 +287,7 @@ CASES = [
     C("input-not-regular", args(photo="/dev/null"), ("/dev/null is not a regular file",)),
     C("class-photo-missing", args("--class", "{tmp}/nope.png"), ("image not found:", "nope.png")),
     C("out-parent-is-file", out_under_a_file, ("cannot write", "file.txt is a file, not a directory")),
-    C("out-read-only-dir", read_only, ("cannot write", "ro is not writable (permission denied)")),
+    C("out-read-only-dir", read_only, ("cannot write", "no permission to create files in", "ro")),
     C("class-id-text", args("--class-id", "x"), ("--class-id must be an integer, got 'x'",)),
     C("batch-size-zero", args("--batch-size", "0"), ("--batch-size must be >= 1, got 0",)),
     C("threads-text", args("--threads", "many"), ("--threads must be an integer, got 'many'",)),
