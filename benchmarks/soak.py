@@ -58,12 +58,14 @@ def hidden(parent: Path) -> int:
     return sum(1 for p in parent.rglob(".*") if p.name != ".lock") if parent.exists() else 0
 
 
-def fault(rng: random.Random, duration: float) -> tuple[dict, float | None, str]:
-    """A fault point of the replacement method it belongs to, or a random moment within `duration` s."""
+def fault(rng: random.Random, duration: float, repeats: int = 1) -> tuple[dict, float | None, str]:
+    """A fault point of the replacement method it belongs to (its n-th passage, n up to `repeats`: a
+    training swaps its checkpoint each epoch, preprocess and export replace once), or a random moment
+    within `duration` seconds."""
     if rng.random() < 0.5:
         point = rng.choice(POINTS)
         exchange = point in EXCHANGE_POINTS or (point not in RENAME_POINTS and rng.random() < 0.5)
-        env = {"LORDKIT_FAULT_KILL": f"{point}:{rng.randint(1, 2)}"}
+        env = {"LORDKIT_FAULT_KILL": f"{point}:{rng.randint(1, repeats)}"}
         if not exchange:
             env["LORDKIT_NO_EXCHANGE"] = "1"
         return env, None, env["LORDKIT_FAULT_KILL"] + ("" if exchange else " renames")
@@ -84,7 +86,7 @@ def trial_train(home: Path, rng: random.Random, i: int, duration: float) -> dict
         resumable = (ckpts / "latent" / "state.pt").exists() or any(
             p.suffix in (".new", ".old") for p in ckpts.glob(".latent.*"))
         mode = ["--resume"] if resumable else (["--force"] if model.exists() else [])
-        env, at, _ = fault(rng, duration) if kills < 4 else ({}, None, "")
+        env, at, _ = fault(rng, duration, repeats=3) if kills < 4 else ({}, None, "")
         rc = lordkit(home, "train", "-dn", "syn", "-mn", model.name, *TRAIN, "--epochs", "20", *mode, env=env,
                      kill_after=at)
         kills += rc == -signal.SIGKILL
