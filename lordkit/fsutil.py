@@ -106,8 +106,8 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # exists, owned by someone else
     with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] not in "ZX"
+        fields = Path(f"/proc/{pid}/stat").read_text()
+        return fields[fields.rindex(")") + 2] not in "ZX"  # the state follows the parenthesised name
     return True
 
 
