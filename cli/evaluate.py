@@ -1,4 +1,5 @@
-"""`lordkit evaluate`: reconstruction, leakage against chance, and transfer against ground truth."""
+"""`lordkit evaluate`: reconstruction, leakage against chance, transfer against ground truth, cycle
+score against unrelated images, and collapse."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def results_table(r: dict) -> Table:
         t.add_row("transfer L1 to the true image", f"{tr['l1']:.4f}", f"copy baseline {tr['baseline_l1']:.4f}")
         t.add_row("transfer PSNR", f"{tr['psnr']:.2f} dB", f"copy baseline {tr['baseline_psnr']:.2f} dB")
         t.add_row("transfer L1 / baseline L1", f"{tr['l1_ratio_to_baseline']:.2f}", "lower is better")
+    cy = r.get("cycle")
+    if cy:
+        for key in ("class", "content"):
+            v = cy[key]
+            t.add_row(f"cycle: {key} code distance", f"{v['distance']:.4f}",
+                      f"unrelated images {v['baseline_distance']:.4f} ({v['ratio_to_baseline']:.2f}x)")
+    co = r.get("collapse")
+    if co:
+        state = "COLLAPSED" if co["collapsed"] else "no"
+        t.add_row("output change with content / class", f"{co['content_ratio']:.3f} / {co['class_ratio']:.3f}",
+                  f"collapse below {co['threshold']}: {state}")
+        for stage, v in co.get("training", {}).items():
+            ev = v.get("collapse")
+            t.add_row(f"collapse during {stage} training",
+                      f"epoch {ev['epoch']:.0f}" if ev else "none",
+                      f"last ratios {v['content_ratio']:.3f} / {v['class_ratio']:.3f}")
     return t
 
 
@@ -45,7 +62,8 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample, the leakage split and the pairs.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Evaluate a model: reconstruction, leakage (vs chance), transfer (vs a copy baseline), and a PNG grid."""
+    """Evaluate a model: reconstruction, leakage (vs chance), transfer (vs a copy baseline), cycle score (vs
+    unrelated images), collapse, and a PNG grid."""
     from lordkit.data.store import Dataset
     from lordkit.evaluation import evaluate as run
 

@@ -57,6 +57,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Delete an existing model of that name and train anew.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
+    stop_on_collapse: Annotated[Optional[bool], typer.Option("--stop-on-collapse", help="Stop with an error (exit 2, checkpoint kept) when the output stops depending on the content code or class (latent.stop_on_collapse).")] = None,
 ) -> None:
     """Stage 1: learn a content code per image, a class code per class, and the generator."""
     from lordkit.config import preset as preset_config
@@ -68,7 +69,8 @@ def train(
     ds = Dataset(data_dir(base, data_name))
     start = preset_config(preset, known=dataset_ids()) if preset is not None else preset_config(ds.meta.dataset_id)
     cfg = start.apply_overrides(set_ or [])
-    cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size), amortized=_given(loss=loss))
+    cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
+                      amortized=_given(loss=loss))
     out = model_dir(base, model_name)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
                           resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
@@ -93,6 +95,7 @@ def train_encoders(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage 2.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train encoders anew even if they exist.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
+    stop_on_collapse: Annotated[Optional[bool], typer.Option("--stop-on-collapse", help="Stop with an error (exit 2, checkpoint kept) when the output stops depending on the encoded content or class (amortized.stop_on_collapse).")] = None,
 ) -> None:
     """Stage 2: train content and class encoders to the stage-1 codes (any new image can then be encoded)."""
     from lordkit.data.store import Dataset
@@ -100,7 +103,8 @@ def train_encoders(
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    changes = {**_amortized_settings(set_ or []), **_given(loss=loss, n_epochs=epochs, batch_size=batch_size)}
+    changes = {**_amortized_settings(set_ or []),
+               **_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse)}
     out = model_dir(base, model_name)
     result = train_amortized(ds, out, changes=changes, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
                              resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)

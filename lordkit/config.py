@@ -127,6 +127,11 @@ class LatentTrainConfig:
     seed: int = 0
     log_every: int = 50  # steps between host reads of the loss
     sample_every_epochs: int = 1
+    # Collapse detection, at every sample grid: the output's variation with the content code (and with
+    # the class) over the data's own; below the threshold after the warm-up fraction of the epochs = collapsed.
+    collapse_threshold: float = 0.02  # 0 turns detection off
+    collapse_warmup: float = 0.2  # fraction of n_epochs before a low ratio counts
+    stop_on_collapse: bool = False  # stop with an error (exit 2, checkpoint kept) instead of a warning
 
     def __post_init__(self) -> None:
         _check_stage(self, "latent")
@@ -152,6 +157,9 @@ class AmortizedTrainConfig:
     class_weight: float = 10.0  # weight of MSE(class_encoder(img), stage-1 class code)
     seed: int = 0
     log_every: int = 50
+    collapse_threshold: float = 0.02  # as latent.collapse_threshold, probed through the encoders
+    collapse_warmup: float = 0.2
+    stop_on_collapse: bool = False
 
     def __post_init__(self) -> None:
         _check_stage(self, "amortized")
@@ -169,6 +177,9 @@ def _check_stage(cfg: Any, section: str) -> None:
              f"{section}.betas must be two numbers in [0, 1), got {cfg.betas}")
     _require(cfg.loss in LOSSES, f"{section}.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     _require(cfg.log_every >= 1, f"{section}.log_every must be >= 1, got {cfg.log_every}")
+    _require(cfg.collapse_threshold >= 0, f"{section}.collapse_threshold must be >= 0, got {cfg.collapse_threshold}")
+    _require(0 <= cfg.collapse_warmup <= 1,
+             f"{section}.collapse_warmup must be a fraction of the epochs in [0, 1], got {cfg.collapse_warmup}")
 
 
 SECTIONS = {"model": ModelConfig, "latent": LatentTrainConfig, "amortized": AmortizedTrainConfig}

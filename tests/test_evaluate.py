@@ -53,11 +53,18 @@ def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
     tr = r["transfer"]
     assert tr["n_pairs"] == 64 and tr["baseline_l1"] > 0 and tr["l1_ratio_to_baseline"] > 0
     assert json.loads((m / "eval" / "syn.json").read_text())["transfer"]["n_pairs"] == 64
+    cy = r["cycle"]
+    assert cy["n_pairs"] == 64 and all(cy[k]["baseline_distance"] > 0 and cy[k]["ratio_to_baseline"] >= 0
+                                       for k in ("class", "content"))
+    co = r["collapse"]
+    assert co["content_ratio"] >= 0 and co["class_ratio"] >= 0 and isinstance(co["collapsed"], bool)
+    assert set(co["training"]) == {"latent", "amortized"}
     assert cv2.imread(r["grid_png"]) is not None
 
     res = cli("evaluate", "-mn", "m", "-dn", "syn", "--device", "cpu", "--pairs", "32")
     assert res.exit_code == 0, res.output
     assert "leakage" in res.stdout + res.stderr and "copy baseline" in res.stdout + res.stderr
+    assert "cycle: class code distance" in res.stdout and "collapse during latent training" in res.stdout
     from conftest import one_line_error
 
     assert "model not found" in one_line_error(cli("evaluate", "-mn", "none", "-dn", "syn"))

@@ -266,3 +266,15 @@ def test_cpu_bf16_trains_where_native_and_is_refused_elsewhere(data, tmp_path, m
     weights = load_file(tmp_path / "bf16" / "latent.safetensors")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
     assert abs(bf16["loss"] - fp32["loss"]) < 0.1 * fp32["loss"]  # the same run, to bf16's precision
+
+
+def test_collapse_probes_leave_training_unchanged(data, tmp_path):
+    # The probe draws no random numbers and runs in eval mode: the trained weights are those of a run
+    # with detection off, so presets keep their numbers.
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_latent(data, a, tiny_cfg("latent.n_epochs=3"), **quiet())
+    train_latent(data, b, tiny_cfg("latent.n_epochs=3", "latent.collapse_threshold=0", "latent.sample_every_epochs=3"),
+                 **quiet())
+    wa, wb = load_file(a / "latent.safetensors"), load_file(b / "latent.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any("content_ratio" in r for r in metrics(a, "latent"))

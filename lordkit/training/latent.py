@@ -22,6 +22,7 @@ from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
+from lordkit.evaluation import pixel_spread, variation_ratios
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
 from lordkit.viz import sample_positions
 
@@ -68,6 +69,20 @@ class _SharedLatent(nn.Module):
 
     def forward(self, content_code: Tensor, class_id: Tensor) -> Tensor:
         return self.generator(content_code, self.modulation(self.class_embedding(class_id)))
+
+
+def probe_set(class_ids: np.ndarray, bank: ImageBank, seed: int, n_contents: int = 16, n_classes: int = 8,
+              n_spread: int = 64) -> tuple[Tensor, Tensor, float]:
+    """The fixed probe of collapse detection, drawn from a bank's images (seeded): rows of n_contents
+    images (their content), up to n_classes distinct class ids, and the real images' pixel spread."""
+    rng = np.random.default_rng(seed + 104729)
+    n = len(class_ids)
+    contents = np.sort(rng.choice(n, min(n_contents, n), replace=False))
+    classes = np.unique(class_ids[sample_positions(class_ids, int(class_ids.max()) + 1, n_classes, seed)])
+    spread_rows = np.sort(rng.choice(n, min(n_spread, n), replace=False))
+    spread = pixel_spread(bank.batch(torch.from_numpy(spread_rows).to(bank.device)))
+    dev = bank.device
+    return torch.from_numpy(contents).to(dev), torch.from_numpy(classes).to(dev), spread
 
 
 def train_latent(
@@ -143,12 +158,26 @@ def train_latent(
             out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))  # (K*K, C, H, W)
             return sample_grid(bank.batch(fixed), out)
 
+        probe_contents, probe_classes, real_spread = probe_set(np.asarray(ds.class_ids)[owned], bank, lc.seed)
+
+        @torch.no_grad()
+        def probe() -> dict[str, float]:
+            model.eval()
+            content_code = model.content_embedding(probe_contents)  # (Kc, content_dim), no noise in eval
+            params = model.modulation(model.class_embedding(probe_classes))
+            kc, kk = len(probe_contents), len(probe_classes)
+            tiled = params.repeat(kc, *[1] * (params.dim() - 1))  # every class for each content
+            out = model.generator(content_code.repeat_interleave(kk, 0), tiled)  # (Kc*Kk, C, H, W)
+            return variation_ratios(out.reshape(kc, kk, *out.shape[1:]), real_spread)
+
         # Train.
         table = ShardedTable(CONTENT_TABLE, len(ds), lc.seed, d) if d.enabled else None
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
                         step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
-                        n_global=len(ds), dist=d, table=table)
+                        n_global=len(ds), dist=d, table=table, probe=probe,
+                        collapse_threshold=lc.collapse_threshold,
+                        collapse_warmup_epochs=lc.collapse_warmup * lc.n_epochs, stop_on_collapse=lc.stop_on_collapse)
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
 

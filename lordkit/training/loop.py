@@ -28,7 +28,7 @@ from lordkit.errors import LordkitError
 from lordkit.modeldir import checkpoint_dir, has_checkpoint
 from lordkit.training.checkpoint import ShardedTable, load_checkpoint, save_checkpoint
 from lordkit.training.data import ImageBank, epoch_order
-from lordkit.training.metrics import MetricsLog
+from lordkit.training.metrics import CollapseWatch, MetricsLog
 from lordkit.training.session import peer_failures
 from lordkit.viz import save_png, transfer_grid
 
@@ -43,6 +43,13 @@ class TrainingInterrupted(LordkitError):
 
 class NonFiniteLoss(LordkitError):
     exit_code = 3
+
+
+class CollapseDetected(LordkitError):
+    """The generator stopped depending on its content code (or class) and stop_on_collapse is set:
+    a checkpoint was saved; exit 2."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -65,6 +72,12 @@ class LoopSpec:
     n_global: int = 0  # images in the whole dataset (all ranks)
     dist: Dist = Dist()
     table: ShardedTable | None = None  # the per-image table split by rank, gathered for checkpoints
+    # () -> {"content_ratio", "class_ratio"} of a fixed probe set (lordkit.training.metrics.variation_ratios);
+    # run on rank 0 whenever a sample grid is due (every epoch without a sampler)
+    probe: Callable[[], dict[str, float]] | None = None
+    collapse_threshold: float = 0.0  # a probe ratio below this after the warm-up = collapsed; 0 = off
+    collapse_warmup_epochs: float = 0.0
+    stop_on_collapse: bool = False
 
 
 class StopFlag:
@@ -152,6 +165,8 @@ class Loop:
         self.log_time_s, self.log_step = time.perf_counter(), self.step
         self.last_good: dict[str, float] = {"loss": math.nan}
         self.img_per_sec = 0.0
+        self.collapse = CollapseWatch(spec.stage, spec.collapse_threshold, spec.collapse_warmup_epochs)
+        self.progress: Any = None
 
     def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train for spec.n_epochs over the bank; checkpoint each epoch, periodically and on interrupt."""
@@ -161,6 +176,7 @@ class Loop:
         try:
             with flag.installed(), progress_cm as progress, peer_failures(d, self.model_dir, spec.stage):
                 task = None
+                self.progress = progress
                 if progress is not None:
                     task = progress.add_task(spec.stage, total=self.total_steps, completed=self.step, unit="step")
                 spec.model.train()
@@ -179,10 +195,12 @@ class Loop:
                             on_step(self.step)
 
                         # Log every log_every steps and at the end of an epoch: the only host sync.
+                        # At the end of an epoch with a sample grid due, also probe for a collapse.
                         at_log = self.step % spec.log_every == 0 or k == self.steps_per_epoch - 1
                         if at_log:
                             losses = self._read_losses()
-                            self._log(losses)
+                            extra = self._probe() if k == self.steps_per_epoch - 1 else {}
+                            self._log(losses, extra)
                             if task is not None:
                                 progress.update(task, description=self._progress_line(epoch, losses))
                         if task is not None:
@@ -198,6 +216,12 @@ class Loop:
                     # Save a snapshot and a sample grid at the end of each epoch.
                     self._save_checkpoint()
                     self._save_samples()
+
+                    # Stop on a collapse if asked to (every rank at the same epoch; the checkpoint is saved).
+                    if spec.stop_on_collapse and self._all_agree(self.collapse.event is not None, True):
+                        if progress is not None:  # the error line alone on stderr, no half-drawn bar above it
+                            progress.live.transient = True
+                        raise self._collapsed()
         finally:
             if self.log is not None:
                 self.log.close()
@@ -226,7 +250,37 @@ class Loop:
                                 "lower the learning rate and train again (--resume continues from it)")
         return losses
 
-    def _log(self, losses: dict[str, float]) -> None:
+    def _sample_due(self) -> bool:
+        done_epoch = self.step // self.steps_per_epoch
+        return done_epoch % self.spec.sample_every_epochs == 0 or self.step == self.total_steps
+
+    def _probe(self) -> dict[str, Any]:
+        """Rank 0 at the end of an epoch: the variation ratios when a sample grid is due (every epoch
+        without a sampler), and a one-time warning when they show a collapse."""
+        spec = self.spec
+        if spec.probe is None or not self.dist.main or (spec.sample is not None and not self._sample_due()):
+            return {}
+        ratios = spec.probe()
+        spec.model.train()
+        event = self.collapse.check(ratios, self.step / self.steps_per_epoch)
+        if event is None:
+            return ratios
+        if not spec.stop_on_collapse:  # stopping says it in its error line instead
+            line = f"warning: {self.collapse.message()}"
+            if self.progress is not None:
+                self.progress.console.print(line, markup=False, highlight=False)
+            else:
+                from lordkit.console import console
+
+                console.print(line, markup=False, highlight=False)
+        return {**ratios, "event": "collapse"}
+
+    def _collapsed(self) -> CollapseDetected:
+        ckpt = checkpoint_dir(self.model_dir, self.spec.stage)
+        msg = self.collapse.message() if self.collapse.event else f"{self.spec.stage} stage collapsed on another rank"
+        return CollapseDetected(f"{msg}; stopped (stop_on_collapse) with a checkpoint at step {self.step} in {ckpt}")
+
+    def _log(self, losses: dict[str, float], extra: dict[str, Any] | None = None) -> None:
         now = time.perf_counter()
         self.img_per_sec = (self.step - self.log_step) * self.batch_size / max(now - self.log_time_s, 1e-9)
         self.log_time_s, self.log_step = now, self.step
@@ -234,11 +288,12 @@ class Loop:
         if self.log is not None:
             self.log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, **losses,
                             "lr": self.scheduler.get_last_lr()[0], "img_per_sec": self.img_per_sec,
-                            "world_size": self.dist.world, "time": time.time()})
+                            "world_size": self.dist.world, "time": time.time(), **(extra or {})})
 
     def _progress_line(self, epoch: int, losses: dict[str, float]) -> str:
+        flag = " [collapsed]" if self.collapse.event is not None else ""
         return (f"{self.spec.stage} ep {epoch + 1}/{self.spec.n_epochs} "
-                f"loss {losses['loss']:.4f} {self.img_per_sec:,.0f} img/s")
+                f"loss {losses['loss']:.4f} {self.img_per_sec:,.0f} img/s{flag}")
 
     def _all_agree(self, local: bool, at_log: bool) -> bool:
         """Whether to act on a condition of this process. One process acts at once; ranks agree at
@@ -268,8 +323,7 @@ class Loop:
     def _save_samples(self) -> None:
         spec = self.spec
         done_epoch = self.step // self.steps_per_epoch
-        due = done_epoch % spec.sample_every_epochs == 0 or self.step == self.total_steps
-        if self.dist.main and spec.sample is not None and due:
+        if self.dist.main and spec.sample is not None and self._sample_due():
             grid = spec.sample()
             save_png(self.samples_dir / f"{spec.stage}-epoch-{done_epoch:04d}.png", grid)
             if self.log is not None:

@@ -1,0 +1,111 @@
+"""Collapse detection: the variation ratios, the once-only decision after the warm-up, and the training
+plumbing (ratios in metrics.jsonl, one warning line, --stop-on-collapse exits 2 with a checkpoint)."""
+
+import json
+
+import pytest
+import torch
+
+from lordkit.config import ConfigError
+from lordkit.data.preprocess import preprocess
+from lordkit.data.sources import Options
+from lordkit.data.store import Dataset
+from lordkit.training import train_amortized, train_latent
+from lordkit.training.loop import CollapseDetected
+from lordkit.evaluation import pixel_spread, training_collapse, variation_ratios
+from lordkit.training.metrics import CollapseWatch
+from test_training import TINY_DATA, TINY_SET, quiet, tiny_cfg
+
+from conftest import one_line_error
+
+
+def test_variation_ratios_separate_content_and_class():
+    torch.manual_seed(0)
+    real = torch.rand(32, 3, 8, 8)
+    spread = pixel_spread(real)
+    assert 0.2 < spread < 0.35  # uniform noise: std 0.29
+    black = torch.zeros(6, 4, 3, 8, 8)
+    assert variation_ratios(black, spread) == {"content_ratio": 0.0, "class_ratio": 0.0}
+    # Output follows the content only: content ratio about 1, class ratio 0.
+    content_only = real[:6, None].expand(6, 4, 3, 8, 8)
+    r = variation_ratios(content_only, spread)
+    assert 0.8 < r["content_ratio"] < 1.2 and r["class_ratio"] == 0.0
+    r = variation_ratios(real[:4, None].expand(4, 6, 3, 8, 8).transpose(0, 1), spread)
+    assert r["content_ratio"] == 0.0 and 0.8 < r["class_ratio"] < 1.2
+
+
+def test_watch_waits_for_the_warm_up_and_reports_once():
+    w = CollapseWatch("latent", threshold=0.05, warmup_epochs=10)
+    low = {"content_ratio": 0.01, "class_ratio": 0.3}
+    assert w.check(low, 5) is None  # still warming up
+    assert w.check({"content_ratio": 0.4, "class_ratio": 0.3}, 12) is None
+    event = w.check(low, 14)
+    assert event["below"] == ["content_ratio"] and event["epoch"] == 14
+    assert w.check(low, 16) is None  # once
+    msg = w.message()
+    assert "\n" not in msg and "content code" in msg and "0.010" in msg and "content_std" in msg
+    assert CollapseWatch("latent", 0.0, 0).check(low, 20) is None  # threshold 0: off
+
+
+def test_config_checks_the_new_fields():
+    with pytest.raises(ConfigError, match="collapse_warmup"):
+        tiny_cfg("latent.collapse_warmup=1.5")
+    with pytest.raises(ConfigError, match="collapse_threshold"):
+        tiny_cfg("amortized.collapse_threshold=-1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    preprocess("synthetic", None, root / "syn", img_size=32, opts=Options(dict(TINY_DATA)), show_progress=False)
+    return Dataset(root / "syn")
+
+
+def rows(model_dir):
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ratios_are_logged_and_a_collapse_is_recorded_once(data, tmp_path, capsys):
+    m = tmp_path / "m"
+    # A threshold above any ratio makes every probe "collapsed": the event must still be recorded once.
+    cfg = tiny_cfg("latent.n_epochs=4", "latent.sample_every_epochs=2", "latent.collapse_threshold=100",
+                   "latent.collapse_warmup=0.5")
+    train_latent(data, m, cfg, **quiet())
+    probed = [r for r in rows(m) if "content_ratio" in r]
+    assert [round(r["epoch"]) for r in probed] == [2, 4]  # with the sample grids
+    assert all(r["content_ratio"] >= 0 and r["class_ratio"] >= 0 for r in probed)
+    assert [r.get("event") for r in probed] == ["collapse", None]
+    err = capsys.readouterr().err
+    assert err.count("warning: latent stage collapsed at epoch 2") == 1
+    # Stage 2 probes every epoch (it samples every epoch); the default threshold leaves it alone here.
+    train_amortized(data, m, changes={"n_epochs": 2, "collapse_threshold": 0.0}, **quiet())
+    seen = training_collapse(m)
+    assert seen["latent"]["collapse"]["epoch"] == 2 and seen["amortized"]["collapse"] is None
+    assert len([r for r in rows(m) if r["stage"] == "amortized" and "content_ratio" in r]) == 2
+
+
+def test_stop_on_collapse_keeps_the_checkpoint(data, tmp_path):
+    m = tmp_path / "m"
+    cfg = tiny_cfg("latent.n_epochs=4", "latent.collapse_threshold=100", "latent.collapse_warmup=0",
+                   "latent.stop_on_collapse=true")
+    with pytest.raises(CollapseDetected, match="stopped") as e:
+        train_latent(data, m, cfg, **quiet())
+    assert e.value.exit_code == 2
+    assert (m / "checkpoints" / "latent" / "state.pt").exists() and not (m / "latent.safetensors").exists()
+
+
+def test_cli_stop_on_collapse_is_one_error_line(base, cli):
+    preprocess("synthetic", None, base / "data" / "syn", img_size=32, opts=Options(dict(TINY_DATA)),
+               show_progress=False)
+    args = ["-dn", "syn", *TINY_SET, "--epochs", "3", "--device", "cpu", "--no-tensorboard"]
+    r = cli("train", "-mn", "m", *args, "--set", "latent.collapse_threshold=100", "--set", "latent.collapse_warmup=0",
+            "--stop-on-collapse")
+    assert r.exit_code == 2
+    line = one_line_error(r)
+    assert "latent stage collapsed at epoch 1" in line and "checkpoint" in line
+    assert (base / "models" / "m" / "checkpoints" / "latent").is_dir()
+    # Without the flag the same run finishes, and stage 2 takes the flag too.
+    assert cli("train", "-mn", "n", *args, "--set", "latent.collapse_threshold=100").exit_code == 0
+    r = cli("train-encoders", "-mn", "n", "-dn", "syn", "--epochs", "2", "--device", "cpu", "--no-tensorboard",
+            "--set", "amortized.collapse_threshold=100", "--set", "amortized.collapse_warmup=0", "--stop-on-collapse")
+    assert r.exit_code == 2 and "amortized stage collapsed" in one_line_error(r)
