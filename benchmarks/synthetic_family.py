@@ -1,0 +1,213 @@
+"""One training recipe across the family of synthetic sets (lordkit.data.datasets.synthetic.FAMILY).
+
+For each variant: generate it, hold out 20% of the (shape, content) pairs, train both stages of a
+preset within a time budget, evaluate on the held-out pairs, and write a row: held-out transfer error
+over the copy baseline (the recipe's target: <= 0.5), class-from-content leakage against chance
+(target: <= chance + 5 points), whether the run collapsed, and the minutes it took. A transfer grid
+PNG per variant goes beside the table.
+
+The budget is kept by scaling the preset's epochs: one epoch of each stage is timed first on a
+scratch model, and both stages' epochs (with the noise warm-up and the sample cadence) are scaled by
+the same factor when the preset would not fit; they are never raised above the preset's.
+
+    python benchmarks/synthetic_family.py --out family-results                   # 15 min per variant
+    python benchmarks/synthetic_family.py --out r --preset synthetic --minutes 5 --variants hue-content-small,colour-class
+    python benchmarks/synthetic_family.py --out r --quick                          # plumbing check: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lordkit.config import LordConfig, preset, tiny_model
+from lordkit.data.datasets.synthetic import FAMILY
+from lordkit.data.preprocess import preprocess
+from lordkit.data.sources import Options, dataset_ids
+from lordkit.data.splits import split_samples
+from lordkit.data.store import Dataset
+from lordkit.errors import LordkitError
+from lordkit.evaluation import evaluate
+from lordkit.fsutil import atomic_write_json, atomic_write_text
+from lordkit.training import train_amortized, train_latent
+
+TRANSFER_TARGET = 0.5  # held-out transfer L1 over the copy baseline's
+LEAKAGE_MARGIN = 0.05  # class-from-content accuracy over chance
+TEST_SPLIT = 0.2
+# --quick: a tiny grid of every variant, and a tiny model trained one epoch per stage.
+QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_shapes": "3"}
+
+
+def quick_opts(opts: dict[str, str]) -> dict[str, str]:
+    """A variant's options on a tiny grid (hue kept a content factor with 2 levels where it is one)."""
+    small = {**opts, **QUICK_GRID}
+    if opts.get("colour", "content") != "class":
+        small["n_hue"] = "2"
+    return small
+
+
+def start_config(name: str, img_size: int, channels: int, quick: bool) -> LordConfig:
+    cfg = preset(name, known=dataset_ids())
+    if quick:
+        tiny = {"batch_size": 8, "n_epochs": 1, "log_every": 1}
+        return cfg.replace(model=vars(tiny_model(img_size, channels)), latent={**tiny, "sample_every_epochs": 1},
+                           amortized=tiny)
+    if cfg.model.img_size != img_size:  # the preset's architecture, at this variant's size
+        n_adain = max(cfg.model.n_adain_layers, cfg.model.min_adain_layers(img_size))
+        cfg = cfg.replace(model={"img_size": img_size, "n_adain_layers": n_adain})
+    return cfg
+
+
+def fit_budget(cfg: LordConfig, s1_epoch_s: float, s2_epoch_s: float, budget_s: float) -> tuple[LordConfig, float]:
+    """cfg with both stages' epochs scaled down by one factor so that they fit budget_s; the factor."""
+    planned_s = cfg.latent.n_epochs * s1_epoch_s + cfg.amortized.n_epochs * s2_epoch_s
+    factor = min(1.0, budget_s / max(planned_s, 1e-9))
+    if factor >= 1.0:
+        return cfg, 1.0
+    lc = cfg.latent
+    e1 = max(1, math.floor(lc.n_epochs * factor))
+    e2 = max(1, math.floor(cfg.amortized.n_epochs * factor))
+    return cfg.replace(latent={"n_epochs": e1, "noise_warmup_epochs": lc.noise_warmup_epochs * e1 / max(lc.n_epochs, 1),
+                               "sample_every_epochs": max(1, round(lc.sample_every_epochs * e1 / max(lc.n_epochs, 1)))},
+                       amortized={"n_epochs": e2}), factor
+
+
+def time_one_epoch(ds: Dataset, cfg: LordConfig, scratch: Path, quiet: dict[str, Any]) -> tuple[float, float]:
+    """Seconds of one epoch of stage 1 and of stage 2 (start-up included, so the estimate errs long)."""
+    one = cfg.replace(latent={"n_epochs": 1, "noise_warmup_epochs": 0.0, "sample_every_epochs": 1},
+                      amortized={"n_epochs": 1})
+    t0 = time.perf_counter()
+    train_latent(ds, scratch, one, force=True, **quiet)
+    t1 = time.perf_counter()
+    train_amortized(ds, scratch, force=True, **quiet)
+    t2 = time.perf_counter()
+    shutil.rmtree(scratch)
+    return t1 - t0, t2 - t1
+
+
+def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: float, quick: bool,
+                show_progress: bool) -> dict[str, Any]:
+    opts, img_size = FAMILY[name]
+    opts = quick_opts(opts) if quick else dict(opts)
+    full, train, test = (work / "data" / f"{name}-{part}" for part in ("full", "train", "test"))
+    mdir = work / "models" / name
+    quiet = dict(show_progress=show_progress, tensorboard=False, device="cpu")
+    t_start = time.perf_counter()
+
+    # Generate the variant and hold out a fifth of its (shape, content) pairs.
+    preprocess("synthetic", None, full, img_size=img_size, opts=Options(opts), force=True, show_progress=False)
+    split_samples(Dataset(full), train, test, TEST_SPLIT, force=True)
+    train_ds, test_ds = Dataset(train), Dataset(test)
+
+    # Fit the preset into the budget, then train both stages.
+    cfg = start_config(preset_name, img_size, train_ds.meta.channels, quick)
+    s1_epoch_s, s2_epoch_s = time_one_epoch(train_ds, cfg, work / "models" / f"{name}-timing", quiet)
+    budget_s = minutes * 60.0 - (time.perf_counter() - t_start)
+    cfg, factor = fit_budget(cfg, s1_epoch_s, s2_epoch_s, budget_s)
+    t_train = time.perf_counter()
+    train_latent(train_ds, mdir, cfg, data_name=train.name, force=True, **quiet)
+    train_amortized(train_ds, mdir, force=True, **quiet)
+    train_s = time.perf_counter() - t_train
+
+    # Evaluate on the held-out pairs.
+    ev = evaluate(mdir, test_ds, data_name=test.name, device="cpu", n_pairs=64 if quick else 512)
+    grid = shutil.copyfile(ev["grid_png"], out / f"{name}-transfer.png")
+    tr, leak, co = ev.get("transfer") or {}, ev["leakage"]["class_from_content"], ev["collapse"]
+    training_events = {stage: v["collapse"] for stage, v in co["training"].items() if v.get("collapse")}
+    ratio = tr.get("l1_ratio_to_baseline", float("nan"))
+    row = {
+        "variant": name, "opts": opts, "img_size": img_size, "n_train": len(train_ds), "n_test": len(test_ds),
+        "epochs": [cfg.latent.n_epochs, cfg.amortized.n_epochs], "epoch_scale": factor,
+        "transfer_over_copy": ratio, "leakage": leak["accuracy"], "chance": leak["chance"],
+        "cycle_class_ratio": ev["cycle"]["class"]["ratio_to_baseline"] if ev.get("cycle") else None,
+        "cycle_content_ratio": ev["cycle"]["content"]["ratio_to_baseline"] if ev.get("cycle") else None,
+        "content_ratio": co["content_ratio"], "class_ratio": co["class_ratio"],
+        "collapsed": bool(co["collapsed"] or training_events), "collapse_during_training": training_events,
+        "train_minutes": train_s / 60.0, "minutes": (time.perf_counter() - t_start) / 60.0,
+        "grid_png": str(grid),
+    }
+    row["passes"] = bool(ratio <= TRANSFER_TARGET and leak["accuracy"] <= leak["chance"] + LEAKAGE_MARGIN
+                         and not row["collapsed"])
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    lines = [f"# {header['preset']} on the synthetic family ({header['minutes']} min per variant"
+             f"{', quick' if header['quick'] else ''})", "",
+             f"{header['cpu']}, {header['threads']} torch threads, torch {header['torch']}.", "",
+             "| variant | transfer / copy (held out) | class from content (chance) | cycle class / content | "
+             "collapse | epochs | minutes | passes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cyc = (f"{r['cycle_class_ratio']:.2f} / {r['cycle_content_ratio']:.2f}"
+               if r["cycle_class_ratio"] is not None else "-")
+        lines.append(f"| {r['variant']} | {r['transfer_over_copy']:.2f} | {r['leakage']:.1%} ({r['chance']:.1%}) | "
+                     f"{cyc} | {'yes' if r['collapsed'] else 'no'} | {r['epochs'][0]} + {r['epochs'][1]} | "
+                     f"{r['minutes']:.1f} | {'yes' if r['passes'] else 'no'} |")
+    lines += ["", f"Targets: transfer <= {TRANSFER_TARGET}x the copy, leakage <= chance + "
+              f"{LEAKAGE_MARGIN:.0%}, no collapse. {sum(r['passes'] for r in rows)}/{len(rows)} pass."]
+    return "\n".join(lines) + "\n"
+
+
+def cpu_name() -> str:
+    """The CPU's model name where the OS tells it (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True,
+                    help="Output dir: results.md, results.json, <variant>-transfer.png.")
+    ap.add_argument("--preset", default="synthetic", help="Training preset (lordkit.config.PRESETS).")
+    ap.add_argument("--minutes", type=float, default=15.0, help="Budget per variant, generation to evaluation.")
+    ap.add_argument("--variants", default=",".join(FAMILY), help="Comma-separated names from FAMILY.")
+    ap.add_argument("--work", type=Path, default=None, help="Where data and models go (default: a temporary dir).")
+    ap.add_argument("--quick", action="store_true", help="Tiny grids, tiny model, one epoch: checks the plumbing.")
+    ap.add_argument("--progress", action="store_true", help="Show training progress bars.")
+    args = ap.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in FAMILY]
+    try:
+        if unknown:
+            raise LordkitError(f"unknown variant {unknown[0]!r}; choose from {', '.join(FAMILY)}")
+        if args.minutes <= 0:
+            raise LordkitError(f"--minutes must be > 0, got {args.minutes}")
+        preset(args.preset, known=dataset_ids())  # a typo fails before any work
+        args.out.mkdir(parents=True, exist_ok=True)
+        header = {"preset": args.preset, "minutes": args.minutes, "quick": args.quick, "cpu": cpu_name(),
+                  "threads": torch.get_num_threads(), "torch": torch.__version__}
+        with tempfile.TemporaryDirectory(prefix="lordkit-family-") as tmp:
+            work = args.work or Path(tmp)
+            rows = []
+            for name in names:
+                rows.append(run_variant(name, work, args.out, args.preset, args.minutes, args.quick, args.progress))
+                print(f"{name}: transfer/copy {rows[-1]['transfer_over_copy']:.2f}, leakage {rows[-1]['leakage']:.1%} "
+                      f"(chance {rows[-1]['chance']:.1%}), collapsed {rows[-1]['collapsed']}, "
+                      f"{rows[-1]['minutes']:.1f} min", flush=True)
+                atomic_write_json(args.out / "results.json", {**header, "rows": rows})
+                atomic_write_text(args.out / "results.md", markdown(rows, header))
+    except LordkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"table: {args.out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
