@@ -31,9 +31,12 @@ def adain(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Te
     x (B, C, H, W); weight, bias (B, C). Mean and biased variance over H, W with eps inside the
     square root, computed as the reference does: F.batch_norm in training mode on x viewed as
     (1, B*C, H, W) (no copy for an NCHW tensor), one fused kernel forward and one backward instead
-    of an elementwise pass per term. Computed in float32 (safe under bf16/fp16 autocast), returned
+    of an elementwise pass per term; a channels-last x takes the elementwise form, which keeps its
+    layout. Computed in float32 (safe under bf16/fp16 autocast), returned
     in x's dtype. The ONNX export uses `adain_explicit`, the same arithmetic in exportable operators.
     """
+    if not x.is_contiguous():  # channels-last (CUDA training): the elementwise form keeps the layout, no copy
+        return adain_explicit(x, weight, bias, eps)
     b, c, h, w = x.shape
     xf = x if x.dtype == torch.float32 else x.float()
     out = F.batch_norm(xf.reshape(1, b * c, h, w), None, None, weight.float().reshape(-1),
@@ -55,7 +58,10 @@ def adain_explicit(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_E
 
 def upsample2x(x: Tensor) -> Tensor:
     """Nearest-neighbour 2x upsampling as a broadcast and one copy. F.interpolate's CPU kernel
-    reorders an NCHW tensor to channels-last and back (three copies, ~4x the time)."""
+    reorders an NCHW tensor to channels-last and back (three copies, ~4x the time); a channels-last
+    tensor keeps its layout through F.interpolate, whose kernel is native there."""
+    if not x.is_contiguous():
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
     b, c, h, w = x.shape
     return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 

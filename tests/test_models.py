@@ -170,6 +170,20 @@ def test_upsample_is_nearest_neighbour() -> None:
     torch.testing.assert_close(upsample2x(x), F.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
 
 
+def test_channels_last_generator_keeps_its_layout_and_its_output() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(32, 3)
+    gen = Generator(cfg).eval()
+    code, params = torch.randn(2, cfg.content_dim), torch.randn(2, cfg.n_adain_layers, cfg.adain_dim, 2)
+    x = torch.randn(2, cfg.adain_dim, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert upsample2x(x).is_contiguous(memory_format=torch.channels_last)
+    assert adain(x, params[:, 0, :, 1], params[:, 0, :, 0]).is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = gen(code, params)
+        got = gen.to(memory_format=torch.channels_last)(code, params)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_modulation_layout() -> None:
     mod = Modulation(class_dim=6, n_adain_layers=3, adain_dim=4)
     code = torch.randn(2, 6)
