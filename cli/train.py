@@ -45,8 +45,8 @@ def train(
     data_name: Annotated[str, typer.Option("--data-name", "-dn", help="Training dataset under <base-dir>/data/.")],
     model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model to create under <base-dir>/models/.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Start from this dataset id's preset (default: the data's own id).")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg (pixel L1 + VGG16 features, the paper's) or l1 (pixel only, offline). Sets both stages.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Start from this preset: small (small data, CPU; synthetic is an alias) or a dataset id for the paper's settings (default: chosen from the data, and printed).")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg (pixel L1 + VGG16 features, the paper's), l1, l2 or l1+l2 (pixel only, offline). Sets both stages.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-1 epochs (latent.n_epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Stage-1 batch size (latent.batch_size).")] = None,
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth (default: torch hub cache, downloaded when online).")] = None,
@@ -60,18 +60,20 @@ def train(
     stop_on_collapse: Annotated[Optional[bool], typer.Option("--stop-on-collapse", help="Stop with an error (exit 2, checkpoint kept) when the output stops depending on the content code or class (latent.stop_on_collapse).")] = None,
 ) -> None:
     """Stage 1: learn a content code per image, a class code per class, and the generator."""
-    from lordkit.config import preset as preset_config
+    from lordkit.config import choose_preset, fit_to_images
     from lordkit.data.sources import dataset_ids
     from lordkit.data.store import Dataset
     from lordkit.training import train_latent
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    start = preset_config(preset, known=dataset_ids()) if preset is not None else preset_config(ds.meta.dataset_id)
-    cfg = start.apply_overrides(set_ or [])
+    _, start, why = choose_preset(ds.meta.dataset_id, len(ds), preset, known=dataset_ids())
+    cfg = fit_to_images(start, ds.meta.img_size, ds.meta.channels).apply_overrides(set_ or [])
     cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
                       amortized=_given(loss=loss))
     out = model_dir(base, model_name)
+    if _main_rank() and not resume:  # a resume continues with the config it saved
+        say(why)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
                           resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
     if _main_rank():
@@ -84,7 +86,7 @@ def train_encoders(
     data_name: Annotated[str, typer.Option("--data-name", "-dn", help="The dataset stage 1 was trained on.")],
     model_name: Annotated[str, typer.Option("--model-name", "-mn", help="Model trained by `lordkit train`.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override an amortized.* field, repeatable: --set amortized.batch_size=64.")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg or l1 (amortized.loss).")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="vgg, l1, l2 or l1+l2 (amortized.loss).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-2 epochs (amortized.n_epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Stage-2 batch size (amortized.batch_size).")] = None,
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth.")] = None,

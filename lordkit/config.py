@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json
 
-LOSSES = ("vgg", "l1")
+LOSSES = ("vgg", "l1", "l2", "l1+l2")
 
 
 class ConfigError(LordkitError, ValueError):
@@ -53,6 +53,9 @@ class ModelConfig:
     gen_last_dim: int = 64  # channels of the generator's 5x5 conv before the output conv
     enc_conv_dims: tuple[int, ...] = (64, 128, 256, 256, 256)  # 7x7 stride-1 conv, then stride-2 4x4 convs
     enc_fc_dim: int = 256  # width of the encoders' two hidden fc layers
+    # > 0: the generator's sigmoid output s becomes (s - m) / (1 - 2m), clamped to [0, 1] outside training
+    # (lordkit.models.Generator): black and white are reached at finite logits. 0 = the paper's plain sigmoid.
+    output_margin: float = 0.0
 
     def __post_init__(self) -> None:
         self.enc_conv_dims = tuple(self.enc_conv_dims)
@@ -65,6 +68,7 @@ class ModelConfig:
                  f"model.n_imgs and model.n_classes must be >= 0, got {self.n_imgs}, {self.n_classes}")
         for name in ("content_dim", "class_dim", "adain_dim", "gen_last_dim", "enc_fc_dim"):
             _require(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
+        _require(0 <= self.output_margin < 0.5, f"model.output_margin must be in [0, 0.5), got {self.output_margin}")
         _require(self.content_std >= 0, f"model.content_std must be >= 0, got {self.content_std}")
         _require(self.adain_dim % 8 == 0, f"model.adain_dim must be a multiple of 8, got {self.adain_dim}")
         _require(
@@ -122,6 +126,9 @@ class LatentTrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     content_decay: float = 1e-4  # weight of mean ||noisy content code||^2
     content_init: float = 0.05  # content codes start uniform(-content_init, content_init)
+    # > 0: content codes start as the images' principal components (class means removed), each
+    # dimension scaled to this std (lordkit.training.init); 0: the uniform start above, as the paper.
+    pca_init: float = 0.0
     loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features) or "l1" (pixel only)
     noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
     seed: int = 0
@@ -137,6 +144,7 @@ class LatentTrainConfig:
         _check_stage(self, "latent")
         _require(self.content_decay >= 0, f"latent.content_decay must be >= 0, got {self.content_decay}")
         _require(self.content_init > 0, f"latent.content_init must be > 0, got {self.content_init}")
+        _require(self.pca_init >= 0, f"latent.pca_init must be >= 0, got {self.pca_init}")
         _require(self.noise_warmup_epochs >= 0,
                  f"latent.noise_warmup_epochs must be >= 0, got {self.noise_warmup_epochs}")
         _require(self.sample_every_epochs >= 1,
@@ -329,31 +337,68 @@ def tiny_model(img_size: int = 32, channels: int = 3, **fields: Any) -> ModelCon
                           **fields})
 
 
-# Per-dataset presets: overrides of the defaults, by section. The reference used the same model for
-# every dataset (content_dim 128, class_dim 256, 4 AdaIN layers of 256); real datasets keep those.
+# Presets: overrides of the defaults, by section. The reference used the same model for every dataset
+# (content_dim 128, class_dim 256, 4 AdaIN layers of 256); the paper's datasets keep those.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # The generated shapes set on 2 CPU cores (the demo): a small model, and settings under which
-    # stage 1 learns within minutes at all (see README, "The embedded demo"): learning rates 3x
-    # (generator) and 10x (codes) the reference's, content noise std 0.5 ramped up over the first 50
-    # epochs. A 10x generator rate collapsed to black on some splits. The demo draws each shape in its
-    # own colour (--opt colour=class): with hue a content factor this model never learns colour.
-    "synthetic": {
+    # Small datasets on a CPU or offline (docs/training-recipes.md has the measurements): a small model,
+    # learning rates 3x (generator) and 10x (codes) the reference's, content noise std 0.5 ramped up over
+    # the first third of stage 1, content codes that start as the images' principal components within
+    # their class (informative from step 0: the generator never settles on the background), and a
+    # squared-error term next to L1 (on sparse images L1 alone rewards drawing nothing).
+    "small": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64),
-        "latent": dict(batch_size=32, n_epochs=150, loss="l1", lr_generator=1e-3, lr_latent=3e-2,
-                       noise_warmup_epochs=50.0, sample_every_epochs=10),
-        "amortized": dict(batch_size=32, n_epochs=60, loss="l1", lr=1e-3),
+        "latent": dict(batch_size=32, n_epochs=150, loss="l1+l2", lr_generator=1e-3, lr_latent=3e-2,
+                       noise_warmup_epochs=50.0, pca_init=1.0, sample_every_epochs=10),
+        "amortized": dict(batch_size=32, n_epochs=60, loss="l1+l2", lr=1e-3),
     },
 }
+ALIASES = {"synthetic": "small"}  # the generated shapes set trains with the small-data recipe
+SMALL_DATA_IMAGES = 20_000  # the user's own images (folder reader): fewer start from "small"
+OWN_DATA_READERS = ("folder",)
+
+
+def preset_name(name: str) -> str:
+    """The preset a name stands for (aliases resolved)."""
+    return ALIASES.get(name, name)
 
 
 def preset(dataset_id: str, known: Sequence[str] | None = None) -> LordConfig:
-    """The starting config for a dataset: its PRESETS entry, else the reference defaults.
+    """The starting config for a dataset: its PRESETS entry (through ALIASES), else the reference defaults.
 
-    known: the names accepted besides PRESETS' (the dataset ids); any other name is refused, so a
-    typo never trains the full-size model silently. None accepts any name (a dataset's own id)."""
-    if known is not None and dataset_id not in PRESETS and dataset_id not in known:
-        names = sorted(set(PRESETS) | set(known))
+    known: the names accepted besides PRESETS' and ALIASES' (the dataset ids); any other name is
+    refused, so a typo never trains the full-size model silently. None accepts any name."""
+    name = preset_name(dataset_id)
+    if known is not None and name not in PRESETS and dataset_id not in known:
+        names = sorted(set(PRESETS) | set(ALIASES) | set(known))
         raise ConfigError(f"unknown preset {dataset_id!r}; choose from {', '.join(names)}")
-    entry = PRESETS.get(dataset_id, {})
+    entry = PRESETS.get(name, {})
     return LordConfig(**{name: SECTIONS[name](**entry.get(name, {})) for name in SECTIONS})
+
+
+def fit_to_images(cfg: LordConfig, img_size: int, channels: int) -> LordConfig:
+    """A preset's config at the data's image size and channels: the generator gets the AdaIN layers
+    (2x upsamplings) that size needs when the preset has too few."""
+    n_adain = max(cfg.model.n_adain_layers, ModelConfig.min_adain_layers(img_size))
+    return cfg.replace(model={"img_size": img_size, "channels": channels, "n_adain_layers": n_adain})
+
+
+def choose_preset(dataset_id: str, n_imgs: int, explicit: str | None = None,
+                  known: Sequence[str] | None = None) -> tuple[str, LordConfig, str]:
+    """(preset name, its config, why it was chosen) for training on a dataset of n_imgs images read by
+    dataset_id: --preset when given; else the dataset's own preset; the user's own images (folder)
+    under SMALL_DATA_IMAGES start from "small"; everything else from the paper's settings."""
+    if explicit is not None:
+        cfg = preset(explicit, known=known)
+        name = preset_name(explicit)
+        alias = f" ({explicit} is an alias)" if name != explicit else ""
+        return name, cfg, f"preset {name}: chosen with --preset{alias}"
+    name = preset_name(dataset_id)
+    if name in PRESETS:
+        return name, preset(name), f"preset {name}: the preset of {dataset_id} data"
+    if dataset_id in OWN_DATA_READERS and n_imgs < SMALL_DATA_IMAGES:
+        return "small", preset("small"), (f"preset small: {n_imgs:,} images of {dataset_id} data, fewer than "
+                                          f"{SMALL_DATA_IMAGES:,} (--preset {dataset_id} for the paper's settings)")
+    why = (f"{n_imgs:,} images of {dataset_id} data" if dataset_id in OWN_DATA_READERS
+           else f"the {dataset_id} dataset")
+    return dataset_id, preset(dataset_id), f"preset {dataset_id}: the paper's settings for {why}"

@@ -177,6 +177,23 @@ class L1Loss(nn.Module):
         return _l1(pred, target)
 
 
+class L2Loss(nn.Module):
+    """Mean squared pixel difference (computed in float32). Where most pixels are background, the
+    squared error's best answer to an uncertain pixel is the mean, a faint object, where L1's is the
+    median, the background: under L2 the generator keeps drawing what the codes do not yet pin down."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return (pred.float() - target.float()).pow(2).mean()
+
+
+class L1L2Loss(nn.Module):
+    """L1 plus squared error: L1's sharp edges, with L2's pull towards faint objects early on."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        d = pred.float() - target.float()
+        return d.abs().mean() + d.pow(2).mean()
+
+
 class PerceptualLoss(nn.Module):
     """Pixel L1 + sum over the 5 VGG layers of the mean L1 between features of pred and target.
 
@@ -205,12 +222,17 @@ class PerceptualLoss(nn.Module):
 
 def make_loss(name: str, vgg_weights: str | os.PathLike | None = None,
               download: Callable[[str, Path], bool] | None = download_vgg) -> nn.Module:
-    """"l1" -> L1Loss; "vgg" -> PerceptualLoss on VGG16 weights found by find_vgg_weights."""
+    """"l1" -> L1Loss, "l2" -> L2Loss, "l1+l2" -> L1L2Loss; "vgg" -> PerceptualLoss on VGG16 weights
+    found by find_vgg_weights."""
     if name == "l1":
         return L1Loss()
+    if name == "l2":
+        return L2Loss()
+    if name == "l1+l2":
+        return L1L2Loss()
     if name == "vgg":
         return PerceptualLoss(VGG16Features.from_file(find_vgg_weights(vgg_weights, download)))
-    raise LordkitError(f"unknown loss {name!r}: choose vgg or l1")
+    raise LordkitError(f"unknown loss {name!r}: choose vgg, l1, l2 or l1+l2")
 
 
 def content_penalty(content_code: Tensor) -> Tensor:

@@ -168,13 +168,27 @@ class Generator(nn.Module):
             nn.Conv2d(cfg.gen_last_dim, cfg.channels, kernel_size=7, padding=3),
             nn.Sigmoid(),
         )
+        # A sigmoid reaches 0 and 1 only at infinite logits. Where most pixels are 0 in every image
+        # (a black background) their loss keeps pulling the logits down, and Adam, which normalises
+        # gradient size, keeps taking full steps however small the gradient gets, until the logits sit
+        # near -20 where the sigmoid passes no gradient: nothing is learnt any more (a black image for
+        # every code). Stretching [m, 1 - m] of the sigmoid onto [0, 1] puts black and white at finite
+        # logits (log(m / (1 - m)), -4.6 for 0.01), where the loss has its minimum and the gradient
+        # stays alive. The stretch is not clamped in training (the loss keeps its gradient beyond
+        # 0 and 1); in eval (and in every export) the output is clamped to [0, 1].
+        self.output_margin = float(cfg.output_margin)
 
     def forward(self, content_code: Tensor, adain_params: Tensor) -> Tensor:
         x = self.fc_layers(content_code)
         x = x.reshape(-1, self.adain_dim, self.init_size, self.init_size)  # (B, D, s, s)
         for i, block in enumerate(self.adain_conv_layers):
             x = block(x, adain_params[:, i, :, 1], adain_params[:, i, :, 0])
-        return self.last_conv_layers(x)  # (B, C, H, W)
+        out = self.last_conv_layers(x)  # (B, C, H, W)
+        if self.output_margin > 0:
+            out = (out - self.output_margin) * (1.0 / (1.0 - 2.0 * self.output_margin))
+            if not self.training:
+                out = out.clamp(0.0, 1.0)
+        return out
 
 
 class Encoder(nn.Module):

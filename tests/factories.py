@@ -14,11 +14,12 @@ N_IMGS = 12  # rows of the (unused) content table; small keeps the latent file t
 
 def make_model_dir(path: str | Path, img_size: int = 32, channels: int = 3, n_classes: int = 3,
                    class_names: Sequence[str] | None = None,
-                   face_template: Sequence[Sequence[float]] | None = None, seed: int = 0) -> Path:
+                   face_template: Sequence[Sequence[float]] | None = None, seed: int = 0,
+                   **model_fields: Any) -> Path:
     """Write a model dir (config.json, data.json, latent + amortized safetensors) with a tiny config.
 
     n_adain_layers grows with img_size so the generator starts at 8 px at most (a config rule).
-    An existing dir at `path` is replaced.
+    An existing dir at `path` is replaced. model_fields: other ModelConfig fields (output_margin=0.1).
     """
     from lordkit.config import LordConfig, tiny_model
     from lordkit.modeldir import write_random_model
@@ -26,7 +27,7 @@ def make_model_dir(path: str | Path, img_size: int = 32, channels: int = 3, n_cl
     names = list(class_names) if class_names is not None else [f"class{i:02d}" for i in range(n_classes)]
     if len(names) != n_classes:
         raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
-    cfg = LordConfig(model=tiny_model(img_size, channels, n_imgs=N_IMGS, n_classes=n_classes))
+    cfg = LordConfig(model=tiny_model(img_size, channels, n_imgs=N_IMGS, n_classes=n_classes, **model_fields))
     data = {"data_name": "tiny", "dataset_id": "celeba" if face_template is not None else "synthetic",
             "n_imgs": N_IMGS, "n_classes": n_classes, "class_names": names, "img_size": img_size,
             "channels": channels, "content_factors": [],

@@ -135,6 +135,20 @@ def test_grey_model_without_template(tmp_path):
     assert sess.run(None, feed)[0].shape == (3, 1, 32, 32)
 
 
+def test_output_margin_is_exported_with_its_clamp(tmp_path):
+    # A wide margin stretches the random model's outputs past 0 and 1: the clamp must be in every format.
+    model = make_model_dir(tmp_path / "m", n_classes=2, output_margin=0.45)
+    man = exporter.export_model(model, tmp_path / "out", show=False)
+    feed = inputs(man, "transfer", 4)
+    want = reference(model, "transfer", feed)
+    assert want.min() == 0.0 and want.max() == 1.0 and 0 < ((want > 0) & (want < 1)).mean() < 1
+    sess = ort.InferenceSession(str(tmp_path / "out" / "transfer.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, feed)[0] - want).max() < 1e-4
+    ts = torch.jit.load(str(tmp_path / "out" / man["models"]["transfer"]["files"]["torchscript"]))
+    with torch.inference_mode():
+        assert np.abs(ts(*(torch.from_numpy(x) for x in feed.values())).numpy() - want).max() < 1e-4
+
+
 def test_parity_failure_names_model_and_leaves_nothing(tmp_path, monkeypatch):
     model = make_model_dir(tmp_path / "m")
     real = exporter._export_onnx

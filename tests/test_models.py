@@ -274,5 +274,6 @@ def test_config_overrides() -> None:
 def test_presets() -> None:
     assert preset("celeba") == LordConfig()
     syn = preset("synthetic")
-    assert syn.model.img_size == 32 and syn.model.n_adain_layers == 3 and syn.latent.loss == "l1"
+    assert syn == preset("small")  # an alias
+    assert syn.model.img_size == 32 and syn.model.n_adain_layers == 3 and syn.latent.pca_init > 0
     assert syn.model.content_dim < LordConfig().model.content_dim

@@ -21,6 +21,7 @@ from lordkit.modeldir import (check_data_matches, checkpoint_dir, data_record, l
 from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
+from lordkit.training.init import pca_content_codes
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
 from lordkit.evaluation import pixel_spread, variation_ratios
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
@@ -120,6 +121,9 @@ def train_latent(
         model = LatentModel(cfg.model)
         if lc.content_init != EMBEDDING_INIT:
             nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
+        if lc.pca_init > 0 and not resume:  # a resume loads its codes from the checkpoint
+            codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed)
+            model.content_embedding.embedding.weight.data.copy_(torch.from_numpy(codes))
         if d.enabled:  # keep only this rank's rows of the content table
             full_table = model.content_embedding.embedding.weight.detach()
             model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)

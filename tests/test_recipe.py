@@ -1,0 +1,177 @@
+"""The small-data recipe's parts: content codes initialised from the data (class means removed), the
+squared-error losses, and that training starts from those codes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lordkit.config import ConfigError
+from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
+from lordkit.losses import L1L2Loss, L2Loss, make_loss
+from lordkit.training import train_latent
+from lordkit.training.init import pca_content_codes
+from test_training import data, quiet, tiny_cfg  # noqa: F401  (the module's dataset fixture)
+
+
+def low_rank_dataset(path, n_classes=3, per_class=40, side=16, seed=0):
+    """Images = a class pattern + a * U + b * V (two fixed directions), a and b drawn per image: the
+    within-class variation has rank 2, and its coordinates are known."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.uniform(0.2, 0.5, (n_classes, side, side, 3))
+    u, v = rng.normal(0, 1, (2, side, side, 3))
+    u /= np.abs(u).max() * 10
+    v /= np.abs(v).max() * 10
+    cls = np.repeat(np.arange(n_classes), per_class)
+    ab = rng.uniform(-1, 1, (len(cls), 2))
+    imgs = pattern[cls] + ab[:, :1, None, None] * u + ab[:, 1:, None, None] * v
+    path.mkdir()
+    w = StoreWriter(path, side, 3)
+    w.add(np.clip(imgs * 255, 0, 255).round().astype(np.uint8), cls, np.arange(len(cls)))
+    w.close(DatasetMeta(dataset_id="arrays", img_size=side, channels=3,
+                        class_names=[f"c{i}" for i in range(n_classes)], n_imgs=len(cls)))
+    return Dataset(path), cls, ab
+
+
+def test_codes_recover_the_within_class_variation_and_hold_no_class_mean(tmp_path):
+    ds, cls, ab = low_rank_dataset(tmp_path / "d")
+    codes = pca_content_codes(ds, dim=4, std=0.7, seed=0)
+    assert codes.shape == (len(ds), 4) and codes.dtype == np.float32
+    # The first two dimensions span (a, b) less its class means: a linear fit from them and the class
+    # explains nearly all of it.
+    x = np.c_[codes[:, :2], np.eye(3)[cls]]
+    for target in ab.T:
+        coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+        resid = target - x @ coef
+        assert resid.std() < 0.05 * target.std()
+    # Scaled to the std asked for; the mean code of every class is 0 (class means were removed).
+    assert np.allclose(codes[:, :2].std(axis=0), 0.7, atol=1e-4)
+    for c in range(3):
+        assert np.abs(codes[cls == c, :2].mean(axis=0)).max() < 1e-3
+    # Beyond the data's rank (2 + rounding noise) nothing is invented from pure noise: the last
+    # dimensions carry the 8-bit rounding only and are scaled like the rest, or stay 0 when none is left.
+    assert np.isfinite(codes).all()
+    # Seeded and deterministic; a fit on a subsample spans the same plane.
+    assert np.array_equal(codes, pca_content_codes(ds, dim=4, std=0.7, seed=0))
+    sub = pca_content_codes(ds, dim=2, std=0.7, seed=1, max_fit=60)
+    coef, *_ = np.linalg.lstsq(sub, codes[:, :2], rcond=None)
+    assert (codes[:, :2] - sub @ coef).std() < 0.02 * 0.7
+
+
+def test_codes_of_degenerate_data(tmp_path):
+    # Every image the same: nothing varies within a class, every code is 0.
+    path = tmp_path / "flat"
+    path.mkdir()
+    w = StoreWriter(path, 8, 1)
+    w.add(np.full((6, 8, 8, 1), 90, np.uint8), np.array([0, 0, 0, 1, 1, 1]), np.arange(6))
+    w.close(DatasetMeta(dataset_id="arrays", img_size=8, channels=1, class_names=["a", "b"], n_imgs=6))
+    codes = pca_content_codes(Dataset(path), dim=3, std=1.0, seed=0)
+    assert codes.shape == (6, 3) and not codes.any()
+
+
+def test_codes_of_large_images_are_pooled(tmp_path, monkeypatch):
+    import lordkit.training.init as init
+
+    ds, _, _ = low_rank_dataset(tmp_path / "d", side=16)
+    monkeypatch.setattr(init, "FIT_SIDE", 8)  # pooled 16 -> 8 px: the same two directions, averaged
+    codes = init.pca_content_codes(ds, dim=2, std=1.0, seed=0)
+    monkeypatch.setattr(init, "FIT_SIDE", 32)
+    full = init.pca_content_codes(ds, dim=2, std=1.0, seed=0)
+    coef, *_ = np.linalg.lstsq(codes, full, rcond=None)
+    assert (full - codes @ coef).std() < 0.1
+
+
+def test_stage_one_starts_from_the_pca_codes(data, tmp_path):  # noqa: F811
+    m = tmp_path / "m"
+    train_latent(data, m, tiny_cfg("latent.n_epochs=0", "latent.pca_init=0.5"), **quiet())
+    table = load_file(m / "latent.safetensors")["content_embedding.embedding.weight"].numpy()
+    want = pca_content_codes(data, table.shape[1], 0.5, seed=0)
+    assert np.array_equal(table, want)
+    # Off: the paper's uniform start.
+    m2 = tmp_path / "m2"
+    train_latent(data, m2, tiny_cfg("latent.n_epochs=0", "latent.pca_init=0"), **quiet())
+    table = load_file(m2 / "latent.safetensors")["content_embedding.embedding.weight"].numpy()
+    assert np.abs(table).max() <= 0.05
+
+
+def test_pca_init_is_validated():
+    with pytest.raises(ConfigError, match="pca_init"):
+        tiny_cfg("latent.pca_init=-1")
+
+
+def test_squared_error_losses():
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    assert L2Loss()(a, b).item() == pytest.approx(0.25)
+    assert L1L2Loss()(a, b).item() == pytest.approx(0.75)
+    assert isinstance(make_loss("l2"), L2Loss) and isinstance(make_loss("l1+l2"), L1L2Loss)
+    with pytest.raises(ConfigError, match="l1\\+l2"):
+        tiny_cfg("latent.loss=l3")
+    # Gradients reach the prediction.
+    p = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    L1L2Loss()(p, torch.ones(1, 1, 2, 2)).backward()
+    assert (p.grad < 0).all()
+
+
+def test_output_margin_puts_black_and_white_at_finite_logits():
+    from lordkit.config import ModelConfig, TINY_MODEL
+    from lordkit.models import Generator
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(img_size=32, **{**TINY_MODEL, "n_adain_layers": 2}, output_margin=0.01)
+    gen = Generator(cfg)
+    code, params = torch.randn(4, cfg.content_dim), torch.randn(4, cfg.n_adain_layers, cfg.adain_dim, 2)
+    plain = Generator(ModelConfig(img_size=32, **{**TINY_MODEL, "n_adain_layers": 2}))
+    plain.load_state_dict(gen.state_dict())  # no new weights: the same state dict fits both
+    s = plain(code, params)
+    assert torch.allclose(gen.train()(code, params), (s - 0.01) / 0.98, atol=1e-6)
+    assert torch.allclose(gen.eval()(code, params), ((s - 0.01) / 0.98).clamp(0, 1), atol=1e-6)
+    # A pixel that is 0 in every target: its loss has a minimum at a finite logit, where the gradient
+    # changes sign (a plain sigmoid keeps pushing the logit down forever).
+    for logit, sign in [(-8.0, -1.0), (-2.0, 1.0)]:
+        z = torch.tensor([logit], requires_grad=True)
+        L1L2Loss()((torch.sigmoid(z) - 0.01) / 0.98, torch.zeros(1)).backward()
+        assert torch.sign(z.grad).item() == sign
+    with pytest.raises(ConfigError, match="output_margin"):
+        tiny_cfg("model.output_margin=0.5")
+
+
+def test_choose_preset_says_which_and_why():
+    from lordkit.config import LordConfig, SMALL_DATA_IMAGES, choose_preset, fit_to_images, preset
+
+    known = ["celeba", "folder", "synthetic"]
+    name, cfg, why = choose_preset("synthetic", 480)
+    assert name == "small" and cfg == preset("small") == preset("synthetic") and "synthetic" in why
+    name, cfg, why = choose_preset("folder", 1200)
+    assert name == "small" and "1,200 images" in why and f"{SMALL_DATA_IMAGES:,}" in why
+    name, cfg, why = choose_preset("folder", SMALL_DATA_IMAGES)
+    assert name == "folder" and cfg == LordConfig() and "paper's settings" in why
+    name, cfg, why = choose_preset("celeba", 300)  # the paper's datasets keep the paper's settings
+    assert cfg == LordConfig() and "celeba" in why
+    name, cfg, why = choose_preset("celeba", 300, explicit="synthetic", known=known)
+    assert name == "small" and "--preset" in why and "alias" in why
+    with pytest.raises(ConfigError, match="unknown preset 'smal'.*small"):
+        choose_preset("folder", 10, explicit="smal", known=known)
+    # At a larger image size the generator gets the upsamplings it needs.
+    big = fit_to_images(preset("small"), 128, 1)
+    assert big.model.img_size == 128 and big.model.channels == 1 and big.model.gen_init_size <= 8
+    assert fit_to_images(preset("small"), 32, 3).model.n_adain_layers == preset("small").model.n_adain_layers
+
+
+def test_train_prints_the_preset_and_why(cli, base, tmp_path):
+    from test_cli_data import make_folder
+    from test_training import TINY_SET
+
+    src = make_folder(tmp_path / "imgs", n_per_class=8)
+    assert cli("preprocess", "-di", "folder", "-dp", src, "-dn", "f", "--img-size", "32").exit_code == 0
+    r = cli("train", "-dn", "f", "-mn", "m", *TINY_SET, "--epochs", "1", "--device", "cpu", "--no-tensorboard")
+    assert r.exit_code == 0, r.output
+    assert "preset small: 24 images of folder data, fewer than 20,000" in r.stdout
+    cfg = json.loads((base / "models" / "m" / "config.json").read_text())
+    assert cfg["model"]["img_size"] == 32 and cfg["latent"]["pca_init"] > 0
+    r = cli("train", "-dn", "f", "-mn", "m2", *TINY_SET, "--epochs", "1", "--preset", "celeba",
+            "--device", "cpu", "--no-tensorboard")
+    assert r.exit_code == 0, r.output
+    assert "preset celeba: chosen with --preset" in r.stdout
+    assert json.loads((base / "models" / "m2" / "config.json").read_text())["latent"]["pca_init"] == 0
