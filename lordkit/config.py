@@ -21,6 +21,7 @@ from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json
 
 LOSSES = ("vgg", "l1", "l2", "l1+l2")
+PCA_FEATURES = ("deviation", "signed")  # lordkit.training.init.MODES
 
 
 class ConfigError(LordkitError, ValueError):
@@ -126,17 +127,18 @@ class LatentTrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     content_decay: float = 1e-4  # weight of mean ||noisy content code||^2
     content_init: float = 0.05  # content codes start uniform(-content_init, content_init)
-    # > 0: content codes start as the images' principal components (class means removed), each
+    # > 0: content codes start as the principal components of what differs within each class, each
     # dimension scaled to this std (lordkit.training.init); 0: the uniform start above, as the paper.
     pca_init: float = 0.0
-    loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features) or "l1" (pixel only)
+    pca_features: str = "deviation"  # "deviation" (|image - class median|, colour-blind) or "signed" (image - class mean)
+    loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features), or pixels only: "l1", "l2" or "l1+l2"
     noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
     seed: int = 0
     log_every: int = 50  # steps between host reads of the loss
     sample_every_epochs: int = 1
     # Collapse detection, at every sample grid: the output's variation with the content code (and with
     # the class) over the data's own; below the threshold after the warm-up fraction of the epochs = collapsed.
-    collapse_threshold: float = 0.02  # 0 turns detection off
+    collapse_threshold: float = 0.005  # 0 turns detection off
     collapse_warmup: float = 0.2  # fraction of n_epochs before a low ratio counts
     stop_on_collapse: bool = False  # stop with an error (exit 2, checkpoint kept) instead of a warning
 
@@ -145,6 +147,8 @@ class LatentTrainConfig:
         _require(self.content_decay >= 0, f"latent.content_decay must be >= 0, got {self.content_decay}")
         _require(self.content_init > 0, f"latent.content_init must be > 0, got {self.content_init}")
         _require(self.pca_init >= 0, f"latent.pca_init must be >= 0, got {self.pca_init}")
+        _require(self.pca_features in PCA_FEATURES,
+                 f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
         _require(self.noise_warmup_epochs >= 0,
                  f"latent.noise_warmup_epochs must be >= 0, got {self.noise_warmup_epochs}")
         _require(self.sample_every_epochs >= 1,
@@ -165,7 +169,7 @@ class AmortizedTrainConfig:
     class_weight: float = 10.0  # weight of MSE(class_encoder(img), stage-1 class code)
     seed: int = 0
     log_every: int = 50
-    collapse_threshold: float = 0.02  # as latent.collapse_threshold, probed through the encoders
+    collapse_threshold: float = 0.005  # as latent.collapse_threshold, probed through the encoders
     collapse_warmup: float = 0.2
     stop_on_collapse: bool = False
 
@@ -340,17 +344,19 @@ def tiny_model(img_size: int = 32, channels: int = 3, **fields: Any) -> ModelCon
 # Presets: overrides of the defaults, by section. The reference used the same model for every dataset
 # (content_dim 128, class_dim 256, 4 AdaIN layers of 256); the paper's datasets keep those.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Small datasets on a CPU or offline (docs/training-recipes.md has the measurements): a small model,
-    # learning rates 3x (generator) and 10x (codes) the reference's, content noise std 0.5 ramped up over
-    # the first third of stage 1, content codes that start as the images' principal components within
-    # their class (informative from step 0: the generator never settles on the background), and a
-    # squared-error term next to L1 (on sparse images L1 alone rewards drawing nothing).
+    # Small datasets on a CPU or offline (docs/training-recipes.md has every measurement): a small
+    # model; content codes that start as the images' principal components within their class
+    # (informative from step 0); an output margin that keeps the generator's sigmoid trainable on
+    # images that are mostly background (without it, stage 1 can end with a black image for every
+    # code); a squared-error term next to L1; learning rates 3x (generator) and 10x (codes) the
+    # reference's; content noise std 0.5 ramped up over the first third of stage 1; batch 16 (more
+    # steps: each content code is updated once per epoch).
     "small": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
-                      gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64),
-        "latent": dict(batch_size=32, n_epochs=150, loss="l1+l2", lr_generator=1e-3, lr_latent=3e-2,
-                       noise_warmup_epochs=50.0, pca_init=1.0, sample_every_epochs=10),
-        "amortized": dict(batch_size=32, n_epochs=60, loss="l1+l2", lr=1e-3),
+                      gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64, output_margin=0.01),
+        "latent": dict(batch_size=16, n_epochs=300, loss="l1+l2", lr_generator=1e-3, lr_latent=3e-2,
+                       noise_warmup_epochs=100.0, pca_init=1.0, sample_every_epochs=10),
+        "amortized": dict(batch_size=16, n_epochs=120, loss="l1+l2", lr=1e-3),
     },
 }
 ALIASES = {"synthetic": "small"}  # the generated shapes set trains with the small-data recipe

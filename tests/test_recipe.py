@@ -37,7 +37,7 @@ def low_rank_dataset(path, n_classes=3, per_class=40, side=16, seed=0):
 
 def test_codes_recover_the_within_class_variation_and_hold_no_class_mean(tmp_path):
     ds, cls, ab = low_rank_dataset(tmp_path / "d")
-    codes = pca_content_codes(ds, dim=4, std=0.7, seed=0)
+    codes = pca_content_codes(ds, dim=4, std=0.7, seed=0, mode="signed")
     assert codes.shape == (len(ds), 4) and codes.dtype == np.float32
     # The first two dimensions span (a, b) less its class means: a linear fit from them and the class
     # explains nearly all of it.
@@ -54,8 +54,8 @@ def test_codes_recover_the_within_class_variation_and_hold_no_class_mean(tmp_pat
     # dimensions carry the 8-bit rounding only and are scaled like the rest, or stay 0 when none is left.
     assert np.isfinite(codes).all()
     # Seeded and deterministic; a fit on a subsample spans the same plane.
-    assert np.array_equal(codes, pca_content_codes(ds, dim=4, std=0.7, seed=0))
-    sub = pca_content_codes(ds, dim=2, std=0.7, seed=1, max_fit=60)
+    assert np.array_equal(codes, pca_content_codes(ds, dim=4, std=0.7, seed=0, mode="signed"))
+    sub = pca_content_codes(ds, dim=2, std=0.7, seed=1, max_fit=60, mode="signed")
     coef, *_ = np.linalg.lstsq(sub, codes[:, :2], rcond=None)
     assert (codes[:, :2] - sub @ coef).std() < 0.02 * 0.7
 
@@ -76,9 +76,9 @@ def test_codes_of_large_images_are_pooled(tmp_path, monkeypatch):
 
     ds, _, _ = low_rank_dataset(tmp_path / "d", side=16)
     monkeypatch.setattr(init, "FIT_SIDE", 8)  # pooled 16 -> 8 px: the same two directions, averaged
-    codes = init.pca_content_codes(ds, dim=2, std=1.0, seed=0)
+    codes = init.pca_content_codes(ds, dim=2, std=1.0, seed=0, mode="signed")
     monkeypatch.setattr(init, "FIT_SIDE", 32)
-    full = init.pca_content_codes(ds, dim=2, std=1.0, seed=0)
+    full = init.pca_content_codes(ds, dim=2, std=1.0, seed=0, mode="signed")
     coef, *_ = np.linalg.lstsq(codes, full, rcond=None)
     assert (full - codes @ coef).std() < 0.1
 
@@ -175,3 +175,32 @@ def test_train_prints_the_preset_and_why(cli, base, tmp_path):
     assert r.exit_code == 0, r.output
     assert "preset celeba: chosen with --preset" in r.stdout
     assert json.loads((base / "models" / "m2" / "config.json").read_text())["latent"]["pca_init"] == 0
+
+
+def test_deviation_features_are_blind_to_the_class_colours(tmp_path):
+    # Grey background; class 0 draws a white square, class 1 a black one, at one of 8 positions (the
+    # content). The same content must start with the same code in both classes: "deviation" does that,
+    # "signed" gives the two classes opposite codes.
+    side, n_pos = 16, 8
+    imgs, cls, content = [], [], []
+    for c, level in enumerate((255, 1)):  # 127 above and below the grey
+        for p in range(n_pos):
+            img = np.full((side, side, 3), 128, np.uint8)
+            y, x = divmod(p, 4)
+            img[2 + 6 * y:6 + 6 * y, 1 + 4 * x:4 + 4 * x] = level
+            imgs.append(img), cls.append(c), content.append(p)
+    path = tmp_path / "d"
+    path.mkdir()
+    w = StoreWriter(path, side, 3)
+    w.add(np.stack(imgs), np.array(cls), np.array(content))
+    w.close(DatasetMeta(dataset_id="arrays", img_size=side, channels=3, class_names=["white", "black"],
+                        n_imgs=len(imgs)))
+    ds = Dataset(path)
+    dev = pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="deviation")
+    signed = pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="signed")
+    assert np.allclose(dev[:n_pos], dev[n_pos:], atol=1e-4)
+    assert np.allclose(signed[:n_pos], -signed[n_pos:], atol=1e-4)
+    with pytest.raises(ValueError, match="unknown mode"):
+        pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="colour")
+    with pytest.raises(ConfigError, match="pca_features"):
+        tiny_cfg("latent.pca_features=colour")

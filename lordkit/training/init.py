@@ -1,12 +1,20 @@
-"""Content codes initialised from the data: the images' principal components, class means removed.
+"""Content codes initialised from the data: principal components of what differs within each class.
 
 With uniform(-0.05, 0.05) starting codes under content noise of std 0.5-1, the codes carry nothing the
-generator can read at first; on sparse images (small objects on a plain background) the loss-optimal
-output for uninformative codes is the background, and stage 1 can settle there for good (a black image
-for every code). Codes that start as the images' coordinates along their main directions of variation
-are informative from step 0. Each image's own class mean is subtracted before the components are fitted
-and the codes projected, so what the start codes hold is what varies within a class — content — and
-little of the class itself (the leakage LORD's noise and decay must otherwise remove).
+generator can read at first; on sparse images (small objects on a plain background) stage 1 can then
+settle on drawing the background for every code. Codes that start as the images' coordinates along
+their main directions of variation within their class are informative from step 0.
+
+Two kinds of features are fitted (`mode`):
+
+- "signed": each image minus its class's mean image. On a black background every colour is a
+  positive deviation, and "an object here" is one direction shared by all classes. On a grey
+  background the classes' colours lie on both sides of the grey, the same content gives opposite
+  signs in different classes, and the shared components follow the content poorly.
+- "deviation": how far each pixel is from its class's median image (for sparse objects, the
+  background), averaged over the channels, minus that map's class mean: a grey "where this image
+  differs from its class" map whatever the colours. Content that is only a colour (hue as a content
+  factor) is not in these maps; stage 1 learns it from there.
 
 The components are fitted on a seeded subsample of at most `max_fit` images, pooled to at most 32 px,
 in float64 on the CPU: the same codes on every rank and for every world size.
@@ -22,44 +30,79 @@ from lordkit.data.store import Dataset
 
 FIT_SIDE = 32  # images are area-pooled to at most this side before the fit and the projection
 MAX_FIT = 4096  # images the components are fitted on
+MEDIAN_PER_CLASS = 256  # images of a class its median image is taken over (seeded subsample)
 CHUNK = 4096  # images projected at a time
+MODES = ("signed", "deviation")
 
 
 def _pooled(ds: Dataset, rows: np.ndarray) -> np.ndarray:
-    """Images of rows as float64 (n, D) in [0, 1], area-pooled to at most FIT_SIDE px."""
-    x = torch.from_numpy(np.ascontiguousarray(ds.images[np.sort(rows)])).permute(0, 3, 1, 2).double().div_(255.0)
+    """Images of rows as float64 (n, h, w, c) in [0, 1], area-pooled to at most FIT_SIDE px."""
+    order = np.argsort(rows)
+    x = torch.from_numpy(np.ascontiguousarray(ds.images[rows[order]])).permute(0, 3, 1, 2).double().div_(255.0)
     if x.shape[-1] > FIT_SIDE:
         x = F.adaptive_avg_pool2d(x, FIT_SIDE)
-    out = x.reshape(len(rows), -1).numpy()
-    return out[np.argsort(np.argsort(rows))]  # back to the order of rows
+    return x.permute(0, 2, 3, 1).numpy()[np.argsort(order)]  # back to the order of rows
 
 
-def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, max_fit: int = MAX_FIT) -> np.ndarray:
-    """(len(ds), dim) float32 start codes: each image minus its class mean, projected on the top `dim`
-    principal components of such residuals, each dimension scaled to `std` over the dataset. Dimensions
-    beyond the data's rank (fewer images or pixels than dim, constant images) are left at 0."""
+class _Features:
+    """Per-image feature rows of one mode, with the class-wise centring both modes need."""
+
+    def __init__(self, ds: Dataset, mode: str, rng: np.random.Generator):
+        self.ds, self.mode = ds, mode
+        self.class_ids = np.asarray(ds.class_ids)
+        self.n_classes = max(ds.n_classes, int(self.class_ids.max()) + 1)
+        self.medians = None
+        if mode == "deviation":  # each class's median image, over a seeded subsample of its images
+            side = self._raw(np.arange(1)).shape[1:]
+            self.medians = np.zeros((self.n_classes, *side))
+            for c in range(self.n_classes):
+                rows = np.flatnonzero(self.class_ids == c)
+                if len(rows):
+                    rows = np.sort(rng.choice(rows, min(len(rows), MEDIAN_PER_CLASS), replace=False))
+                    self.medians[c] = np.median(self._raw(rows), axis=0)
+        # Class means of the features, over the whole dataset in chunks.
+        sums: np.ndarray | None = None
+        for start in range(0, len(ds), CHUNK):
+            rows = np.arange(start, min(len(ds), start + CHUNK))
+            f = self._uncentred(rows)
+            if sums is None:
+                sums = np.zeros((self.n_classes, f.shape[1]))
+            np.add.at(sums, self.class_ids[rows], f)
+        counts = np.maximum(np.bincount(self.class_ids, minlength=self.n_classes), 1)
+        self.means = sums / counts[:, None]
+
+    def _raw(self, rows: np.ndarray) -> np.ndarray:
+        return _pooled(self.ds, rows)
+
+    def _uncentred(self, rows: np.ndarray) -> np.ndarray:
+        x = self._raw(rows)
+        if self.mode == "deviation":
+            x = np.abs(x - self.medians[self.class_ids[rows]]).mean(axis=-1)
+        return x.reshape(len(rows), -1)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) features minus their class means."""
+        return self._uncentred(rows) - self.means[self.class_ids[rows]]
+
+
+def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, mode: str = "deviation",
+                      max_fit: int = MAX_FIT) -> np.ndarray:
+    """(len(ds), dim) float32 start codes: the images' features (`mode`, minus their class means)
+    projected on the top `dim` principal components of such features, each dimension scaled to `std`
+    over the dataset. Dimensions beyond the features' rank (fewer images or pixels than dim, constant
+    images) are left at 0."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     n = len(ds)
     codes = np.zeros((n, dim), np.float32)
     if n < 2:
         return codes
-    class_ids = np.asarray(ds.class_ids)
-    n_classes = max(ds.n_classes, int(class_ids.max()) + 1)
-    # Class means over the whole dataset, in chunks.
-    sums: np.ndarray | None = None
-    for start in range(0, n, CHUNK):
-        rows = np.arange(start, min(n, start + CHUNK))
-        x = _pooled(ds, rows)
-        if sums is None:
-            sums = np.zeros((n_classes, x.shape[1]))
-        np.add.at(sums, class_ids[rows], x)
-    counts = np.maximum(np.bincount(class_ids, minlength=n_classes), 1)
-    means = sums / counts[:, None]
-
-    # Components of the within-class residuals of a seeded subsample.
     rng = np.random.default_rng(seed + 7919)
+    features = _Features(ds, mode, rng)
+
+    # Components of a seeded subsample's features.
     fit = np.sort(rng.choice(n, min(n, max_fit), replace=False))
-    resid = _pooled(ds, fit) - means[class_ids[fit]]
-    _, s, vt = np.linalg.svd(resid, full_matrices=False)
+    _, s, vt = np.linalg.svd(features(fit), full_matrices=False)
     k = int(min(dim, (s > s[0] * 1e-6).sum() if s.size and s[0] > 0 else 0))
     if k == 0:
         return codes
@@ -68,7 +111,7 @@ def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, max_fit: int
     # Project every image, then scale each dimension to std over the dataset.
     for start in range(0, n, CHUNK):
         rows = np.arange(start, min(n, start + CHUNK))
-        codes[rows, :k] = (_pooled(ds, rows) - means[class_ids[rows]]) @ basis
+        codes[rows, :k] = features(rows) @ basis
     sd = codes[:, :k].std(axis=0)
     codes[:, :k] *= std / np.maximum(sd, 1e-12)
     return codes

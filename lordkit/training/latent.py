@@ -122,7 +122,7 @@ def train_latent(
         if lc.content_init != EMBEDDING_INIT:
             nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
         if lc.pca_init > 0 and not resume:  # a resume loads its codes from the checkpoint
-            codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed)
+            codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed, lc.pca_features)
             model.content_embedding.embedding.weight.data.copy_(torch.from_numpy(codes))
         if d.enabled:  # keep only this rank's rows of the content table
             full_table = model.content_embedding.embedding.weight.detach()
