@@ -22,12 +22,6 @@ from .common import get_base, handle_errors, say
 # 2 rotations) at 32 px: 480 images. README ("The embedded demo") has the numbers behind this choice.
 DEMO_GRID = {"n_x": "4", "n_y": "4", "n_scale": "3", "n_rotation": "2", "colour": "class"}
 QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_shapes": "3", "colour": "class"}
-# The small preset at the budget of a demo: its batch and epochs for the harder sets of the synthetic
-# family (docs/training-recipes.md) take 2-3x as long as this set needs.
-DEMO_CHANGES: dict[str, dict[str, Any]] = {
-    "latent": {"batch_size": 32, "n_epochs": 150, "noise_warmup_epochs": 50.0},
-    "amortized": {"batch_size": 32, "n_epochs": 60},
-}
 # --quick: the tiny networks of lordkit.config.TINY_MODEL (the preset's code sizes and depth stay), 2 epochs a stage.
 QUICK_CHANGES: dict[str, dict[str, Any]] = {
     "model": {k: TINY_MODEL[k] for k in ("adain_dim", "gen_last_dim", "enc_conv_dims", "enc_fc_dim")},
@@ -145,7 +139,7 @@ def demo(
         existing = next(p for p in outputs if p.exists())
         raise LordkitError(f"{existing} exists from an earlier demo; pass --force to run it again")
     grid = QUICK_GRID if quick else DEMO_GRID
-    cfg = preset("small").replace(**DEMO_CHANGES)
+    cfg = preset("small")
     cfg = cfg.replace(**QUICK_CHANGES) if quick else cfg
     cfg = cfg.apply_overrides(list(set_ or []))  # the user's --set strings come last and win
     steps = _Steps()
