@@ -146,7 +146,8 @@ class LatentTrainConfig:
         _check_stage(self, "latent")
         _require(self.content_decay >= 0, f"latent.content_decay must be >= 0, got {self.content_decay}")
         _require(self.content_init > 0, f"latent.content_init must be > 0, got {self.content_init}")
-        _require(self.pca_init >= 0, f"latent.pca_init must be >= 0, got {self.pca_init}")
+        _require(0 <= self.pca_init <= 100, f"latent.pca_init must be in [0, 100] (a std; 1 in the small preset), "
+                 f"got {self.pca_init}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
         _require(self.noise_warmup_epochs >= 0,

@@ -204,3 +204,19 @@ def test_deviation_features_are_blind_to_the_class_colours(tmp_path):
         pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="colour")
     with pytest.raises(ConfigError, match="pca_features"):
         tiny_cfg("latent.pca_features=colour")
+
+
+def test_a_non_finite_loss_without_checkpoint_offers_no_resume(data, tmp_path):  # noqa: F811
+    from lordkit.models import Generator
+    from lordkit.training import NonFiniteLoss
+
+    def nan_images(module, args, output):  # from the first step on: nothing to resume from
+        return torch.full_like(output, float("nan")) if isinstance(module, Generator) else None
+
+    handle = torch.nn.modules.module.register_module_forward_hook(nan_images)
+    try:
+        with pytest.raises(NonFiniteLoss) as e:
+            train_latent(data, tmp_path / "m", tiny_cfg("latent.n_epochs=1"), **quiet())
+    finally:
+        handle.remove()
+    assert "no checkpoint was written yet" in str(e.value) and "--resume" not in str(e.value)

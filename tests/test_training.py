@@ -129,7 +129,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     # torch's global forward hook reaches the generator the trainer builds, whatever wraps it.
     handle = torch.nn.modules.module.register_module_forward_hook(nan_images)
     try:
-        with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
+        with pytest.raises(NonFiniteLoss, match="last good checkpoint.*--resume continues"):
             train_latent(data, m, tiny_cfg("latent.n_epochs=5"), **quiet(on_step=poison))
     finally:
         handle.remove()

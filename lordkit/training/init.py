@@ -53,13 +53,13 @@ class _Features:
         self.n_classes = max(ds.n_classes, int(self.class_ids.max()) + 1)
         self.medians = None
         if mode == "deviation":  # each class's median image, over a seeded subsample of its images
-            side = self._raw(np.arange(1)).shape[1:]
+            side = _pooled(ds, np.arange(1)).shape[1:]
             self.medians = np.zeros((self.n_classes, *side))
             for c in range(self.n_classes):
                 rows = np.flatnonzero(self.class_ids == c)
                 if len(rows):
                     rows = np.sort(rng.choice(rows, min(len(rows), MEDIAN_PER_CLASS), replace=False))
-                    self.medians[c] = np.median(self._raw(rows), axis=0)
+                    self.medians[c] = np.median(_pooled(ds, rows), axis=0)
         # Class means of the features, over the whole dataset in chunks.
         sums: np.ndarray | None = None
         for start in range(0, len(ds), CHUNK):
@@ -71,11 +71,8 @@ class _Features:
         counts = np.maximum(np.bincount(self.class_ids, minlength=self.n_classes), 1)
         self.means = sums / counts[:, None]
 
-    def _raw(self, rows: np.ndarray) -> np.ndarray:
-        return _pooled(self.ds, rows)
-
     def _uncentred(self, rows: np.ndarray) -> np.ndarray:
-        x = self._raw(rows)
+        x = _pooled(self.ds, rows)
         if self.mode == "deviation":
             x = np.abs(x - self.medians[self.class_ids[rows]]).mean(axis=-1)
         return x.reshape(len(rows), -1)

@@ -244,10 +244,12 @@ class Loop:
         if not all(math.isfinite(v) for v in losses.values()):
             stage = self.spec.stage
             ckpt = checkpoint_dir(self.model_dir, stage)
-            kept = (f"the last good checkpoint is kept in {ckpt}" if has_checkpoint(self.model_dir, stage)
-                    else "no checkpoint was written yet")
-            raise NonFiniteLoss(f"{stage} loss became {losses['loss']} near step {self.step}; {kept}; "
-                                "lower the learning rate and train again (--resume continues from it)")
+            if has_checkpoint(self.model_dir, stage):
+                kept = (f"the last good checkpoint is kept in {ckpt}; lower the learning rate and train "
+                        "again (--resume continues from it)")
+            else:
+                kept = "no checkpoint was written yet; lower the learning rate and train again"
+            raise NonFiniteLoss(f"{stage} loss became {losses['loss']} near step {self.step}; {kept}")
         return losses
 
     def _sample_due(self) -> bool:
