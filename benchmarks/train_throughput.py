@@ -5,14 +5,17 @@ hyperparameters, with the perceptual (VGG16) loss:
 
   (a) the reference: its networks' formulation (lordkit.bench.reference: nn.Upsample, AdaIN through
       F.batch_norm on a (1, B*C, H, W) view), float32 images on the host, a shuffling DataLoader, a
-      host-to-device copy per step, VGG16 left trainable (its weight gradients are computed and never
-      used), fp32, NCHW, for-each Adam, the loss read back (`.item()`) every step;
+      host-to-device copy per step, its perceptual loss (`RefVGGDistance`: VGG16 left trainable, its
+      weight gradients computed and never used; both images through VGG under autograd), fp32, NCHW, for-each Adam, the loss read back (`.item()`) every step;
   (b) lordkit: `lordkit.training.train_latent` / `train_amortized` themselves — uint8 images
-      resident on the device, batches gathered there, frozen VGG, bf16 autocast + channels-last +
+      resident on the device, batches gathered there, frozen VGG (the target's features without
+      autograd), channels-last on the CPU, bf16 autocast + channels-last +
       fused Adam on CUDA, the loss read every `log_every` steps; with --cpu-bf16 also a row under CPU
       bf16 autocast (CPUs with AVX-512 BF16 or AMX).
 
-Images/s are medians over timed windows after warm-up (the device synchronized before each clock
+The rows run interleaved (`Interleaved`): each on its own thread, one at a time, `--window` steps
+each in turn with the order rotating, so that other processes' load falls on all rows alike.
+Images/s are medians over the timed windows after warm-up (the device synchronized before each clock
 read); the mean loss over the last steps of both is reported so that speed is not bought with a
 different optimisation. VGG16 weights are random (written in torchvision's layout) unless
 --vgg-weights names the real file: throughput does not depend on the values.
@@ -29,6 +32,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,8 +44,8 @@ from torch import Tensor
 from lordkit.config import LordConfig
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.fsutil import atomic_write_json
-from lordkit.losses import PerceptualLoss, VGG16Features, content_penalty
-from lordkit.bench.reference import RefAmortized, RefLatent
+from lordkit.bench.reference import RefAmortized, RefLatent, RefVGGDistance
+from lordkit.losses import VGG16Features, content_penalty
 from lordkit.bench.reference import reference_latent as reference_latent_net
 from lordkit.models import LatentModel
 from lordkit.training import train_amortized, train_latent
@@ -80,34 +84,76 @@ def make_dataset(path: Path, n: int, img_size: int, channels: int, n_classes: in
     return Dataset(path)
 
 
-class _Timer:
-    """Images/s over windows of `window` steps after `warmup` steps; device synchronized at each read."""
+class Interleaved:
+    """Runs training loops in turn, `window` steps at a time, so that other processes' load and clock
+    changes fall on every row alike: the only fair way to compare rows on a shared machine.
+
+    Each row is a function taking an `on_step(step)` callback; it runs on its own thread, and the
+    callback parks it after its `warmup`-th step and after every `window` steps from there, until the
+    conductor lets it go on. Only one row runs at any time; a window's time is from its release to its
+    next park (the device synchronized before the park). Rows go in a rotating order per round.
+    """
 
     def __init__(self, device: torch.device, batch_size: int, warmup: int, window: int):
         self.device, self.batch_size, self.warmup, self.window = device, batch_size, warmup, window
-        self.rates: list[float] = []
-        self.t0 = 0.0
 
-    def tick(self, step: int) -> None:
-        if step >= self.warmup and (step - self.warmup) % self.window == 0:
-            sync(self.device)
-            now = time.perf_counter()
-            if step > self.warmup:
-                self.rates.append(self.window * self.batch_size / (now - self.t0))
-            self.t0 = now
+    def run(self, rows: dict[str, Callable[[Callable[[int], None]], object]]) -> dict[str, dict]:
+        names = list(rows)
+        go = {n: threading.Semaphore(0) for n in names}
+        parked = {n: threading.Semaphore(0) for n in names}
+        state: dict[str, dict] = {n: {"rates": [], "done": False, "error": None, "result": None} for n in names}
 
-    def median(self) -> float:
-        return statistics.median(self.rates) if self.rates else float("nan")
+        def on_step_for(name: str) -> Callable[[int], None]:
+            def on_step(step: int) -> None:
+                if step >= self.warmup and (step - self.warmup) % self.window == 0:
+                    sync(self.device)
+                    parked[name].release()
+                    go[name].acquire()
+            return on_step
+
+        def body(name: str) -> None:
+            go[name].acquire()
+            try:
+                state[name]["result"] = rows[name](on_step_for(name))
+            except BaseException as e:  # handed to the conductor, raised there
+                state[name]["error"] = e
+            finally:
+                state[name]["done"] = True
+                parked[name].release()
+
+        threads = [threading.Thread(target=body, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        for n in names:  # warm-up: each row up to its first park, untimed, one after the other
+            go[n].release()
+            parked[n].acquire()
+        rnd = 0
+        while not all(state[n]["done"] for n in names):
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for n in order:
+                if state[n]["done"]:
+                    continue
+                t0 = time.perf_counter()
+                go[n].release()
+                parked[n].acquire()
+                if not state[n]["done"]:
+                    state[n]["rates"].append(self.window * self.batch_size / (time.perf_counter() - t0))
+            rnd += 1
+        for t in threads:
+            t.join()
+        for n in names:
+            if state[n]["error"] is not None:
+                raise state[n]["error"]
+        return {n: {"img_per_sec": statistics.median(state[n]["rates"]) if state[n]["rates"] else float("nan"),
+                    "windows": len(state[n]["rates"]), "result": state[n]["result"]} for n in names}
 
 
 def reference_parts(ds: Dataset, vgg_file: Path, device: torch.device,
-                    batch_size: int) -> tuple[PerceptualLoss, torch.utils.data.DataLoader]:
-    """What both reference stages build: the perceptual loss with VGG16 left trainable (the
-    reference never freezes it) and a shuffling DataLoader over float32 images on the host."""
-    vgg = VGG16Features.from_file(vgg_file)
-    for p in vgg.parameters():
-        p.requires_grad_(True)
-    loss_fn = PerceptualLoss(vgg).to(device)
+                    batch_size: int) -> tuple[RefVGGDistance, torch.utils.data.DataLoader]:
+    """What both reference stages build: its perceptual loss (VGG16 left trainable, as the reference
+    never freezes it, both images through VGG under autograd) and a shuffling DataLoader over float32
+    images on the host."""
+    loss_fn = RefVGGDistance(VGG16Features.from_file(vgg_file)).to(device)
     imgs = torch.from_numpy(np.asarray(ds.images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)  # (N, C, H, W)
     data = torch.utils.data.TensorDataset(imgs, torch.arange(len(ds)), torch.from_numpy(np.asarray(ds.class_ids)))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -117,7 +163,7 @@ def reference_parts(ds: Dataset, vgg_file: Path, device: torch.device,
 
 def reference_steps(loader: torch.utils.data.DataLoader, loss_of: Callable[[Tensor, Tensor, Tensor], Tensor],
                     opt: torch.optim.Optimizer, sched, device: torch.device, n_steps: int,
-                    timer: _Timer) -> list[float]:
+                    on_step: Callable[[int], None]) -> list[float]:
     """The reference's loop: each batch copied to the device, the loss read back every step."""
     losses: list[float] = []
     while len(losses) < n_steps:
@@ -128,14 +174,14 @@ def reference_steps(loader: torch.utils.data.DataLoader, loss_of: Callable[[Tens
             opt.step()
             sched.step()
             losses.append(loss.item())  # a host sync every step, as the reference's progress bar does
-            timer.tick(len(losses))
+            on_step(len(losses))
             if len(losses) == n_steps:
                 break
     return losses
 
 
 def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch.device, n_steps: int,
-                     timer: _Timer) -> tuple[list[float], RefLatent]:
+                     on_step: Callable[[int], None]) -> tuple[list[float], RefLatent]:
     """(a) Stage 1 the way the reference runs it, from lordkit's initial weights for the same seed."""
     lc = cfg.latent
     torch.manual_seed(lc.seed)
@@ -152,11 +198,11 @@ def reference_latent(ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch
         return loss_fn(out, img) + lc.content_decay * content_penalty(content_code)
 
     model.train()
-    return reference_steps(loader, loss_of, opt, sched, device, n_steps, timer), model
+    return reference_steps(loader, loss_of, opt, sched, device, n_steps, on_step), model
 
 
 def reference_amortized(ds: Dataset, cfg: LordConfig, latent: RefLatent, vgg_file: Path, device: torch.device,
-                        n_steps: int, timer: _Timer) -> list[float]:
+                        n_steps: int, on_step: Callable[[int], None]) -> list[float]:
     """(a) Stage 2 the way the reference runs it: its encoders, stage 1's modulation and generator."""
     ac = cfg.amortized
     torch.manual_seed(ac.seed)
@@ -178,14 +224,14 @@ def reference_amortized(ds: Dataset, cfg: LordConfig, latent: RefLatent, vgg_fil
                 + ac.class_weight * (class_code - class_target).pow(2).mean())
 
     model.train()
-    return reference_steps(loader, loss_of, opt, sched, device, n_steps, timer)
+    return reference_steps(loader, loss_of, opt, sched, device, n_steps, on_step)
 
 
 def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_file: Path, device: str,
-                timer: _Timer, compile: bool, cpu_bf16: bool = False) -> list[float]:
+                on_step: Callable[[int], None], compile: bool, cpu_bf16: bool = False) -> list[float]:
     """(b) The real training functions; losses read back from metrics.jsonl."""
     kw = dict(device=device, vgg_weights=str(vgg_file), show_progress=False, tensorboard=False,
-              on_step=timer.tick, compile=compile, cpu_bf16=cpu_bf16)
+              on_step=on_step, compile=compile, cpu_bf16=cpu_bf16)
     if stage == "latent":
         train_latent(ds, model_dir, cfg, **kw)
     else:
@@ -228,36 +274,45 @@ def main(argv: list[str] | None = None) -> dict:
         ds = make_dataset(tmp / "data", n_steps * args.batch_size, args.img_size, 3, 16)
         cfg = cfg.replace(model=dict(n_imgs=len(ds), n_classes=16))
         latent_ref = None
+        conductor = Interleaved(device, args.batch_size, args.warmup, window)
         for stage in args.stages.split(","):
-            row = {}
-            t = _Timer(device, args.batch_size, args.warmup, window)
-            if stage == "latent":
-                ref_losses, latent_ref = reference_latent(ds, cfg, vgg_file, device, n_steps, t)
-            else:
+            if stage == "amortized":
                 if latent_ref is None:
-                    _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, _Timer(device, 1, 10**9, 1))
-                ref_losses = reference_amortized(ds, cfg, latent_ref, vgg_file, device, n_steps, t)
-            row["reference_img_per_sec"] = t.median()
-            row["reference_loss_last"] = float(np.mean(ref_losses[-window:]))
-            t = _Timer(device, args.batch_size, args.warmup, window)
-            if stage == "amortized" and not (tmp / "model" / "latent.safetensors").exists():
-                train_latent(ds, tmp / "model", cfg, device=str(device), vgg_weights=str(vgg_file),
-                             show_progress=False, tensorboard=False)
-            fast_losses = lordkit_run(stage, ds, tmp / "model", cfg, vgg_file, str(device), t, args.compile)
-            row["lordkit_img_per_sec"] = t.median()
-            row["lordkit_loss_last"] = float(fast_losses[-1])
+                    _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, lambda step: None)
+                if not (tmp / "model" / "latent.safetensors").exists():
+                    train_latent(ds, tmp / "model", cfg, device=str(device), vgg_weights=str(vgg_file),
+                                 show_progress=False, tensorboard=False)
+            dirs = {"lordkit": tmp / "model", "lordkit_bf16": tmp / "model-bf16"}
+            if stage == "amortized" and args.cpu_bf16:
+                dirs["lordkit_bf16"].mkdir(exist_ok=True)
+                for name in ("config.json", "data.json", "latent.safetensors"):
+                    (dirs["lordkit_bf16"] / name).write_bytes((tmp / "model" / name).read_bytes())
+            ref_nets: dict[str, RefLatent] = {}
+            if stage == "latent":
+                def ref_row(on_step: Callable[[int], None]) -> list[float]:
+                    losses, ref_nets["latent"] = reference_latent(ds, cfg, vgg_file, device, n_steps, on_step)
+                    return losses
+            else:
+                ref_row = lambda on_step: reference_amortized(ds, cfg, latent_ref, vgg_file, device, n_steps, on_step)
+            rows = {"reference": ref_row,
+                    "lordkit": lambda on_step: lordkit_run(stage, ds, dirs["lordkit"], cfg, vgg_file, str(device),
+                                                           on_step, args.compile)}
+            if args.cpu_bf16:
+                rows["lordkit_bf16"] = lambda on_step: lordkit_run(stage, ds, dirs["lordkit_bf16"], cfg, vgg_file,
+                                                                   str(device), on_step, args.compile, True)
+            got = conductor.run(rows)
+            if stage == "latent":  # the reference's stage-1 networks start its stage 2
+                latent_ref = ref_nets["latent"]
+            row = {"reference_img_per_sec": got["reference"]["img_per_sec"],
+                   "reference_loss_last": float(np.mean(got["reference"]["result"][-window:])),
+                   "lordkit_img_per_sec": got["lordkit"]["img_per_sec"],
+                   "lordkit_loss_last": float(got["lordkit"]["result"][-1]),
+                   "timed_windows": got["reference"]["windows"]}
             row["speedup"] = row["lordkit_img_per_sec"] / row["reference_img_per_sec"]
             extra = ""
             if args.cpu_bf16:
-                t = _Timer(device, args.batch_size, args.warmup, window)
-                bf16_dir = tmp / "model-bf16"
-                if stage == "amortized":
-                    bf16_dir.mkdir(exist_ok=True)
-                    for name in ("config.json", "data.json", "latent.safetensors"):
-                        (bf16_dir / name).write_bytes((tmp / "model" / name).read_bytes())
-                bf16_losses = lordkit_run(stage, ds, bf16_dir, cfg, vgg_file, str(device), t, args.compile, True)
-                row["lordkit_bf16_img_per_sec"] = t.median()
-                row["lordkit_bf16_loss_last"] = float(bf16_losses[-1])
+                row["lordkit_bf16_img_per_sec"] = got["lordkit_bf16"]["img_per_sec"]
+                row["lordkit_bf16_loss_last"] = float(got["lordkit_bf16"]["result"][-1])
                 row["bf16_speedup"] = row["lordkit_bf16_img_per_sec"] / row["reference_img_per_sec"]
                 extra = (f"  bf16 {row['lordkit_bf16_img_per_sec']:8.1f} img/s x{row['bf16_speedup']:.2f} "
                          f"loss {row['lordkit_bf16_loss_last']:.4f}")

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from lordkit import losses
 from lordkit.errors import LordkitError
-from lordkit.losses import (L1Loss, PerceptualLoss, VGG16Features, content_penalty, find_vgg_weights, make_loss,
+from lordkit.losses import (IMAGENET_MEAN, IMAGENET_STD, L1Loss, PerceptualLoss, VGG16Features, content_penalty, find_vgg_weights, make_loss,
                             vgg_cache_path)
 
 CONV_IDS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -107,6 +107,19 @@ def test_perceptual_loss(vgg, channels: int) -> None:
     loss.backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in vgg.parameters())
+    # The definition, written out: pixel L1 plus the L1 between the VGG features of both images at the
+    # five taps (the loss computes the target's features apart, without autograd; same value, same gradient).
+    mean, std = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    ref_pred = a.clone().requires_grad_(True)
+    x = (torch.cat([ref_pred, b]).expand(-1, 3, -1, -1) - mean) / std
+    want = (ref_pred - b).abs().mean()
+    for i, layer in enumerate(vgg.features):
+        x = layer(x)
+        if i in (3, 8, 13, 22, 30):
+            want = want + (x[:2] - x[2:]).abs().mean()
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred.grad, ref_pred.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_l1_and_penalty() -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lordkit.config import ConfigError, LordConfig, ModelConfig, preset
 from lordkit.errors import LordkitError
 from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain, adain_explicit,
-                            onnx_form, upsample2x,
+                            onnx_form, phase_kernels, upsample2x, upsample_conv3x3,
                             amortized_from_latent, code_generator, transfer_net)
 
 ort = pytest.importorskip("onnxruntime")
@@ -156,10 +156,18 @@ def test_adain_matches_independent_instance_norm() -> None:
     torch.testing.assert_close(adain(x.to(memory_format=torch.channels_last), weight, bias), out)
     torch.testing.assert_close(adain_explicit(x, weight, bias), out, rtol=0, atol=1e-5)
     # Gradients too (training runs the fused form), and in bf16 the statistics stay float32.
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    (adain(xs[0], weight, bias) ** 2).sum().backward()
-    (adain_explicit(xs[1], weight, bias) ** 2).sum().backward()
-    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-4, atol=1e-4)
+    # NCHW (F.batch_norm), channels-last (F.group_norm + addcmul, the CPU layout) and the explicit form.
+    xs = [x.clone().requires_grad_(True), x.clone().to(memory_format=torch.channels_last).requires_grad_(True),
+          x.clone().requires_grad_(True)]
+    ws = [weight.clone().requires_grad_(True) for _ in range(3)]
+    bs = [bias.clone().requires_grad_(True) for _ in range(3)]
+    for f, xi, wi, bi in zip((adain, adain, adain_explicit), xs, ws, bs):
+        (f(xi, wi, bi) ** 2).sum().backward()
+    for i in (0, 1):
+        torch.testing.assert_close(xs[i].grad, xs[2].grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ws[i].grad, ws[2].grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(bs[i].grad, bs[2].grad, rtol=1e-4, atol=1e-4)
+    assert xs[1].grad.is_contiguous(memory_format=torch.channels_last)
     half = adain(x.bfloat16(), weight, bias)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), out, rtol=0.02, atol=0.05)
@@ -168,6 +176,34 @@ def test_adain_matches_independent_instance_norm() -> None:
 def test_upsample_is_nearest_neighbour() -> None:
     x = torch.randn(2, 3, 4, 5)
     torch.testing.assert_close(upsample2x(x), F.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 4, 4), (3, 4, 5, 7), (1, 3, 1, 1)])
+def test_upsample_conv3x3_is_the_3x3_convolution_of_the_upsampled_map(shape) -> None:
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    x = torch.randn(*shape, dtype=torch.float64)
+    weight, bias = torch.randn(6, c, 3, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = upsample_conv3x3(x.contiguous(memory_format=layout), weight, bias)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(upsample_conv3x3(x, weight, None), want - bias[:, None, None], rtol=1e-12, atol=1e-12)
+    assert phase_kernels(weight).shape == (24, c, 2, 2)
+    # Gradients of input, weight and bias (the phases' own backward) equal those of the two-step form.
+    g = torch.randn(want.shape, dtype=torch.float64)
+    grads = []
+    for f in (lambda a, k, b: F.conv2d(F.interpolate(a, scale_factor=2.0, mode="nearest"), k, b, padding=1),
+              upsample_conv3x3):
+        xs, ks, bs = (t.clone().requires_grad_(True) for t in (x, weight, bias))
+        (f(xs, ks, bs) * g).sum().backward()
+        grads.append((xs.grad, ks.grad, bs.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(upsample_conv3x3, (x[:1, :2, :3, :2].clone().requires_grad_(True),
+                                                       weight[:2, :2].clone().requires_grad_(True),
+                                                       bias[:2].clone().requires_grad_(True)))
 
 
 def test_channels_last_generator_keeps_its_layout_and_its_output() -> None:

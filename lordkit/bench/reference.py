@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lordkit.config import ModelConfig
+from lordkit.losses import IMAGENET_MEAN, IMAGENET_STD, VGG16Features
 from lordkit.models import AmortizedModel, LatentModel
 from lordkit.reference import map_reference_key
 
@@ -129,6 +130,29 @@ class RefAmortized(nn.Module):
         content_code = self.content_encoder(content_img)
         class_code = self.class_encoder(class_img)
         return self.generator(content_code, self.modulation(class_code)), content_code, class_code
+
+
+class RefVGGDistance(nn.Module):
+    """The reference's perceptual loss: pixel L1 plus the L1 between VGG16 features of both images at
+    five layers, the two images sent through VGG in two passes, both under autograd, NCHW; VGG's
+    weights are left trainable (the reference never freezes them), so backward computes their
+    gradients for both passes. The same value as lordkit.losses.PerceptualLoss."""
+
+    def __init__(self, vgg: VGG16Features):
+        super().__init__()
+        self.vgg = vgg.requires_grad_(True)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        loss = (pred - target).abs().mean()
+        if pred.shape[1] == 1:
+            pred, target = pred.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+        f1 = self.vgg((pred - self.mean) / self.std)
+        f2 = self.vgg((target - self.mean) / self.std)
+        for a, b in zip(f1, f2):
+            loss = loss + (a - b).abs().mean()
+        return loss
 
 
 class _Transfer(nn.Module):
