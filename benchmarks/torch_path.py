@@ -4,9 +4,10 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
 256, random weights):
   reference     the public code's formulation (lordkit.bench.reference): nn.Upsample, AdaIN through
                 F.batch_norm on a (1, B*C, H, W) view, NCHW fp32 eager — the baseline of the x column
-  eager-before  lordkit's eager model in its previous form (F.interpolate, elementwise AdaIN: the form
-                the ONNX export still traces)
-  eager         lordkit's eager model (upsampling by broadcast, fused AdaIN)
+  eager-before  lordkit's networks in the form the ONNX export traces (NCHW, F.interpolate,
+                elementwise AdaIN), which was also its eager form before the CPU path below
+  eager         lordkit's eager model: on the CPU channels-last throughout, each upsampling and
+                3x3 conv as one 2x2 conv with four output phases, AdaIN as group_norm + addcmul
   torchscript   the export's frozen transfer.pt (what the C++ example runs)
   bf16          lordkit eager under CPU bf16 autocast (AdaIN statistics stay float32)
   onnxruntime   the export's transfer.opt.onnx, fp32
@@ -14,7 +15,7 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
 Interleaved: each round runs a block of calls of every row in turn (the order rotating per round), so
 that load from other processes and clock changes fall on all rows alike; a row's figure is its median
 call. The instruction sets found are printed with the figures. --profile adds torch profiler tables
-of eager-before and eager at one batch size (docs/bench.md keeps them).
+of the reference, eager-before and eager at one batch size (docs/bench.md keeps them).
 
     python benchmarks/torch_path.py                      # batch 1, 8, 32; 5 rounds
     python benchmarks/torch_path.py --batch-sizes 8 --rounds 3 --profile 8
@@ -138,7 +139,7 @@ def main() -> None:
 
             tables = []
             a = torch.rand(args.profile, 3, 64, 64)
-            for r in ("eager-before", "eager"):
+            for r in ("reference", "eager-before", "eager"):
                 with torch.inference_mode():
                     nets[r](a, a)
                     with profile(activities=[ProfilerActivity.CPU]) as prof:
