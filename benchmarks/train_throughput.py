@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     window = args.window or args.warmup
     n_steps = args.warmup + (args.steps // window) * window
     # One epoch of the generated data is the whole run; --set comes after these and may change them.
-    stage = dict(batch_size=args.batch_size, n_epochs=1, log_every=window, loss="vgg")
+    # No collapse probe: one epoch of random images is a throughput run, not a training run.
+    stage = dict(batch_size=args.batch_size, n_epochs=1, log_every=window, loss="vgg", collapse_threshold=0.0)
     cfg = LordConfig().replace(model=dict(img_size=args.img_size), latent=stage, amortized=stage)
     cfg = cfg.apply_overrides(args.set)
     results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
