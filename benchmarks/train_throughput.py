@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lordkit.bench.machine import cpu_flags, cpu_model
 from lordkit.config import LordConfig
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.fsutil import atomic_write_json
@@ -266,9 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = LordConfig().replace(model=dict(img_size=args.img_size), latent=stage, amortized=stage)
     cfg = cfg.apply_overrides(args.set)
     results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                     "cpu": cpu_model(), "isa": cpu_flags(), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "img_size": args.img_size, "batch_size": args.batch_size,
                      "warmup_steps": args.warmup, "timed_steps": n_steps - args.warmup, "stages": {}}
+    print(f"CPU {results['cpu']}; instruction sets: {', '.join(results['isa']) or 'none found'}; "
+          f"{results['gpu'] or 'no GPU'}; torch {results['torch']}, {results['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vgg_file = Path(args.vgg_weights) if args.vgg_weights else random_vgg_file(tmp / "vgg16-random.pth")

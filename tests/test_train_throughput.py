@@ -80,4 +80,6 @@ def test_tiny_run_of_both_stages_writes_json(bench, tmp_path, capsys):
         assert row["timed_windows"] == 2
         assert row["reference_img_per_sec"] > 0 and row["lordkit_img_per_sec"] > 0
         assert row["reference_loss_last"] > 0 and row["lordkit_loss_last"] > 0
-    assert "latent: reference" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "latent: reference" in printed and "instruction sets:" in printed
+    assert isinstance(saved["isa"], list) and saved["cpu"]
