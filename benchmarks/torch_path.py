@@ -7,7 +7,7 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
   eager-before  lordkit's networks in the form the ONNX export traces (NCHW, F.interpolate,
                 elementwise AdaIN), which was also its eager form before the CPU path below
   eager         lordkit's eager model: on the CPU channels-last throughout, each upsampling and
-                3x3 conv as one 2x2 conv with four output phases, AdaIN as group_norm + addcmul
+                3x3 conv as one transposed conv, AdaIN as group_norm + addcmul
   torchscript   the export's frozen transfer.pt (what the C++ example runs)
   bf16          lordkit eager under CPU bf16 autocast (AdaIN statistics stay float32)
   onnxruntime   the export's transfer.opt.onnx, fp32
