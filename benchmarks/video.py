@@ -8,7 +8,9 @@ every frame, and how still and how faithful the face alignment is over time.
     frames' model inputs (the runtime's batched images/s) on a random model of the reference size
     (LordConfig defaults at 64 px, exported by lordkit.bench.target.reference_export);
 (b) face: the same model with a face template on a moving-astronaut video, tracking (detection every
-    10 frames) vs detection on every frame (--detect-every 1), whole pipeline frames/s;
+    10 frames) vs detection on every frame (--detect-every 1), whole pipeline frames/s; with the
+    export's float32 files and again with int8 files (`--precision int8`; the export quantized,
+    calibrated on aligned crops of the clip's frames) unless --no-int8;
 (c) jitter: one still photo, JPEG re-encoded for every frame (fresh noise each frame): RMS
     frame-to-frame motion of the crop's corners in image pixels, smoothed and raw; on two clips
     (the astronaut at 512 px, and the astronaut turned 10 degrees and shrunk to 70%) and two JPEG
@@ -148,6 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300, help="frames of the throughput videos")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep the random export here (default: temporary)")
+    ap.add_argument("--no-int8", action="store_true", help="(b) with the float32 files only")
     args = ap.parse_args()
 
     from lordkit.imaging import square_resize
@@ -187,14 +190,26 @@ def main() -> None:
                    for d in offsets]
     fsrc = write_video(work / "face.mp4", face_frames)
     tf = Transfer(export, provider="cpu", batch_size=32, warn=None)
-    b = {}
-    for label, every in (("tracking", 10), ("detect_every_frame", 1)):
-        runs = [transfer_video(tf, video_input(str(fsrc)), tf.class_codes([0]), [work / f"face_{label}{k}.mp4"],
-                               detect_every=every) for k in range(2)]
-        b[label] = {"frames_per_s": float(np.median([r.frames_per_s for r in runs])),
-                    "detections": runs[0].n_detections, "frames": runs[0].n_frames,
-                    "stage_busy_s": runs[0].stage_seconds}
-    b["ratio"] = b["tracking"]["frames_per_s"] / b["detect_every_frame"]["frames_per_s"]
+
+    def face_runs(t) -> dict:
+        out = {}
+        for label, every in (("tracking", 10), ("detect_every_frame", 1)):
+            runs = [transfer_video(t, video_input(str(fsrc)), t.class_codes([0]), [work / f"face_{label}{k}.mp4"],
+                                   detect_every=every) for k in range(2)]
+            out[label] = {"frames_per_s": float(np.median([r.frames_per_s for r in runs])),
+                          "detections": runs[0].n_detections, "frames": runs[0].n_frames,
+                          "stage_busy_s": runs[0].stage_seconds}
+        out["ratio"] = out["tracking"]["frames_per_s"] / out["detect_every_frame"]["frames_per_s"]
+        return out
+
+    b = face_runs(tf)
+    if not args.no_int8:
+        from lordkit.export.quantize import quantize_export
+
+        if not (export / "generator.int8.onnx").exists():
+            crops = np.stack([tf.prepare(f)[0].image for f in face_frames[::max(1, len(face_frames) // 32)]])
+            quantize_export(export, crops, batch_size=8)
+        b["int8"] = face_runs(Transfer(export, provider="cpu", batch_size=32, precision="int8", warn=None))
     result["b_face"] = b
 
     # (c) Jitter on still photos with per-frame JPEG noise; (d) following a known path.
@@ -234,6 +249,10 @@ def main() -> None:
     print(f"(b) face video 256 px: tracking {b['tracking']['frames_per_s']:.1f} frames/s "
           f"({b['tracking']['detections']} detections) vs detecting every frame "
           f"{b['detect_every_frame']['frames_per_s']:.1f} frames/s = {b['ratio']:.1f}x (target >= 3x)")
+    if "int8" in b:
+        q = b["int8"]
+        print(f"    int8 files: tracking {q['tracking']['frames_per_s']:.1f} frames/s vs detecting every frame "
+              f"{q['detect_every_frame']['frames_per_s']:.1f} frames/s = {q['ratio']:.1f}x")
     print("(c) jitter, RMS corner motion per frame (px): " + "; ".join(
         f"{k} smoothed {v['smoothed']:.2f} raw {v['raw']:.2f}" for k, v in c.items()) + " (target < 0.5 smoothed)")
     print("(d) path error (px): " + "; ".join(

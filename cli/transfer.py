@@ -83,6 +83,7 @@ def transfer(
     batch_size: Annotated[str, typer.Option("--batch-size", metavar="N", help="Images or pairs per onnxruntime call.")] = "32",
     provider: Annotated[str, typer.Option("--provider", help="auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[Optional[str], typer.Option("--threads", metavar="N", help="onnxruntime intra-op threads (default: one per core).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="Which ONNX files run: fp32, fp16 or int8 (export --fp16 / --int8 writes them).")] = "fp32",
     no_align: Annotated[bool, typer.Option("--no-align", help="Face models: the photos are crops aligned already.")] = False,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Face models: every face of each photo, not only the largest.")] = False,
     paste_back: Annotated[bool, typer.Option("--paste-back", help="Face models: write the whole photo with the generated face pasted in.")] = False,
@@ -103,7 +104,8 @@ def transfer(
     if any(videos):
         _transfer_videos(ctx, inputs, videos, model=model, out=out, class_imgs=class_imgs or [],
                          class_ids=class_ids or [], class_names=class_names or [], batch_size=batch_size,
-                         provider=provider, threads=threads, no_align=no_align, all_faces=all_faces,
+                         provider=provider, threads=threads, precision=precision, no_align=no_align,
+                         all_faces=all_faces,
                          landmarks=landmarks, detector=detector, alpha_background=alpha_background, grid=grid,
                          paste_back=paste_back, force=force, size=size, detect_every=detect_every, smooth=smooth)
         return
@@ -128,7 +130,7 @@ def transfer(
     _check_writable(out)
 
     t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=n_threads, batch_size=n_batch,
-                 align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
+                 precision=precision, align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
     if not t.is_face:
         for flag, used in (("--paste-back", paste_back), ("--all-faces", all_faces)):
             if used:
@@ -189,7 +191,8 @@ def _class_refs(t: Transfer, class_imgs: list[Path], class_ids: list[int], class
 
 def _transfer_videos(ctx: typer.Context, inputs: list[str], videos: list, *, model: str, out: Path,
                      class_imgs: list[Path], class_ids: list[str], class_names: list[str], batch_size: str,
-                     provider: str, threads: str | None, no_align: bool, all_faces: bool, landmarks: str,
+                     provider: str, threads: str | None, precision: str, no_align: bool, all_faces: bool,
+                     landmarks: str,
                      detector: str, alpha_background: str, grid: bool, paste_back: bool, force: bool,
                      size: str | None, detect_every: str, smooth: bool) -> None:
     """`lordkit transfer` on videos (cli/video.py runs them)."""
@@ -219,7 +222,7 @@ def _transfer_videos(ctx: typer.Context, inputs: list[str], videos: list, *, mod
     _check_writable(out)
 
     t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=n_threads, batch_size=n_batch,
-                 align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
+                 precision=precision, align=not no_align, landmarks=landmarks, detector=detector, alpha_background=alpha_background)
     aligning = t.is_face and not no_align
     if not t.is_face:
         for flag, used in (("--paste-back", paste_back), ("--all-faces", all_faces)):

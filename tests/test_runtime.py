@@ -380,6 +380,30 @@ def huge_png(path: Path, width: int, height: int) -> Path:
 # `lordkit transfer`: outputs, and one line for every bad input.
 
 
+def test_int8_precision_runs_the_int8_files(cli, exports, tmp_path):
+    """An export quantized with `export --int8` runs its .int8.onnx files under --precision int8."""
+    import shutil
+
+    from lordkit.export.quantize import quantize_export
+    from lordkit.runtime import Transfer
+
+    export = tmp_path / "colour-int8"
+    shutil.copytree(exports["colour"], export)
+    rng = np.random.default_rng(3)
+    quantize_export(export, rng.integers(0, 256, (24, SIZE, SIZE, 3), np.uint8), batch_size=4)
+    fp32, int8 = Transfer(export, provider="cpu"), Transfer(export, provider="cpu", precision="int8")
+    assert all(m.path.name.endswith(".int8.onnx") for m in int8.models.values())
+    assert not any(m.path.name.endswith(".int8.onnx") for m in fp32.models.values())
+    imgs = [rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8) for _ in range(3)]
+    a, b = fp32.transfer(imgs, [0, 2]), int8.transfer(imgs, [0, 2])
+    assert a.shape == b.shape
+    assert 0 < np.abs(a - b).mean() < 0.05  # int8 arithmetic, the same picture
+    photo = random_photos(tmp_path / "in", 1, size=48)[0]
+    r = cli("transfer", photo, "--class-id", "1", "--model", export, "--precision", "int8", "-o", tmp_path / "o.png")
+    assert r.exit_code == 0, r.output
+    assert read_rgb(tmp_path / "o.png").shape == (SIZE, SIZE, 3)
+
+
 def test_cli_single_output_grid_and_force(cli, exports, tmp_path):
     photos = random_photos(tmp_path / "in", 3, size=48)
     single = tmp_path / "one.png"
@@ -526,6 +550,8 @@ BAD_INPUTS = [  # (arguments, expected error line); {name}s are files of bad_inp
     (["{good}", "--class-id", "0", "--model", "{face}", "--paste-back", "--no-align"],
      "error: --paste-back needs faces found in the photos; it cannot be combined with --no-align"),
     (["{good}", "--class-id", "0", "--model", "{colour}", "--provider", "tpu"], "unknown provider 'tpu'"),
+    (["{good}", "--class-id", "0", "--model", "{colour}", "--precision", "int4"], "unknown precision 'int4'"),
+    (["{good}", "--class-id", "0", "--model", "{colour}", "--precision", "int8"], "has no int8 files; re-export with --int8"),
     (["{good}", "--class-id", "0", "--model", "{tmp}/no-export"], "export not found"),
     (["{good}", "{good}", "--class-id", "0", "--model", "{colour}"], "writes several images"),
 ]

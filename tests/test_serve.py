@@ -630,6 +630,10 @@ def test_cli_errors_are_one_line(cli, export):
     assert "--port must be from 1 to 65535, got 70000" in one_line_error(cli("serve", "--model", export, "--port", "70000"))
     assert "--port must be an integer, got 'http'" in one_line_error(cli("serve", "--model", export, "--port", "http"))
     assert "--max-batch must be >= 1, got 0" in one_line_error(cli("serve", "--model", export, "--max-batch", "0"))
+    assert "--precision must be fp32, fp16 or int8, got 'int4'" in one_line_error(
+        cli("serve", "--model", export, "--precision", "int4"))
+    assert "has no int8 files; re-export with --int8" in one_line_error(
+        cli("serve", "--model", export, "--precision", "int8"))
     assert "export not found: nowhere" in one_line_error(cli("serve", "--model", "nowhere"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -28,7 +28,7 @@ from lordkit.export_format import FORMAT, RUNTIME_NETWORKS
 from lordkit.fsutil import recover_tree
 
 VERIFY_MODES = ("all", "used", "none")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -360,12 +360,17 @@ class Bundle:
         return files
 
     def model_path(self, network: str, precision: str = "fp32", optimized: bool = True) -> Path:
-        """The ONNX file to run for a network: *.opt.onnx when present (and `optimized`), or *.fp16.onnx."""
+        """The ONNX file to run for a network: *.opt.onnx when present (and `optimized`), *.fp16.onnx or
+        *.int8.onnx."""
         files = self._files(network)
         if precision == "fp16":
             if "onnx_fp16" not in files:
                 raise LordkitError(f"export {self.path} has no fp16 files; re-export with --fp16 or use fp32")
             name = files["onnx_fp16"]
+        elif precision == "int8":
+            if "onnx_int8" not in files:
+                raise LordkitError(f"export {self.path} has no int8 files; re-export with --int8 or use fp32")
+            name = files["onnx_int8"]
         elif precision == "fp32":
             name = files["onnx_opt"] if optimized and "onnx_opt" in files else files["onnx"]
         else:

@@ -67,10 +67,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _precheck(settings: Settings) -> None:
     """What a worker would fail on, checked once in the parent: provider name, export, face options."""
+    from lordkit.export_format import RUNTIME_NETWORKS
     from lordkit.runtime import Bundle, Preparer, select_device
 
     select_device(settings.provider, None)
     b = Bundle(settings.export, verify="all")
+    for network in RUNTIME_NETWORKS:
+        b.model_path(network, settings.precision)  # the files --precision asks for exist
     Preparer(b.img_size, b.channels, b.face_template, b.face_points, landmarks=settings.landmarks,
              detector=settings.detector)
 

@@ -23,6 +23,7 @@ class Settings:
     workers: int = 1  # uvicorn worker processes, each with its own model
     provider: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None  # onnxruntime intra-op threads per process (None: cores / workers)
+    precision: str = "fp32"  # which ONNX files run: fp32, fp16 or int8
     queue: int = 128  # requests admitted at once (receiving, waiting or running); more get 503
     timeout_s: float = 30.0  # per request, from arrival to response; then 504
     max_body_mb: float = 16.0  # request bodies above this get 413
@@ -44,6 +45,7 @@ class Settings:
         need(0 <= self.max_wait_ms <= 10_000, "--max-wait-ms", "from 0 to 10000", self.max_wait_ms)
         need(self.workers >= 1, "--workers", ">= 1", self.workers)
         need(self.threads is None or self.threads >= 1, "--threads", ">= 1", self.threads)
+        need(self.precision in ("fp32", "fp16", "int8"), "--precision", "fp32, fp16 or int8", repr(self.precision))
         need(self.queue >= 1, "--queue", ">= 1", self.queue)
         need(self.timeout_s > 0, "--timeout-s", "> 0", self.timeout_s)
         need(self.max_body_mb > 0, "--max-body-mb", "> 0", self.max_body_mb)
