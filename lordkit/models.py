@@ -8,6 +8,11 @@ deliberate differences:
   hard-codes Linear(4096, ...), which only fits 64 px input).
 The AdaIN conv blocks are a ModuleList of `AdaINConvBlock`s (keys `adain_conv_layers.{i}.conv.*`);
 the reference's flat Sequential keys (`adain_conv_layers.{4i+1}.*`) are mapped by lordkit.reference.
+
+How the same function is computed depends on where it runs (docs/bench.md): on the CPU the networks
+run channels-last, each upsampling + 3x3 conv as one transposed convolution and AdaIN as group_norm;
+elsewhere upsampling by broadcast and AdaIN as the reference's batch_norm; under `onnx_form` (the
+ONNX export) NCHW with F.interpolate and AdaIN in elementwise operators.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
 def cpu_layout(x: Tensor) -> Tensor:
     """x in the layout the networks run in on the CPU: channels-last, where oneDNN's convolutions,
     F.interpolate and F.group_norm are native and no kernel reorders the tensor back and forth
-    (1.15-1.2x the NCHW form's images/s; docs/bench.md). Other devices keep x as it is."""
+    (1.15-1.2x the NCHW form's transfer images/s on a 2-core CPU). Other devices keep x as it is."""
     if x.device.type == "cpu" and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
