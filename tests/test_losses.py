@@ -180,3 +180,20 @@ def test_make_loss(vgg_file) -> None:
         make_loss("mse")
     with pytest.raises(LordkitError, match="not available"):
         make_loss("vgg")
+
+
+def test_the_reference_perceptual_loss_has_the_same_value_and_trains_vgg(vgg) -> None:
+    """The benchmarks' reference row (lordkit.bench.reference.RefVGGDistance): the same loss value as
+    PerceptualLoss, computed the reference's way (VGG's weight gradients computed for both images)."""
+    import copy
+
+    from lordkit.bench.reference import RefVGGDistance
+
+    torch.manual_seed(1)
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    ref = RefVGGDistance(copy.deepcopy(vgg))
+    pred = a.clone().requires_grad_(True)
+    value = ref(pred, b)
+    torch.testing.assert_close(value, PerceptualLoss(vgg)(a, b), rtol=1e-5, atol=1e-6)
+    value.backward()
+    assert pred.grad is not None and all(p.grad is not None for p in ref.vgg.parameters())
