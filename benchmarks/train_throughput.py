@@ -6,11 +6,12 @@ hyperparameters, with the perceptual (VGG16) loss:
   (a) the reference: its networks' formulation (lordkit.bench.reference: nn.Upsample, AdaIN through
       F.batch_norm on a (1, B*C, H, W) view), float32 images on the host, a shuffling DataLoader, a
       host-to-device copy per step, its perceptual loss (`RefVGGDistance`: VGG16 left trainable, its
-      weight gradients computed and never used; both images through VGG under autograd), fp32, NCHW, for-each Adam, the loss read back (`.item()`) every step;
+      weight gradients computed and never used; both images through VGG under autograd), fp32, NCHW,
+      for-each Adam, the loss read back (`.item()`) every step;
   (b) lordkit: `lordkit.training.train_latent` / `train_amortized` themselves — uint8 images
       resident on the device, batches gathered there, frozen VGG (the target's features without
-      autograd), channels-last on the CPU, bf16 autocast + channels-last +
-      fused Adam on CUDA, the loss read every `log_every` steps; with --cpu-bf16 also a row under CPU
+      autograd), channels-last on the CPU, bf16 autocast + channels-last + fused Adam on CUDA, the
+      loss read every `log_every` steps; with --cpu-bf16 also a row under CPU
       bf16 autocast (CPUs with AVX-512 BF16 or AMX).
 
 The rows run interleaved (`Interleaved`): each on its own thread, one at a time, `--window` steps
@@ -255,6 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. model.adain_dim=128")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args(argv)
+    stages = args.stages.split(",")
+    if any(s not in ("latent", "amortized") for s in stages):
+        ap.error(f"--stages takes latent and/or amortized, got {args.stages!r}")
+    if args.warmup < 1 or args.window < 0 or args.steps < (args.window or args.warmup):
+        ap.error("--warmup must be >= 1, --window >= 0 and --steps at least one window")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = cfg.replace(model=dict(n_imgs=len(ds), n_classes=16))
         latent_ref = None
         conductor = Interleaved(device, args.batch_size, args.warmup, window)
-        for stage in args.stages.split(","):
+        for stage in stages:
             if stage == "amortized":
                 if latent_ref is None:
                     _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, lambda step: None)

@@ -83,3 +83,10 @@ def test_tiny_run_of_both_stages_writes_json(bench, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "latent: reference" in printed and "instruction sets:" in printed
     assert isinstance(saved["isa"], list) and saved["cpu"]
+
+
+@pytest.mark.parametrize("args", [["--stages", "latnet"], ["--warmup", "0"], ["--steps", "1", "--warmup", "2"]])
+def test_bad_options_stop_before_any_work(bench, args, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err

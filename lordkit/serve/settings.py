@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from lordkit.errors import LordkitError
+from lordkit.runtime.bundle import PRECISIONS
 
 ENV_SETTINGS = "LORDKIT_SERVE_SETTINGS"  # worker processes read their settings from here
 MAX_IMAGE_MP = 100.0  # the runtime refuses images above 100 MP whatever the server allows
@@ -45,7 +46,8 @@ class Settings:
         need(0 <= self.max_wait_ms <= 10_000, "--max-wait-ms", "from 0 to 10000", self.max_wait_ms)
         need(self.workers >= 1, "--workers", ">= 1", self.workers)
         need(self.threads is None or self.threads >= 1, "--threads", ">= 1", self.threads)
-        need(self.precision in ("fp32", "fp16", "int8"), "--precision", "fp32, fp16 or int8", repr(self.precision))
+        need(self.precision in PRECISIONS, "--precision", f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}",
+             repr(self.precision))
         need(self.queue >= 1, "--queue", ">= 1", self.queue)
         need(self.timeout_s > 0, "--timeout-s", "> 0", self.timeout_s)
         need(self.max_body_mb > 0, "--max-body-mb", "> 0", self.max_body_mb)
