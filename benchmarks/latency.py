@@ -98,8 +98,6 @@ def main(argv: list[str] | None = None) -> dict:
     stem = args.name or f"bench-{result['model'].get('model_name') or 'model'}-{datetime.now():%Y%m%d-%H%M%S}"
     json_path, png_path = lb.write_results(result, args.out, stem)
     Console(width=160).print(lb.results_table(result))
-    for line in lb.targets_lines(result):
-        print(line)
     for row in (result.get("ort_sweep") or {}).get("rows", []):
         print(f"ort sweep {row['setting']:>24}: p50 {row['latency_ms']['p50']:9.2f} ms  {row['img_per_sec']:9.1f} img/s")
     warning = lb.load_warning(result)

@@ -81,8 +81,6 @@ def bench(
 
         table_console = Console(width=160)
     table_console.print(lb.results_table(result))
-    for line in lb.targets_lines(result):
-        say(line)
     warning = lb.load_warning(result)
     if warning:
         console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True, style="yellow")

@@ -1,7 +1,7 @@
 """lordkit.bench, export.quantize, `lordkit bench` and benchmarks/latency.py on a tiny export: rows, JSON, PNG,
 FLOPs, int8 files, CLI.
 
-No timing is asserted (speed targets live in the benchmarks): only that every backend that can run
+No timing is asserted (speed is measured by the benchmarks): only that every backend that can run
 here runs, that what is written has the promised shape, and that bad input is one line.
 """
 
@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +197,7 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     assert result["flops"]["generator"]["per_image"] > 0
     assert result["env"]["cpu"] and result["env"]["threads"] == 1 and result["env"]["versions"]["onnxruntime"]
     assert [q["model"] for q in result["quality"]] == list(bench.NETWORKS)
-    assert set(result["targets"]) >= {"speedup_vs_eager", "peak_fraction", "int8", "torchscript"}
+    assert "targets" not in result
     align = result["alignment"]
     if align["status"] == "ok":  # needs dlib's model files and scikit-image's astronaut
         assert align["n_faces"] >= 1 and align["latency_ms"]["total"]["p50"] > 0
@@ -207,8 +208,8 @@ def test_bench_runs_every_available_backend_and_writes_json_and_png(exported, tm
     json_path, png_path = bench.write_results(result, tmp_path / "res", "run")
     saved = json.loads(json_path.read_text())
     assert set(saved) >= {"format", "created", "env", "settings", "model", "flops", "matmul", "rows", "alignment",
-                          "targets"}
-    assert saved["format"] == "lordkit-bench/1" and len(saved["rows"]) == len(result["rows"])
+                          "quality"}
+    assert saved["format"] == bench.FORMAT == "lordkit-bench/2" and len(saved["rows"]) == len(result["rows"])
     if importlib.util.find_spec("matplotlib") is not None:
         img = cv2.imread(str(png_path), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[0] > 600 and img.shape[1] > 800 and img.std() > 10
@@ -416,11 +417,13 @@ def run_bench(base):
 
 def test_cli_bench_writes_table_json_and_png(run_bench, exported, tmp_path):
     model, out = exported
-    r = run_bench("--model", out, "--model-dir", model, "--batch-sizes", "1,2", "--iters", "2", "--warmup", "0",
+    r = run_bench("--model", out, "--model-dir", model, "--batch-sizes", "1,8", "--iters", "2", "--warmup", "0",
                   "--backends", "eager,ort-cpu-opt,int8", "--models", "content_encoder,generator", "--threads", "1",
                   "--no-align", "--matmul-size", "256", "--out", tmp_path / "res")
     assert r.exit_code == 0, r.output + r.stderr
-    assert "ort-cpu-opt" in r.stdout and "results:" in r.stdout
+    assert "ort-cpu-opt" in r.stdout and "results:" in r.stdout and "x eager" in r.stdout
+    # Measured ratios only: no acceptance lines, no pass or fail.
+    assert not re.search(r"\btargets?\b|\bmet\b", r.output, re.IGNORECASE), r.output
     (json_file,) = (tmp_path / "res").glob("bench-*.json")
     saved = json.loads(json_file.read_text())
     assert {row["backend"] for row in saved["rows"]} == {"eager", "ort-cpu-opt", "int8"}
@@ -493,20 +496,8 @@ def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path):
                            str(tmp_path), "--name", "run"])
     assert [r["status"] for r in result["rows"]] == ["ok", "ok"]
     saved = json.loads((tmp_path / "run.json").read_text())
-    assert saved["format"] == "lordkit-bench/1" and saved["ort_sweep"]["batch"] == 2
+    assert saved["format"] == "lordkit-bench/2" and saved["ort_sweep"]["batch"] == 2
     assert saved["ort_sweep"]["rows"][0]["setting"] == "default (all, spinning)"
     with pytest.raises(LordkitError, match="unknown network 'decoder'"):
         latency.main(["--ort-sweep", "decoder:2"])
 
-
-def test_torchscript_target_against_the_reference_and_eager():
-    def row(backend, batch, ips):
-        return {"network": "transfer", "backend": backend, "batch": batch, "status": "ok", "img_per_sec": ips,
-                "device": "cpu"}
-
-    rows = [row("reference", 8, 10.0), row("eager", 8, 14.0), row("torchscript", 8, 13.5),
-            row("reference", 32, 10.0), row("eager", 32, 12.0), row("torchscript", 32, 13.5)]
-    from lordkit.bench.run import targets
-
-    got = targets({"rows": rows, "settings": {"networks": ["transfer"]}})["torchscript"]
-    assert [(t["batch"], round(t["ratio"], 2), t["met"]) for t in got] == [(8, 1.35, False), (32, 1.35, True)]

@@ -1,5 +1,5 @@
-"""The result for people and files: the rich table, the target lines, the load warning, and the
-JSON (and PNG, when matplotlib is installed) written atomically."""
+"""The result for people and files: the rich table, the load warning, and the JSON (and PNG, when
+matplotlib is installed) written atomically."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ def results_table(result: dict[str, Any]):
     return Group(t, Text("\n".join(f"[{i}] {note}" for i, note in enumerate(notes, 1)), style="dim"))
 
 
-
 def load_warning(result: dict[str, Any]) -> str | None:
     """A line when other processes took CPU time while the rows were timed (the timings are then
     disturbed): more than a quarter of the machine's CPU time by others (from /proc/stat; load
@@ -107,30 +106,6 @@ def load_warning(result: dict[str, Any]) -> str | None:
             parts.append(f"the matmul rate was {100 * (1 - min(drops)):.0f}% lower at the end than at the start")
         return ("; ".join(parts) + ": these timings are pessimistic and noisy (multi-threaded PyTorch most of all)")
     return None
-
-
-
-def targets_lines(result: dict[str, Any]) -> list[str]:
-    """The targets as short lines of text (for the console)."""
-    t = result["targets"]
-    lim = t["limits"]
-    lines = []
-    for r in t["speedup_vs_eager"]:
-        lines.append(f"{r['network']} B={r['batch']}: best fp32 {r['best']} {r['ratio']:.2f}x eager "
-                     f"(target {lim['speedup_vs_eager']}x) {'met' if r['met'] else 'NOT met'}")
-    for r in t["peak_fraction"]:
-        lines.append(f"{r['network']} B={r['batch']}: {r['best']} {r['gflops']:.1f} GFLOP/s = {100 * r['fraction']:.0f}% "
-                     f"of the matmul rate (target {100 * lim['peak_fraction']:.0f}%) {'met' if r['met'] else 'NOT met'}")
-    for r in t.get("torchscript", []):
-        eager = f", {r['vs_eager']:.2f}x eager" if r["vs_eager"] is not None else ""
-        lines.append(f"{r['network']} B={r['batch']}: TorchScript {r['ratio']:.2f}x the reference{eager} (target "
-                     f"{lim['torchscript_vs_reference']}x, and no slower than eager) {'met' if r['met'] else 'NOT met'}")
-    for r in t["int8"]:
-        p = f", PSNR {r['psnr_db']:.1f} dB" if r["psnr_db"] is not None else ""
-        lines.append(f"{r['network']} B={r['batch']}: int8 {r['ratio']:.2f}x {r['vs']}{p} (target "
-                     f"{lim['int8_speedup']}x, {lim['int8_psnr_db']:.0f} dB) {'met' if r['met'] else 'NOT met'}")
-    return lines
-
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path, stem: str) -> tuple[Path, Path | None]:
