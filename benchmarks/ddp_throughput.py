@@ -7,6 +7,10 @@ batch).
 
     python benchmarks/ddp_throughput.py                    # CPU, gloo, 1 vs 2 processes
     python benchmarks/ddp_throughput.py --procs 1,8 --device auto --img-size 64 --set model.adain_dim=256
+
+Writes --out (benchmarks/results/ddp_throughput.json) and, run as a script, appends the same figures as
+one line to benchmarks/results/ddp_throughput.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR
+appends to DIR/ddp_throughput.jsonl instead).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ def run(procs: int, home: Path, model: str, args, overrides: list[str]) -> dict:
             "steps": rows[-1]["step"], "omp_threads_per_proc": int(env["OMP_NUM_THREADS"])}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", default="1,2")
     ap.add_argument("--img-size", type=int, default=32)
@@ -67,8 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
         r["speedup"] = r["img_per_sec"] / base
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+
+        print(f"appended to {append_result('ddp_throughput', results, args=args, argv=argv)}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    main(record=True)

@@ -9,6 +9,10 @@ torch for the random model and matplotlib for the PNG: pip install -e '.[train,p
     python benchmarks/latency.py --batch-sizes 8 --backends ort-cpu-opt --ort-sweep generator:8
     python benchmarks/latency.py --device cuda --backends eager,torchscript,torch-fp16,torch-bf16   # a GPU box
     python benchmarks/latency.py --tiny --img-size 32 --batch-sizes 1,2 --iters 2                  # smoke run
+
+Every run writes its whole result as `bench-<model>-<time>.json` (and `.png`) under --out, and, run as a
+script, appends its figures as one line to benchmarks/results/latency.jsonl (benchmarks/_results.py;
+LORDKIT_RESULTS_DIR=DIR appends to DIR/latency.jsonl instead: use it for smoke runs).
 """
 
 from __future__ import annotations
@@ -39,7 +43,31 @@ def parse_sweep(text: str | None) -> tuple[str, int] | None:
         raise LordkitError(f"--ort-sweep wants NETWORK:BATCH, got {text!r}") from None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def figures(result: dict, json_path: Path) -> dict:
+    """The figures of a run for its result line: per row latency, images/s and ratios; the machine's
+    matmul rate; the model; where the whole result is."""
+    rows = []
+    for r in result["rows"]:
+        row = {k: r[k] for k in ("network", "backend", "precision", "batch", "status")}
+        if r["status"] == "ok":
+            row.update(p50_ms=r["latency_ms"]["p50"], p99_ms=r["latency_ms"]["p99"], img_per_sec=r["img_per_sec"])
+            row.update({k: r[k] for k in ("speedup_vs_eager", "speedup_vs_reference", "gflops", "peak_fraction")
+                        if k in r})
+        else:
+            row["reason"] = r.get("reason")
+        rows.append(row)
+    a = result.get("alignment") or {}
+    return {"format": result["format"], "json": str(json_path),
+            "model": {k: v for k, v in result["model"].items() if k not in ("export_dir", "model_dir")},
+            "threads": result["settings"]["threads"], "matmul_gflops": result["matmul"]["peak"],
+            "gflop_per_image": {n: f["per_image"] / 1e9 if f else None for n, f in result["flops"].items()},
+            "others_cpu_share": result["env"].get("others_cpu_share"), "rows": rows,
+            "alignment_ms": a["latency_ms"]["total"]["p50"] if a.get("status") == "ok" else None,
+            "quality": result.get("quality") or [], "ort_sweep": result.get("ort_sweep")}
+
+
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="export dir (default: a random model of the reference size)")
     ap.add_argument("--model-dir", default=None, help="model dir the export came from (eager and compile rows)")
@@ -104,12 +132,16 @@ def main(argv: list[str] | None = None) -> dict:
     if warning:
         print(f"warning: {warning}")
     print(f"results: {json_path}\nplot: {png_path or lb.PLOT_HINT}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+
+        print(f"appended to {append_result('latency', figures(result, json_path), args=args, argv=argv)}")
     return result
 
 
 if __name__ == "__main__":
     try:
-        main()
+        main(record=True)
     except LordkitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -22,6 +22,10 @@ the serve extra: pip install -e '.[train,serve]'
     python benchmarks/serve_load.py                               # random reference model, 20 s per row
     python benchmarks/serve_load.py --soak-s 300 --rate-fraction 0.8
     python benchmarks/serve_load.py --model EXPORT --clients 32 --duration-s 60
+
+Each run writes benchmarks/results/serve-load-<time>.json (--out) and, run as a script, appends its
+figures (without the memory samples) as one line to benchmarks/results/serve_load.jsonl
+(benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR appends to DIR/serve_load.jsonl instead).
 """
 
 from __future__ import annotations
@@ -304,18 +308,10 @@ def soak(server: ServerProcess, bodies, rate: float, seconds: float, sample_s: f
 # -- main --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the load test; `record`: also append the figures to the result file (what the script does)."""
+    from lordkit.bench.machine import cpu_model
 
-
-def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="export dir (default: a random reference-size model)")
     ap.add_argument("--work-dir", type=Path, default=None, help="build the random model here and reuse it")
@@ -365,13 +361,17 @@ def main(argv: list[str] | None = None) -> dict:
     result["batching_gain"] = runs[args.max_batch]["img_per_sec"] / max(runs[1]["img_per_sec"], 1e-9)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    ignore = args.out / ".gitignore"  # results stay out of git without touching the project's .gitignore
-    if args.out == RESULTS and not ignore.exists():
-        ignore.write_text("*\n")
     path = args.out / f"serve-load-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=1))
     print_table(result)
     print(f"results: {path}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+
+        figures = {**result, "json": str(path)}
+        if "soak" in result:
+            figures["soak"] = {k: v for k, v in result["soak"].items() if k != "rss_samples"}
+        print(f"appended to {append_result('serve_load', figures, args=args, argv=argv)}")
     tmp.cleanup()
     return result
 
@@ -388,7 +388,7 @@ def print_table(r: dict) -> None:
         rows = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run["mean_batch_rows"].items()))
         print(f"{label:<44} {run['img_per_sec']:8.1f} {run['latency_ms']['p50']:8.1f} "
               f"{run['latency_ms']['p99']:8.1f} {run['errors']:7d}  {rows}")
-    print(f"serve / in-process: {100 * r['serve_vs_in_process']:.0f}% (target >= 90%); "
+    print(f"serve / in-process: {100 * r['serve_vs_in_process']:.0f}%; "
           f"batching gain over --max-batch 1: {r['batching_gain']:.2f}x")
     if "soak" in r:
         k = r["soak"]
@@ -400,4 +400,4 @@ def print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(record=True)

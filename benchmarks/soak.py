@@ -11,6 +11,10 @@ replacement (`LORDKIT_FAULT_KILL=<point>`, half of them with the three-rename fa
   those of an uninterrupted run bit for bit.
 
     python benchmarks/soak.py --trials 20            # summary table, JSON in benchmarks/results/
+
+Every trial goes to benchmarks/results/soak.json (--out); run as a script, the summary is also appended
+as one line to benchmarks/results/soak.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR appends
+to DIR/soak.jsonl instead).
 """
 
 from __future__ import annotations
@@ -130,12 +134,13 @@ def timed(fn) -> float:
     return time.monotonic() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the soak; `record`: also append the summary to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=12, help="Trials per command (train, preprocess, export).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "soak.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rng = random.Random(args.seed)
 
     from lordkit.config import LordConfig, tiny_model
@@ -169,9 +174,15 @@ def main() -> None:
         summary[kind] = s
         eq = "-" if s["equal"] is None else str(s["equal"])
         print(f"{kind:<11}{s['trials']:>7}{s['faults']:>8}{s['complete']:>10}{s['stale']:>7}{eq:>7}")
-    atomic_write_json(args.out, {"summary": summary, "trials": rows, "seed": args.seed,
-                                 "seconds": {"preprocess": t_pre, "train": t_train, "export": t_export}})
+    seconds = {"preprocess": t_pre, "train": t_train, "export": t_export}
+    atomic_write_json(args.out, {"summary": summary, "trials": rows, "seed": args.seed, "seconds": seconds})
+    figures = {"summary": summary, "seed": args.seed, "seconds": seconds, "json": str(args.out)}
+    if record:
+        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+
+        print(f"appended to {append_result('soak', figures, args=args, argv=argv)}")
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    main(record=True)

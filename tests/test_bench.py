@@ -484,20 +484,49 @@ def test_cli_img_size_must_match_the_export(run_bench, exported):
     assert "--img-size 64 does not apply" in line
 
 
-def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path):
-    """benchmarks/latency.py, in process: the same result as the command plus the onnxruntime sweep."""
+def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path, monkeypatch):
+    """benchmarks/latency.py, in process: the same result as the command plus the onnxruntime sweep, and
+    one line per run appended to its result file (here under LORDKIT_RESULTS_DIR, not the committed one)."""
     model, out = exported
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # where the script finds _results.py
+    monkeypatch.setenv("LORDKIT_RESULTS_DIR", str(tmp_path / "results"))
     spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
     latency = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(latency)
-    result = latency.main(["--model", str(out), "--model-dir", str(model), "--batch-sizes", "1", "--iters", "1",
-                           "--warmup", "0", "--backends", "eager,ort-cpu", "--models", "generator", "--threads", "1",
-                           "--no-align", "--matmul-size", "256", "--ort-sweep", "generator:2", "--out",
-                           str(tmp_path), "--name", "run"])
+    argv = ["--model", str(out), "--model-dir", str(model), "--batch-sizes", "1", "--iters", "1", "--warmup", "0",
+            "--backends", "eager,ort-cpu", "--models", "generator", "--threads", "1", "--no-align",
+            "--matmul-size", "256", "--ort-sweep", "generator:2", "--out", str(tmp_path), "--name", "run"]
+    result = latency.main(argv, record=True)
     assert [r["status"] for r in result["rows"]] == ["ok", "ok"]
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["format"] == "lordkit-bench/2" and saved["ort_sweep"]["batch"] == 2
     assert saved["ort_sweep"]["rows"][0]["setting"] == "default (all, spinning)"
+    latency.main(argv[:-1] + ["run2"], record=True)
+    lines = (tmp_path / "results" / "latency.jsonl").read_text().splitlines()
+    first, second = map(json.loads, lines)  # appended, one line per run
+    assert first["script"] == "latency" and first["argv"] == argv and first["args"]["threads"] == 1
+    assert first["machine"]["cpu"] and first["machine"]["logical_cpus"] >= 1 and first["date"].endswith("Z")
+    rows = first["figures"]["rows"]
+    assert [(r["backend"], r["status"]) for r in rows] == [("eager", "ok"), ("ort-cpu", "ok")]
+    assert rows[1]["img_per_sec"] > 0 and rows[1]["speedup_vs_eager"] > 0
+    assert first["figures"]["json"] == str(tmp_path / "run.json") and second["figures"]["json"].endswith("run2.json")
     with pytest.raises(LordkitError, match="unknown network 'decoder'"):
         latency.main(["--ort-sweep", "decoder:2"])
 
+
+
+def test_result_lines_are_appended_as_plain_json(tmp_path, monkeypatch):
+    """benchmarks/_results.py: one line per run, appended; numpy values as numbers, NaN as null."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.setenv("LORDKIT_RESULTS_DIR", str(tmp_path / "r"))
+    import _results
+
+    first = _results.append_result("smoke", {"img_per_sec": np.float32(2.5), "ratio": float("nan"),
+                                             "where": tmp_path, "batches": (1, np.int64(8))}, args={"n": 1}, argv=["-n", "1"])
+    again = _results.append_result("smoke", {"img_per_sec": 3.0})
+    assert first == again == tmp_path / "r" / "smoke.jsonl"
+    one, two = (json.loads(line) for line in first.read_text().splitlines())
+    assert one["figures"] == {"img_per_sec": 2.5, "ratio": None, "where": str(tmp_path), "batches": [1, 8]}
+    assert one["argv"] == ["-n", "1"] and one["args"] == {"n": 1} and one["script"] == "smoke"
+    assert one["machine"]["physical_cores"] >= 1 and "cpu_flags" in one["machine"]
+    assert two["figures"] == {"img_per_sec": 3.0}
