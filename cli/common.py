@@ -9,8 +9,18 @@ from typing import Callable
 
 import typer
 
-from lordkit.errors import LordkitError, Terminated, errno_in_message, os_error_line
+from lordkit.errors import (Hint, Interrupted, LordkitError, OutputExists, Terminated, errno_in_message,
+                            os_error_line)
 from lordkit.fsutil import base_dir, recover
+
+
+# How the command line names the library's options and words its hints (lordkit.errors).
+CLI_OPTIONS = {"paste_back": "--paste-back", "all_faces": "--all-faces", "no_align": "--no-align"}
+CLI_HINTS = {
+    Hint.NO_ALIGN: "; pass --no-align for pre-aligned images",
+    Hint.GIVE_CONTENT: ": give a photo or video path",
+    Hint.GIVE_CLASS: ": --class REF.jpg, --class-id N or --class-name NAME",
+}
 
 
 def err(message: str) -> None:
@@ -26,7 +36,11 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except LordkitError as e:
             if not getattr(e, "reported", False):
-                err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                line = e.words(CLI_HINTS, CLI_OPTIONS)
+                err(line.splitlines()[0] if line else type(e).__name__)
+            raise typer.Exit(e.exit_code) from None
+        except Interrupted as e:  # the command has said what it kept
+            err("terminated (SIGTERM)" if e.terminated else "interrupted")
             raise typer.Exit(e.exit_code) from None
         except Terminated:
             err("terminated (SIGTERM); nothing was left half-written")
@@ -64,3 +78,22 @@ def say(message: str) -> None:
     """Results go to stdout; progress and diagnostics go to stderr."""
     typer.echo(message)
     sys.stdout.flush()
+
+
+def as_int(text: str, flag: str, minimum: int | None = None) -> int:
+    """An integer option parsed here, so that a bad value is one error line (click draws a usage box)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise LordkitError(f"{flag} must be an integer, got {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise LordkitError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def refuse_existing(targets: list[Path], force: bool) -> None:
+    """Refuse, before any work, to replace outputs that exist (unless --force)."""
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExists(f"output {existing[0]} already exists{more}; pass --force to replace it")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-MAX_PIXELS = 100_000_000  # the limit of lordkit.runtime.images, which the runtime also reads headers for
-# OpenCV reads its decoder pixel limit once, at import: set before cv2 is imported (a process that
-# imported cv2 earlier keeps OpenCV's default of 2^30 pixels).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+from lordkit.imagelimit import MAX_PIXELS, MEMORY, PIXELS, decode_failure  # before cv2: sets OpenCV's limit
 
 import cv2
 import numpy as np
@@ -31,9 +27,10 @@ def read_image(path: str | Path, grey: bool = False) -> np.ndarray:
     try:
         img = cv2.imdecode(data, flag) if data.size else None
     except cv2.error as e:  # OpenCV's pixel limit, or an allocation the image's header asked for
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
+        failure = decode_failure(e)
+        if failure == PIXELS:
             raise DecodeError(f"{path} is above the {MAX_PIXELS / 1e6:.0f} MP limit") from None
-        if "Insufficient memory" in str(e):
+        if failure == MEMORY:
             raise DecodeError(f"{path} is too big to decode in the memory available") from None
         raise DecodeError(f"{path} is not a decodable image") from None
     if img is None:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, Hint, LordkitError, NoFace
 
 # isort: off
 # images first: it sets OpenCV's pixel limit, which OpenCV reads once when cv2 is first imported.
@@ -69,7 +69,7 @@ def _as_uint8(img: np.ndarray, what: str) -> np.ndarray:
         return img
     if np.issubdtype(img.dtype, np.floating):
         return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise LordkitError(f"{what}: expected uint8 pixels or floats in [0, 1], got {img.dtype}")
+    raise BadInput(f"{what}: expected uint8 pixels or floats in [0, 1], got {img.dtype}")
 
 
 class Preparer:
@@ -133,7 +133,7 @@ class Preparer:
                 self.warn(f"{name} has transparent pixels; composited onto {self.alpha_background}")
             img = composite_alpha(img, self.alpha_background)  # channel order passes through: RGBA -> RGB
         if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-            raise LordkitError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+            raise BadInput(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
         img = convert_channels(np.ascontiguousarray(img), self.channels, name, self.warn)
         return LoadedImage(pixels=img, path=None, original_size=(img.shape[1], img.shape[0]), scale=1.0)
 
@@ -190,7 +190,7 @@ class Preparer:
         photo = loaded.pixels
         faces = self._detect(photo)
         if not faces:
-            raise LordkitError(f"no face found in {loaded.name}; pass --no-align for pre-aligned images")
+            raise NoFace(f"no face found in {loaded.name}", hint=Hint.NO_ALIGN)
         out = []
         for k, face in enumerate(faces if all_faces else faces[:1]):
             src, dst, weights = self._points(photo, face)
@@ -216,11 +216,11 @@ def paste_back(prepared: Prepared, generated: np.ndarray, photo: np.ndarray | No
     from lordkit.faces import paste_back as _paste
 
     if prepared.matrix is None or prepared.photo is None:
-        raise LordkitError(f"{prepared.label} was not aligned from a photo, so there is nowhere to paste it back")
+        raise BadInput(f"{prepared.label} was not aligned from a photo, so there is nowhere to paste it back")
     base = prepared.photo if photo is None else photo
     crop = _as_uint8(generated, prepared.label)
     if crop.ndim == 3 and crop.shape[2] == 1:
         crop = crop[..., 0]
     if crop.ndim != base.ndim:
-        raise LordkitError(f"{prepared.label}: crop has {crop.ndim} dims, the photo {base.ndim}")
+        raise BadInput(f"{prepared.label}: crop has {crop.ndim} dims, the photo {base.ndim}")
     return _paste(base, crop, prepared.matrix, feather_px)

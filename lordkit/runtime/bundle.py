@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lordkit import export_format as fmt
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, LordkitError, UnknownClass, Unsupported
 from lordkit.export_format import FORMAT, RUNTIME_NETWORKS
 from lordkit.fsutil import recover_tree
 
@@ -365,16 +365,16 @@ class Bundle:
         files = self._files(network)
         if precision == "fp16":
             if "onnx_fp16" not in files:
-                raise LordkitError(f"export {self.path} has no fp16 files; re-export with --fp16 or use fp32")
+                raise Unsupported(f"export {self.path} has no fp16 files; re-export with --fp16 or use fp32")
             name = files["onnx_fp16"]
         elif precision == "int8":
             if "onnx_int8" not in files:
-                raise LordkitError(f"export {self.path} has no int8 files; re-export with --int8 or use fp32")
+                raise Unsupported(f"export {self.path} has no int8 files; re-export with --int8 or use fp32")
             name = files["onnx_int8"]
         elif precision == "fp32":
             name = files["onnx_opt"] if optimized and "onnx_opt" in files else files["onnx"]
         else:
-            raise LordkitError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+            raise BadInput(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
         return self._checked(name)
 
     def _checked(self, name: str) -> Path:
@@ -461,7 +461,7 @@ class Bundle:
         n = self.n_classes
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if not 0 <= int(ref) < n:
-                raise LordkitError(f"class id {int(ref)} is out of range: this model has {n} classes (0-{n - 1})")
+                raise UnknownClass(f"class id {int(ref)} is out of range: this model has {n} classes (0-{n - 1})")
             return int(ref)
         names = self.class_names
         try:
@@ -472,7 +472,7 @@ class Bundle:
             close = difflib.get_close_matches(str(ref), names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known names: {', '.join(names[:5])}" + (
                 ", ..." if n > 5 else "")
-            raise LordkitError(f"unknown class name {str(ref)!r}{hint}") from None
+            raise UnknownClass(f"unknown class name {str(ref)!r}{hint}") from None
 
     def describe(self) -> dict[str, Any]:
         """A short summary for printing."""

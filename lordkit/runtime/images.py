@@ -25,23 +25,20 @@ What happens to each kind of input
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-MAX_PIXELS = 100_000_000  # refuse anything larger (a 10000 x 10000 photo is the largest square accepted)
-# OpenCV's own limit for every decoder, also formats whose header is not read here (JPEG 2000,
-# AVIF, ...). OpenCV reads it once, when cv2 is imported, so it is set before the import; a
-# process that imported cv2 earlier keeps OpenCV's default (2^30 pixels).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+# Before cv2: OpenCV's own limit for every decoder, also formats whose header is not read here
+# (JPEG 2000, AVIF, ...), is set from the one MAX_PIXELS.
+from lordkit.imagelimit import MAX_PIXELS, MEMORY, PIXELS, decode_failure
 
 import cv2
 import numpy as np
 
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, TooLarge
 
 # OpenCV logs decoder complaints (a truncated PNG, a failed allocation) to stderr on its own;
 # each of those cases becomes one LordkitError line here instead.
@@ -303,19 +300,19 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
     alpha_background: "white" or "black", what transparent pixels are composited onto.
     """
     if alpha_background not in ALPHA_BACKGROUNDS:
-        raise LordkitError(f"unknown alpha background {alpha_background!r}; use one of: {', '.join(ALPHA_BACKGROUNDS)}")
+        raise BadInput(f"unknown alpha background {alpha_background!r}; use one of: {', '.join(ALPHA_BACKGROUNDS)}")
     path = Path(path)
     name = str(path)
     if path.is_dir():
-        raise LordkitError(f"{name} is a directory, not an image file")
+        raise BadInput(f"{name} is a directory, not an image file")
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except FileNotFoundError:
-        raise LordkitError(f"image not found: {name}") from None
+        raise BadInput(f"image not found: {name}") from None
     except OSError as e:
-        raise LordkitError(f"cannot read {name}: {e.strerror or e}") from None
+        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
     if data.size == 0:
-        raise LordkitError(f"{name} is empty, not an image")
+        raise BadInput(f"{name} is empty, not an image")
 
     info = sniff(data)
     if info is not None:
@@ -359,7 +356,7 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
         if info is not None and info.grey:  # OpenCV expands grey + alpha to BGRA: keep it grey
             img = img[..., 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise LordkitError(f"{name} has an unsupported pixel layout {img.shape}")
+        raise BadInput(f"{name} has an unsupported pixel layout {img.shape}")
     if channels == 1 and img.ndim == 3 and not composited:
         # OpenCV's grey decoder (libpng's weights for PNG) rounds differently from cvtColor:
         # decode again as `lordkit preprocess` reads colour files for a grey model.
@@ -386,25 +383,26 @@ def _decode(data: np.ndarray, flag: int, name: str, info: ImageInfo | None, max_
     try:
         img = cv2.imdecode(data, flag)
     except cv2.error as e:
-        text = str(e)
-        if "CV_IO_MAX_IMAGE_PIXELS" in text:  # OpenCV's limit, for formats whose header is not read here
-            raise LordkitError(f"{name} is above the {max_pixels / 1e6:.0f} MP limit; shrink it first") from None
-        if "Insufficient memory" in text or "Failed to allocate" in text:
-            raise LordkitError(f"{name} is too big to decode in the memory available; shrink it first") from None
-        detail = text.strip().splitlines()[-1] if text.strip() else "decoder error"
-        raise LordkitError(f"cannot decode {name}: {detail}") from None
+        failure = decode_failure(e)
+        if failure == PIXELS:  # OpenCV's limit, for formats whose header is not read here
+            raise TooLarge(f"{name} is above the {max_pixels / 1e6:.0f} MP limit; shrink it first") from None
+        if failure == MEMORY:
+            raise TooLarge(f"{name} is too big to decode in the memory available; shrink it first") from None
+        text = str(e).strip()
+        detail = text.splitlines()[-1] if text else "decoder error"
+        raise BadInput(f"cannot decode {name}: {detail}") from None
     if img is None:
         if info is not None:  # the header was read, so the pixels that follow it are broken
-            raise LordkitError(f"cannot decode {name}: truncated or corrupt {info.format.upper()} file")
-        raise LordkitError(f"{name} is not an image file (no decoder accepts it)")
+            raise BadInput(f"cannot decode {name}: truncated or corrupt {info.format.upper()} file")
+        raise BadInput(f"{name} is not an image file (no decoder accepts it)")
     return img
 
 
 def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
-        raise LordkitError(f"{name} declares an empty image ({width}x{height} px)")
+        raise BadInput(f"{name} declares an empty image ({width}x{height} px)")
     if width * height > max_pixels:
-        raise LordkitError(f"{name} is {width}x{height} px ({width * height / 1e6:.0f} MP), above the "
+        raise TooLarge(f"{name} is {width}x{height} px ({width * height / 1e6:.0f} MP), above the "
                            f"{max_pixels / 1e6:.0f} MP limit; shrink it first")
 
 
@@ -416,8 +414,27 @@ def check_min_size(loaded: LoadedImage, size: int) -> None:
     """A whole-image model input must not be upsampled: refuse a photo smaller than the model's input."""
     w, h = loaded.original_size
     if min(w, h) < size:
-        raise LordkitError(f"{loaded.name} is {w}x{h} px, smaller than this model's {size}x{size} input; "
+        raise BadInput(f"{loaded.name} is {w}x{h} px, smaller than this model's {size}x{size} input; "
                            f"use an image at least {size} px on its shorter side")
+
+
+def to_model_input(img: np.ndarray, img_size: int, channels: int, what: str) -> np.ndarray:
+    """A model input (S, S[, C]) uint8, or float in [0, 1] -> (C, S, S) float32 in [0, 1], as the
+    encoders take it; BadInput naming `what` for another shape or dtype."""
+    img = np.asarray(img)
+    s, c = img_size, channels
+    if img.ndim == 2 and c == 1:
+        img = img[..., None]
+    if img.shape != (s, s, c):
+        raise BadInput(f"{what} is {'x'.join(map(str, img.shape))}; this model takes {s}x{s}x{c} "
+                       "(Transfer.prepare makes model inputs from photos)")
+    if img.dtype == np.uint8:
+        x = img.astype(np.float32) / 255.0
+    elif np.issubdtype(img.dtype, np.floating):
+        x = img.astype(np.float32)
+    else:
+        raise BadInput(f"{what}: expected uint8 pixels or floats in [0, 1], got {img.dtype}")
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def to_uint8_image(img: np.ndarray) -> np.ndarray:

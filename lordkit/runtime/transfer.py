@@ -10,19 +10,59 @@ The result is (N, M, H, W, C) float32 in [0, 1]: result[i, j] is content i drawn
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from lordkit.errors import LordkitError
-from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
+from lordkit.errors import BadInput
 from lordkit.export_format import RUNTIME_NETWORKS
+from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
 from lordkit.runtime.bundle import PRECISIONS, Bundle
+from lordkit.runtime.images import to_model_input, to_uint8_image
+from lordkit.runtime.job import PhotoGroups, TransferJob, chunks, pair_codes, pair_of
 from lordkit.runtime.session import Device, OrtModel, check_contract, open_models, select_device
 
 ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)
 ClassLike = Any  # a class id (int), a class name (str), a Prepared, an array, or an image path
+
+
+@dataclass
+class PreparedJob:
+    """A TransferJob with its inputs prepared: the model inputs and labels, in the job's orders."""
+
+    job: TransferJob
+    contents: list[Prepared]  # in input order, all faces of a photo together
+    photo_of: list[int]  # index of the input each content was cut from
+    classes: list[Prepared | int]  # the reference images' inputs, then class-bank rows (ids, then names)
+    class_labels: list[str]
+
+    @property
+    def content_labels(self) -> list[str]:
+        return [c.label for c in self.contents]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.contents) * len(self.classes)
+
+
+@dataclass
+class PairImage:
+    """One pair's result: content `content` drawn in class `klass`, the model's uint8 crop."""
+
+    content: int
+    klass: int
+    image: np.ndarray
+
+
+@dataclass
+class PastedPhoto:
+    """Paste-back's result: input photo `photo` with each of its faces drawn in class `klass`."""
+
+    photo: int
+    klass: int
+    image: np.ndarray
 
 
 def print_warning(message: str) -> None:
@@ -58,13 +98,13 @@ class Transfer:
                  detector: str = "hog", eye_weight: float = EYE_WEIGHT, alpha_background: str = "white",
                  warn: Callable[[str], None] | None = print_warning):
         if int(batch_size) < 1:
-            raise LordkitError(f"batch size must be >= 1, got {batch_size}")
+            raise BadInput(f"batch size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.warn = warn or (lambda message: None)
         # Cheap checks of names first, then the export (hashing), then the sessions (slowest).
         device = select_device(provider, self.warn)
         if precision not in PRECISIONS:
-            raise LordkitError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+            raise BadInput(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
         self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify)
         b = self.bundle
         self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
@@ -103,9 +143,12 @@ class Transfer:
 
     # -- inputs ----------------------------------------------------------------------------------
 
-    def prepare(self, source: str | os.PathLike | np.ndarray, *, all_faces: bool = False,
+    def prepare(self, source: str | os.PathLike | np.ndarray | Prepared, *, all_faces: bool = False,
                 label: str | None = None, align: bool | None = None) -> list[Prepared]:
-        """Model inputs from a photo (file or RGB / grey array): aligned faces, or the centre square."""
+        """Model inputs from a photo (file or RGB / grey array): aligned faces, or the centre square.
+        A Prepared input is its own model input."""
+        if isinstance(source, Prepared):
+            return [source]
         if isinstance(source, os.PathLike):
             source = Path(source)
         return self.preparer(source, all_faces=all_faces, label=label, align=align)
@@ -114,20 +157,8 @@ class Transfer:
         """One model input as (C, H, W) float32 in [0, 1]."""
         if isinstance(item, (str, os.PathLike)):
             item = self.prepare(Path(item))[0]
-        img = item.image if isinstance(item, Prepared) else np.asarray(item)
-        s, c = self.img_size, self.channels
-        if img.ndim == 2 and c == 1:
-            img = img[..., None]
-        if img.shape != (s, s, c):
-            raise LordkitError(f"{what} is {'x'.join(map(str, img.shape))}; this model takes {s}x{s}x{c} "
-                               "(Transfer.prepare makes model inputs from photos)")
-        if img.dtype == np.uint8:
-            x = img.astype(np.float32) / 255.0
-        elif np.issubdtype(img.dtype, np.floating):
-            x = img.astype(np.float32)
-        else:
-            raise LordkitError(f"{what}: expected uint8 pixels or floats in [0, 1], got {img.dtype}")
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        img = item.image if isinstance(item, Prepared) else item
+        return to_model_input(img, self.img_size, self.channels, what)
 
     def _encode(self, network: str, images: Sequence[ImageLike], what: str) -> np.ndarray:
         """Run an encoder over images in chunks of batch_size; (N, dim) float32."""
@@ -166,23 +197,18 @@ class Transfer:
 
     def generate_iter(self, content_codes: np.ndarray,
                       class_codes: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Every (content, class) pair, in chunks: yields (start, stop, images) with images
-        (stop - start, H, W, C) float32 for the flat pair indices start..stop-1 (pair p = content
-        p // M in class p % M)."""
-        cc = np.asarray(content_codes, np.float32)
-        kc = np.asarray(class_codes, np.float32)
-        n, m = len(cc), len(kc)
+        """Every (content, class) pair in the job's pair order (lordkit.runtime.job), in chunks: yields
+        (start, stop, images) with images (stop - start, H, W, C) float32 for flat pairs start..stop-1."""
         generator = self.models["generator"]
-        for a in range(0, n * m, self.batch_size):
-            p = np.arange(a, min(a + self.batch_size, n * m))
-            out = generator(content_code=cc[p // m], class_code=kc[p % m])  # (B, C, H, W)
-            yield a, a + len(p), out.transpose(0, 2, 3, 1)
+        for a, b in chunks(len(content_codes) * len(class_codes), self.batch_size):
+            cc, kc = pair_codes(content_codes, class_codes, a, b)
+            out = generator(content_code=cc, class_code=kc)  # (B, C, H, W)
+            yield a, b, out.transpose(0, 2, 3, 1)
 
     def transfer(self, contents: Sequence[ImageLike], classes: Sequence[ClassLike]) -> np.ndarray:
         """(N, M, H, W, C) float32: each content image drawn in each class."""
         contents, classes = list(contents), list(classes)
-        if not contents or not classes:
-            raise LordkitError("transfer needs at least one content image and one class")
+        TransferJob(contents, class_images=classes).check()
         cc = self.content_codes(contents)
         kc = self.class_codes(classes)
         s, c = self.img_size, self.channels
@@ -190,6 +216,62 @@ class Transfer:
         for a, b, imgs in self.generate_iter(cc, kc):
             out[a:b] = imgs
         return out.reshape(len(cc), len(kc), s, s, c)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def class_sources(self, job: TransferJob) -> tuple[list[Prepared | int], list[str]]:
+        """The job's class sources in its order (reference images' inputs, then bank rows of the ids,
+        then of the names) and their labels."""
+        images = [self.prepare(ref, align=job.options.align)[0] for ref in job.class_images]
+        classes: list[Prepared | int] = [*images, *job.bank_rows(self.bundle)]
+        return classes, job.class_labels(self.bundle, [p.label for p in images])
+
+    def prepare_job(self, job: TransferJob) -> PreparedJob:
+        """Check the job against this export, then cut its inputs: the class sources, and the largest
+        face (or every face) of each content photo, or its centre square."""
+        job.check(self.bundle)
+        o = job.options
+        classes, class_labels = self.class_sources(job)
+        contents: list[Prepared] = []
+        photo_of: list[int] = []
+        for k, source in enumerate(job.contents):
+            found = self.prepare(source, all_faces=o.all_faces, align=o.align)
+            contents += found
+            photo_of += [k] * len(found)
+            if o.paste_back and found[0].photo_scale < 1:
+                h, w = found[0].photo.shape[:2]
+                scale = found[0].photo_scale
+                self.warn(f"{source} is about {w / scale:.0f}x{h / scale:.0f} px; "
+                          f"the pasted result is written at the working size {w}x{h}")
+        return PreparedJob(job=job, contents=contents, photo_of=photo_of, classes=classes, class_labels=class_labels)
+
+    def run(self, prepared: PreparedJob, advance: Callable[[int], None] | None = None
+            ) -> Iterator[PairImage | PastedPhoto]:
+        """Generate every pair in pair order and yield each result as soon as it is complete: a
+        PairImage per pair, or with paste-back a PastedPhoto per (photo, class) once all the photo's
+        faces are generated in that class. `advance(n)` is called after each chunk of n pairs."""
+        m = len(prepared.classes)
+        cc = self.content_codes(prepared.contents)
+        kc = self.class_codes(prepared.classes)
+        paste = prepared.job.options.paste_back
+        groups = PhotoGroups(prepared.photo_of, m)
+        kept: dict[tuple[int, int], np.ndarray] = {}  # paste-back: (content, class) -> crop, until its photo is done
+        for a, b, imgs in self.generate_iter(cc, kc):
+            for p, img in zip(range(a, b), imgs):
+                i, j = pair_of(p, m)
+                if paste:
+                    kept[(i, j)] = to_uint8_image(img)
+                else:
+                    yield PairImage(i, j, to_uint8_image(img))
+            if advance is not None:
+                advance(b - a)
+            if paste:
+                for k, faces in groups.completed(b):
+                    for j in range(m):
+                        photo = None
+                        for i in faces:  # faces pasted one after another into the same photo
+                            photo = self.paste_back(prepared.contents[i], kept.pop((i, j)), photo)
+                        yield PastedPhoto(k, j, photo)
 
     def paste_back(self, prepared: Prepared, generated: np.ndarray, photo: np.ndarray | None = None) -> np.ndarray:
         """The photo `prepared` was cut from, with `generated` (a result crop) pasted over its face."""
@@ -200,4 +282,4 @@ class Transfer:
                 f"batch_size={self.batch_size})")
 
 
-__all__ = ["Transfer", "print_warning"]
+__all__ = ["Transfer", "PreparedJob", "PairImage", "PastedPhoto", "print_warning"]

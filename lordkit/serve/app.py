@@ -26,10 +26,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 import lordkit
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, Hint, LordkitError
 from lordkit.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lordkit.serve.openapi import ROUTES, docs_page, openapi
-from lordkit.serve.service import PreparedInput, Problem, Service, Upload, encode_png
+from lordkit.runtime.job import TransferJob, TransferOptions, pair_of, result_name
+from lordkit.serve.service import PreparedInput, Problem, Service, Upload, encode_png, parse_class_ids, problem
 from lordkit.serve.settings import Settings
 
 log = logging.getLogger("lordkit.serve")
@@ -124,32 +125,35 @@ def _json(obj) -> bytes:
 # -- routes --------------------------------------------------------------------------------------
 
 
+def _job(service: Service, files: dict[str, list[Upload]], texts: dict[str, list[str]], paste: bool,
+         align: bool) -> TransferJob:
+    """The form's transfer request, checked against the server's limits and the export."""
+    job = TransferJob(contents=files.get("content", []), class_images=files.get("class", []),
+                      class_ids=parse_class_ids(texts.get("class_id", [])), class_names=texts.get("class_name", []),
+                      options=TransferOptions(align=align, paste_back=paste))
+    job.check()
+    n, m = len(job.contents), job.n_classes
+    _check_count(service, n * m, f"{n} content images x {m} classes make")
+    job.check(service.bundle)  # before any decoding: a typo costs nothing
+    return job
+
+
 async def transfer(service: Service, request: Request) -> Response:
     files, texts = await read_form(request, TRANSFER_FIELDS, 2 * service.settings.max_pairs)
-    contents, class_files = files.get("content", []), files.get("class", [])
-    ids, names = texts.get("class_id", []), texts.get("class_name", [])
-    if not contents:
-        raise Problem(400, "give at least one content image: -F content=@photo.jpg")
-    n, m = len(contents), len(class_files) + len(ids) + len(names)
-    if m == 0:
-        raise Problem(400, "give at least one class: -F class=@ref.jpg, -F class_id=N or -F class_name=NAME")
-    _check_count(service, n * m, f"{n} content images x {m} classes make")
     paste, align = flag(texts, "paste_back", False), flag(texts, "align", True)
-    if paste and not service.bundle.is_face:
-        raise Problem(400, "paste_back needs a face model; this export has no face template")
-    if paste and not align:
-        raise Problem(400, "paste_back needs faces found in the photos; it cannot be combined with align=false")
-    bank = service.bank_ids(ids, names)  # before any decoding: a typo costs nothing
+    job = _job(service, files, texts, paste, align)
+    n = len(job.contents)
+    bank = service.bank_ids(job)
 
-    prepared = await service.prepare([*contents, *class_files], align)
+    prepared = await service.prepare([*job.contents, *job.class_images], align)
     pc, pk = prepared[:n], prepared[n:]
     cc, kc = await asyncio.gather(service.content_codes(pc), service.class_codes(pk, bank))
     images = await service.generate(cc, kc)  # (n * m, H, W, C)
 
     content_labels = [p.label for p in pc]
-    class_labels = [p.label for p in pk] + [service.bundle.class_names[i] for i in bank]
+    class_labels = job.class_labels(service.bundle, [p.label for p in pk])
     warnings = _warnings(prepared)
-    as_json = n * m > 1 or "application/json" in request.headers.get("accept", "")
+    as_json = len(images) > 1 or "application/json" in request.headers.get("accept", "")
     body = await service.off_loop(_transfer_body, service, images, pc, content_labels, class_labels, paste,
                                   warnings, as_json)
     headers = {"X-Lordkit-Warnings": "; ".join(warnings).encode("ascii", "replace").decode()} if warnings else None
@@ -166,14 +170,16 @@ def _transfer_body(service: Service, images, pc: list[PreparedInput], content_la
     for p, img in enumerate(images):
         picture = to_uint8_image(img)
         if paste:
-            picture = service.transfer.paste_back(pc[p // m].prepared, picture)
+            picture = service.transfer.paste_back(pc[pair_of(p, m)[0]].prepared, picture)
         out.append((encode_png(picture), picture.shape))
     if not as_json:
         return out[0][0]
-    return _json({"contents": content_labels, "classes": class_labels, "warnings": warnings, "images": [
-        {"content": p // m, "class": p % m, "name": f"{content_labels[p // m]}__{class_labels[p % m]}",
-         "width": shape[1], "height": shape[0], "png": base64.b64encode(png).decode("ascii")}
-        for p, (png, shape) in enumerate(out)]})
+    images_json = []
+    for p, (png, shape) in enumerate(out):
+        i, j = pair_of(p, m)
+        images_json.append({"content": i, "class": j, "name": result_name(content_labels[i], class_labels[j]),
+                            "width": shape[1], "height": shape[0], "png": base64.b64encode(png).decode("ascii")})
+    return _json({"contents": content_labels, "classes": class_labels, "warnings": warnings, "images": images_json})
 
 
 def _codes_body(labels: list[str], codes, warnings: list[str]) -> bytes:
@@ -186,7 +192,7 @@ async def encode_content(service: Service, request: Request) -> Response:
     files, texts = await read_form(request, CONTENT_FIELDS, service.settings.max_pairs)
     contents = files.get("content", [])
     if not contents:
-        raise Problem(400, "give at least one content image: -F content=@photo.jpg")
+        raise BadInput("give at least one content image", hint=Hint.GIVE_CONTENT)
     _check_count(service, len(contents), "content images:")
     prepared = await service.prepare(contents, flag(texts, "align", True))
     codes = await service.content_codes(prepared)
@@ -196,14 +202,14 @@ async def encode_content(service: Service, request: Request) -> Response:
 
 async def encode_class(service: Service, request: Request) -> Response:
     files, texts = await read_form(request, CLASS_FIELDS, service.settings.max_pairs)
-    class_files, ids, names = files.get("class", []), texts.get("class_id", []), texts.get("class_name", [])
-    if not (class_files or ids or names):
-        raise Problem(400, "give at least one class: -F class=@ref.jpg, -F class_id=N or -F class_name=NAME")
-    _check_count(service, len(class_files) + len(ids) + len(names), "classes:")
-    bank = service.bank_ids(ids, names)
-    prepared = await service.prepare(class_files, flag(texts, "align", True))
+    job = TransferJob(contents=[], class_images=files.get("class", []),
+                      class_ids=parse_class_ids(texts.get("class_id", [])), class_names=texts.get("class_name", []))
+    job.check_classes()
+    _check_count(service, job.n_classes, "classes:")
+    bank = service.bank_ids(job)
+    prepared = await service.prepare(job.class_images, flag(texts, "align", True))
     codes = await service.class_codes(prepared, bank)
-    labels = [p.label for p in prepared] + [service.bundle.class_names[i] for i in bank]
+    labels = job.class_labels(service.bundle, [p.label for p in prepared])
     body = await service.off_loop(_codes_body, labels, codes, _warnings(prepared))
     return Response(body, media_type="application/json")
 
@@ -265,6 +271,9 @@ def _endpoint(service: Service, handler: Handler, admit: bool):
             return error(504, f"the request took longer than {settings.timeout_s:g} s (--timeout-s)")
         except Problem as p:
             return error(p.status, p.message, p.headers)
+        except LordkitError as e:  # by its type (lordkit.serve.service.HTTP_STATUS), never its text
+            p = problem(e)
+            return error(p.status, p.message)
         except BodyTooLarge:
             return error(413, f"request body is above this server's {settings.max_body_mb:g} MB limit (--max-body-mb)")
         except HTTPException as e:  # Starlette's multipart parser: a malformed form

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, Hint, LordkitError, NoFace, TooLarge, UnknownClass, Unsupported
 from lordkit.export_format import RUNTIME_NETWORKS
 from lordkit.serve.batcher import Batcher, BatcherClosed
 from lordkit.serve.metrics import Metrics
@@ -46,6 +46,25 @@ class Problem(Exception):
         self.status = status
         self.message = " ".join(str(message).split()) or "error"
         self.headers = headers or {}
+
+
+# The status of each type of user error (the most specific type listed first wins), and how HTTP
+# names the library's options and words its hints (lordkit.errors).
+HTTP_STATUS: list[tuple[type[LordkitError], int]] = [
+    (NoFace, 422), (UnknownClass, 422), (TooLarge, 413), (Unsupported, 400), (BadInput, 400), (LordkitError, 400)]
+HTTP_OPTIONS = {"paste_back": "paste_back", "all_faces": "all_faces", "no_align": "align=false"}
+HTTP_HINTS = {
+    Hint.NO_ALIGN: "; send align=false for pre-aligned crops",
+    Hint.GIVE_CONTENT: ": -F content=@photo.jpg",
+    Hint.GIVE_CLASS: ": -F class=@ref.jpg, -F class_id=N or -F class_name=NAME",
+}
+
+
+def problem(error: LordkitError, rename: tuple[str, str] | None = None) -> Problem:
+    """The HTTP answer to a user error, by its type; `rename` replaces a temporary path in its text."""
+    status = next(code for kind, code in HTTP_STATUS if isinstance(error, kind))
+    text = error.words(HTTP_HINTS, HTTP_OPTIONS)
+    return Problem(status, text.replace(*rename) if rename else text)
 
 
 @dataclass
@@ -165,7 +184,7 @@ class Service:
             sink.append(message)
 
     def _prepare(self, upload: Upload, align: bool | None) -> PreparedInput:
-        from lordkit.runtime.images import sniff
+        from lordkit.runtime.images import sniff, to_model_input
 
         if not upload.data:
             raise Problem(400, f"{upload.name} is empty, not an image")
@@ -181,17 +200,11 @@ class Service:
                 try:
                     [prepared] = self.transfer.preparer(path, label=upload.label, align=align)
                 except LordkitError as e:
-                    raise _problem(str(e).replace(path, upload.name)) from None
+                    raise problem(e, rename=(path, upload.name)) from None
                 warnings = [w.replace(path, upload.name) for w in self._sink.warnings]
         finally:
             self._sink.warnings = None
-        img = prepared.image
-        s, c = self.transfer.img_size, self.transfer.channels
-        if img.ndim == 2 and c == 1:
-            img = img[..., None]
-        if img.shape != (s, s, c):  # the Preparer's contract; never a client's fault
-            raise RuntimeError(f"prepared input is {img.shape}, expected {(s, s, c)}")
-        x = np.ascontiguousarray((img.astype(np.float32) / 255.0).transpose(2, 0, 1))  # (C, H, W)
+        x = to_model_input(prepared.image, self.transfer.img_size, self.transfer.channels, upload.name)  # (C, H, W)
         prepared.source = None  # the temporary path means nothing after this
         return PreparedInput(label=upload.label, prepared=prepared, x=x, warnings=warnings)
 
@@ -227,43 +240,32 @@ class Service:
         return np.concatenate([encoded, bank]).astype(np.float32, copy=False)
 
     async def generate(self, content_codes: np.ndarray, class_codes: np.ndarray) -> np.ndarray:
-        """(N * M, H, W, C) float32: pair p is content p // M in class p % M, as Transfer.generate_iter."""
-        cc = np.asarray(content_codes, np.float32)
-        kc = np.asarray(class_codes, np.float32)
-        p = np.arange(len(cc) * len(kc))
-        out = await self._run(GENERATOR, content_code=cc[p // len(kc)], class_code=kc[p % len(kc)])
+        """(N * M, H, W, C) float32, in the job's pair order (lordkit.runtime.job)."""
+        from lordkit.runtime.job import pair_codes
+
+        cc, kc = pair_codes(content_codes, class_codes)
+        out = await self._run(GENERATOR, content_code=cc, class_code=kc)
         return out.transpose(0, 2, 3, 1)
 
     # -- class references -----------------------------------------------------------------------
 
-    def bank_ids(self, class_ids: Sequence[str], class_names: Sequence[str]) -> list[int]:
-        """Class-bank rows of the form's class_id and class_name values (ids first)."""
-        rows = []
-        for text in class_ids:
-            try:
-                value = int(text.strip())
-            except ValueError:
-                raise Problem(400, f"class_id must be an integer, got {text!r}") from None
-            try:
-                rows.append(self.bundle.class_id(value))
-            except LordkitError as e:
-                raise Problem(422, str(e)) from None
-        for name in class_names:
-            try:
-                rows.append(self.bundle.class_id(name))
-            except LordkitError as e:
-                raise Problem(422, str(e)) from None
-        return rows
+    def bank_ids(self, job) -> list[int]:
+        """Class-bank rows of a job's class ids and names (ids first): 422 for an unknown one."""
+        try:
+            return job.bank_rows(self.bundle)
+        except LordkitError as e:
+            raise problem(e) from None
 
 
-def _problem(message: str) -> Problem:
-    """The status of a runtime error about an uploaded image."""
-    if message.startswith("no face found"):
-        return Problem(422, message.replace("pass --no-align for pre-aligned images",
-                                            "send align=false for pre-aligned crops"))
-    if "MP limit" in message or "too big to decode" in message:
-        return Problem(413, message)
-    return Problem(400, message)
+def parse_class_ids(texts: Sequence[str]) -> list[int]:
+    """The form's class_id values as integers (400 for anything else)."""
+    ids = []
+    for text in texts:
+        try:
+            ids.append(int(text.strip()))
+        except ValueError:
+            raise Problem(400, f"class_id must be an integer, got {text!r}") from None
+    return ids
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -279,4 +281,5 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-__all__ = ["Service", "Problem", "Upload", "PreparedInput", "encode_png"]
+__all__ = ["Service", "Problem", "Upload", "PreparedInput", "encode_png", "problem", "parse_class_ids",
+           "HTTP_STATUS", "HTTP_HINTS", "HTTP_OPTIONS"]

@@ -27,7 +27,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from lordkit.errors import LordkitError
+from lordkit.errors import Hint, Interrupted, LordkitError, NoFace
+from lordkit.runtime.job import by_class
 from lordkit.runtime.video.sources import Audio, Frame, Pump, VideoInput, open_reader
 from lordkit.runtime.video.tracking import BETA, D_CUTOFF_HZ, DETECT_EVERY, MIN_CUTOFF_HZ, FaceTracker
 from lordkit.runtime.video.writers import open_writer
@@ -130,185 +131,297 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def transfer_video(t, source: VideoInput, class_codes: np.ndarray, outputs: list[Path], *,
-                   out_size: int | None = None, detect_every: int = DETECT_EVERY, all_faces: bool = False,
-                   smooth: bool = True, min_cutoff_hz: float = MIN_CUTOFF_HZ, beta: float = BETA,
-                   d_cutoff_hz: float = D_CUTOFF_HZ, backend: str = "auto", audio: bool = True,
-                   progress: Any = None, max_frames: int | None = None,
-                   on_frame: Callable[[int, list[np.ndarray]], None] | None = None) -> VideoResult:
+STAGES = ("decode", "align", "generate", "encode")
+
+
+@dataclass
+class StageStats:
+    """What the stages of one run did, updated as they go (each counter by one stage only)."""
+
+    busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # busy time per stage
+    n_written: int = 0  # frames written to every output (encode)
+    n_no_face: int = 0  # face models: frames without a face (generate)
+    n_with_face: int = 0  # face models: frames with one (generate)
+
+
+def transfer_video(t, source: VideoInput, class_codes: np.ndarray, outputs: list[Path], **options: Any) -> VideoResult:
     """Draw the video `source` in each class of `class_codes` (M, class_dim), one output file per class.
 
     t: an open lordkit.runtime.Transfer. Face models (aligning) paste the generated face back into
-    each full frame; other models write the model's result, resized to out_size when given.
+    each full frame; other models write the model's result, resized to out_size when given. The
+    options are VideoRun's. A source that breaks off mid-way ends the run normally with `broken` set;
+    the outputs then hold every frame read before it. Raises LordkitError for unreadable inputs
+    (nothing is written), NoFace when a face model finds no face in any frame (the outputs are
+    removed), and lordkit.errors.Interrupted (its `partial` the VideoResult of what was kept) on
+    Ctrl-C or SIGTERM.
+    """
+    return VideoRun(t, source, class_codes, outputs, **options).run()
+
+
+class VideoRun:
+    """One video drawn in M classes: the stages below run on their own threads, joined by bounded
+    queues; `run` starts them, runs the generate stage on the calling thread and keeps or removes the
+    outputs.
+
+    out_size: non-face models: the output side (None: the model's size).
+    detect_every, all_faces, smooth, min_cutoff_hz, beta, d_cutoff_hz: face tracking (FaceTracker).
+    backend: "auto", "pyav" or "opencv"; audio: carry the source's audio.
     progress: a rich Progress (lordkit.console.make_progress) to advance, or None.
     max_frames: stop after this many frames (None: the whole video).
     on_frame: called from the encode thread with (frame index, the faces' smoothed transforms).
-    A source that breaks off mid-way ends the run normally with `broken` set; the outputs then hold
-    every frame read before it. Raises LordkitError for unreadable inputs (nothing is written) and
-    when a face model finds no face in any frame (the outputs are removed).
     """
-    class_codes = np.asarray(class_codes, np.float32)
-    m_classes = len(class_codes)
-    if m_classes != len(outputs) or m_classes == 0:
-        raise ValueError(f"{m_classes} classes for {len(outputs)} outputs")
-    faces = bool(t.preparer.align)
-    size, channels = t.img_size, t.channels
-    reader = open_reader(source, backend=backend, audio=audio)
-    info = reader.info
-    stop = threading.Event()
-    busy = {"decode": 0.0, "align": 0.0, "generate": 0.0, "encode": 0.0}
-    counts = {"written": 0, "no_face": 0, "with_face": 0}
-    tracker = (FaceTracker(t.preparer, detect_every=detect_every, all_faces=all_faces, smooth=smooth,
-                           min_cutoff_hz=min_cutoff_hz, beta=beta, d_cutoff_hz=d_cutoff_hz) if faces else None)
-    if faces:
-        width, height = info.width, info.height
-    else:
-        width = height = int(out_size or size)
-    writers: list = []
-    try:
-        for path in outputs:
-            writers.append(open_writer(reader.backend, path, width, height, info.rate, info.time_base,
-                                       info.audio if audio else None))
-    except BaseException:
-        for w in writers:
-            w.close()
-            w.staged.discard()
-        reader.close()
-        raise
-    audio_mode = writers[0].audio_mode
-    cap = max(1, QUEUE_BATCHES * t.batch_size)
-    q_decoded: queue.Queue = queue.Queue(cap)
-    q_aligned: queue.Queue = queue.Queue(cap)
-    q_generated: queue.Queue = queue.Queue(cap)
 
-    def decode() -> None:
+    def __init__(self, t, source: VideoInput, class_codes: np.ndarray, outputs: list[Path], *,
+                 out_size: int | None = None, detect_every: int = DETECT_EVERY, all_faces: bool = False,
+                 smooth: bool = True, min_cutoff_hz: float = MIN_CUTOFF_HZ, beta: float = BETA,
+                 d_cutoff_hz: float = D_CUTOFF_HZ, backend: str = "auto", audio: bool = True,
+                 progress: Any = None, max_frames: int | None = None,
+                 on_frame: Callable[[int, list[np.ndarray]], None] | None = None):
+        self.class_codes = np.asarray(class_codes, np.float32)
+        if len(self.class_codes) != len(outputs) or len(outputs) == 0:
+            raise ValueError(f"{len(self.class_codes)} classes for {len(outputs)} outputs")
+        self.t, self.source, self.outputs = t, source, list(outputs)
+        self.faces = bool(t.preparer.align)
+        self.max_frames, self.on_frame, self.progress = max_frames, on_frame, progress
+        self.tracker = (FaceTracker(t.preparer, detect_every=detect_every, all_faces=all_faces, smooth=smooth,
+                                    min_cutoff_hz=min_cutoff_hz, beta=beta, d_cutoff_hz=d_cutoff_hz)
+                        if self.faces else None)
+        self.stats = StageStats()
+        self.stop = threading.Event()
+        self.reader = open_reader(source, backend=backend, audio=audio)
+        info = self.reader.info
+        if self.faces:
+            self.width, self.height = info.width, info.height
+        else:
+            self.width = self.height = int(out_size or t.img_size)
+        self.writers = self._open_writers(audio)
+        cap = max(1, QUEUE_BATCHES * t.batch_size)
+        self.q_decoded: queue.Queue = queue.Queue(cap)
+        self.q_aligned: queue.Queue = queue.Queue(cap)
+        self.q_generated: queue.Queue = queue.Queue(cap)
+        self.close_errors: list[BaseException] = []  # writers that failed to finalise (encode thread)
+        self.task = None
+
+    def _open_writers(self, audio: bool) -> list:
+        info = self.reader.info
+        writers: list = []
+        try:
+            for path in self.outputs:
+                writers.append(open_writer(self.reader.backend, path, self.width, self.height, info.rate,
+                                           info.time_base, info.audio if audio else None))
+        except BaseException:
+            for w in writers:
+                w.close()
+                w.staged.discard()
+            self.reader.close()
+            raise
+        return writers
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def run(self) -> VideoResult:
+        """Run every stage to the end; keep the outputs (finalised) or remove them (see transfer_video)."""
+        info = self.reader.info
+        if self.progress is not None:
+            total = info.n_frames if self.max_frames is None else min(self.max_frames, info.n_frames or self.max_frames)
+            self.task = self.progress.add_task("video", total=total, unit="frame")
+        threads = [Pump("lordkit-decode", self.decode, self.stop), Pump("lordkit-align", self.align, self.stop),
+                   Pump("lordkit-encode", self.encode, self.stop)]
+        start = time.perf_counter()
+        interrupt: KeyboardInterrupt | None = None
+        ok = kept = False
+        try:
+            for th in threads:
+                th.start()
+            self.generate(threads)
+            threads[2].join()
+            for th in threads:
+                if th.error is not None:
+                    raise th.error
+            if self.close_errors:
+                raise self.close_errors[0]
+            ok = True
+        except KeyboardInterrupt as e:
+            interrupt = e
+        finally:  # also when a stage failed: its error goes on after the outputs are removed
+            if not ok:
+                self.stop.set()
+            for th in threads:
+                th.join(timeout=60)
+            self.reader.close()
+            kept = self.stats.n_written > 0 and (interrupt is not None or (ok and not self._no_face_anywhere()))
+            for w in self.writers:
+                w.staged.commit() if kept else w.staged.discard()
+        result = self._result(time.perf_counter() - start, kept=kept, interrupted=interrupt is not None)
+        if interrupt is not None:
+            raise Interrupted(result, interrupt) from interrupt
+        if self._no_face_anywhere():
+            raise NoFace(f"no face found in any of the {self.stats.n_written} frames of {self.source.text}",
+                         hint=Hint.NO_ALIGN)
+        return result
+
+    def _no_face_anywhere(self) -> bool:
+        """A face model wrote frames, and none had a face: the outputs would be the source unchanged."""
+        return self.faces and self.stats.n_written > 0 and self.stats.n_with_face == 0
+
+    def _result(self, seconds: float, *, kept: bool, interrupted: bool) -> VideoResult:
+        info = self.reader.info
+        return VideoResult(outputs=self.outputs if kept else [], n_frames=self.stats.n_written if kept else 0,
+                           n_no_face=self.stats.n_no_face, n_frames_expected=info.n_frames, rate=info.rate,
+                           backend=self.reader.backend, encoder=getattr(self.writers[0], "encoder", "?"),
+                           audio=self.writers[0].audio_mode, broken=self.reader.broken, interrupted=interrupted,
+                           n_detections=self.tracker.n_detections if self.tracker is not None else 0,
+                           seconds=seconds, stage_seconds={k: round(v, 3) for k, v in self.stats.busy_s.items()})
+
+    # -- the stages ------------------------------------------------------------------------------
+
+    def decode(self) -> None:
+        """Decode thread: frames and audio packets from the reader, in stream order."""
         try:
             clock = time.perf_counter()
             n = 0
-            for item in reader:
-                busy["decode"] += time.perf_counter() - clock
+            for item in self.reader:
+                self.stats.busy_s["decode"] += time.perf_counter() - clock
                 if isinstance(item, Frame):
-                    if max_frames is not None and n >= max_frames:
+                    if self.max_frames is not None and n >= self.max_frames:
                         break
                     n += 1
-                _put(q_decoded, item, stop)
+                _put(self.q_decoded, item, self.stop)
                 clock = time.perf_counter()
-            _put(q_decoded, _END, stop)
+            _put(self.q_decoded, _END, self.stop)
         except _Stopped:
             pass
 
-    def align() -> None:
-        from lordkit.faces import warp_face
-        from lordkit.imaging import square_resize
-
+    def align(self) -> None:
+        """Align thread: each frame's aligned face crops (tracked), or its centre square."""
         try:
             while True:
-                item = _get(q_decoded, stop)
+                item = _get(self.q_decoded, self.stop)
                 if not isinstance(item, Frame):
-                    _put(q_aligned, item, stop)
+                    _put(self.q_aligned, item, self.stop)
                     if item is _END:
                         return
                     continue
                 clock = time.perf_counter()
-                if faces:
-                    found = tracker(item.image, item.time_s)
-                    matrices = [f.matrix for f in found]
-                    crops = []
-                    for mat in matrices:
-                        crop = warp_face(item.image, mat, size)
-                        if channels == 1:
-                            crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-                        crops.append(crop.reshape(size, size, channels))
-                else:
-                    matrices, crops = [], [square_resize(item.image, size, channels)]
-                busy["align"] += time.perf_counter() - clock
-                _put(q_aligned, _Aligned(item, crops, matrices), stop)
+                aligned = self._crops(item)
+                self.stats.busy_s["align"] += time.perf_counter() - clock
+                _put(self.q_aligned, aligned, self.stop)
         except _Stopped:
             pass
 
-    def encode() -> None:
+    def _crops(self, frame: Frame) -> _Aligned:
+        from lordkit.faces import warp_face
+        from lordkit.imaging import square_resize
+
+        size, channels = self.t.img_size, self.t.channels
+        if not self.faces:
+            return _Aligned(frame, [square_resize(frame.image, size, channels)], [])
+        matrices = [f.matrix for f in self.tracker(frame.image, frame.time_s)]
+        crops = []
+        for mat in matrices:
+            crop = warp_face(frame.image, mat, size)
+            if channels == 1:
+                crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+            crops.append(crop.reshape(size, size, channels))
+        return _Aligned(frame, crops, matrices)
+
+    def generate(self, threads: list[Pump]) -> None:
+        """The calling thread's stage: gather crops into batches, encode contents, generate every pair."""
+        pending: list[Any] = []  # frames (with their crops) and audio, in stream order
+        n_crops = 0
         try:
             while True:
-                item = _get(q_generated, stop)
+                try:
+                    item = self.q_aligned.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if self.stop.is_set() or (not threads[1].is_alive() and self.q_aligned.empty()):
+                        raise _Stopped() from None
+                    continue
+                if item is _END:
+                    self._flush(pending)
+                    _put(self.q_generated, _END, self.stop)
+                    return
+                pending.append(item)
+                if isinstance(item, _Aligned):
+                    n_crops += len(item.crops)
+                if n_crops >= self.t.batch_size:
+                    self._flush(pending)
+                    pending, n_crops = [], 0
+        except _Stopped:
+            for th in threads:
+                if th.error is not None:
+                    raise th.error from None
+            raise LordkitError("video transfer stopped: a stage ended without a result") from None
+
+    def _flush(self, pending: list[Any]) -> None:
+        """Generate every (crop, class) pair of the pending frames and pass them on in stream order."""
+        from lordkit.runtime.images import to_uint8_image
+
+        m = len(self.class_codes)
+        crops = [c for item in pending if isinstance(item, _Aligned) for c in item.crops]
+        clock = time.perf_counter()
+        flat: list[np.ndarray] = []
+        if crops:
+            cc = self.t.content_codes(crops)
+            for _, _, imgs in self.t.generate_iter(cc, self.class_codes):  # the job's pair order
+                flat += [to_uint8_image(img) for img in imgs]
+        self.stats.busy_s["generate"] += time.perf_counter() - clock
+        k = 0
+        for item in pending:
+            if isinstance(item, _Aligned):
+                n = len(item.crops)
+                results = by_class(flat, k, n, m)
+                k += n
+                if item.matrices or not item.crops:
+                    if item.crops:
+                        self.stats.n_with_face += 1
+                    else:
+                        self.stats.n_no_face += 1
+                _put(self.q_generated, _Generated(item.frame, item.matrices, results), self.stop)
+            else:
+                _put(self.q_generated, item, self.stop)
+
+    def encode(self) -> None:
+        """Encode thread: paste or resize each class's result, write it with the source's timestamp,
+        carry the audio; every writer is finalised whatever happened, so what was written plays."""
+        try:
+            while True:
+                item = _get(self.q_generated, self.stop)
                 if item is _END:
                     return
                 clock = time.perf_counter()
                 if isinstance(item, Audio):
-                    _write_audio(writers, item.item, audio_mode)
+                    _write_audio(self.writers, item.item, self.writers[0].audio_mode)
                 else:
-                    frame = item.frame
-                    for j, writer in enumerate(writers):
-                        if faces:
-                            img = frame.image.copy() if j < len(writers) - 1 else frame.image
-                            for mat, crop in zip(item.matrices, item.results[j]):
-                                paste_region(img, _rgb(crop) if img.ndim == 3 else crop, mat)
-                        else:
-                            img = _rgb(item.results[j][0])
-                            if img.shape[0] != height:
-                                interp = cv2.INTER_AREA if img.shape[0] > height else cv2.INTER_CUBIC
-                                img = cv2.resize(img, (width, height), interpolation=interp)
-                        writer.write(img, frame.pts)
-                    counts["written"] += 1
-                    if on_frame is not None:
-                        on_frame(frame.index, item.matrices)
-                    if progress is not None:
-                        progress.advance(task)
-                busy["encode"] += time.perf_counter() - clock
+                    self._write_frame(item)
+                self.stats.busy_s["encode"] += time.perf_counter() - clock
         except _Stopped:
             pass
         finally:
-            for writer in writers:  # finalised whatever happened: what was written plays
+            for writer in self.writers:
                 try:
                     writer.close()
-                except Exception as e:  # noqa: BLE001 - kept for the caller; the other writers still close
-                    encode_close_errors.append(e)
+                except Exception as e:  # noqa: BLE001 - kept for run(); the other writers still close
+                    self.close_errors.append(e)
 
-    encode_close_errors: list[BaseException] = []
-    task = progress.add_task("video", total=info.n_frames if max_frames is None else
-                             min(max_frames, info.n_frames or max_frames), unit="frame") if progress is not None else None
-    threads = [Pump("lordkit-decode", decode, stop), Pump("lordkit-align", align, stop),
-               Pump("lordkit-encode", encode, stop)]
-    start = time.perf_counter()
-    interrupted = False
-    ok = False
-    try:
-        for th in threads:
-            th.start()
-        _generate_loop(t, class_codes, q_aligned, q_generated, stop, busy, counts, threads)
-        threads[2].join()
-        for th in threads:
-            if th.error is not None:
-                raise th.error
-        if encode_close_errors:
-            raise encode_close_errors[0]
-        ok = True
-    except KeyboardInterrupt as e:
-        interrupted, interrupt = True, e
-        raise
-    finally:
-        stop.set() if not ok else None
-        for th in threads:
-            th.join(timeout=60)
-        reader.close()
-        seconds = time.perf_counter() - start
-        no_face_anywhere = faces and counts["written"] > 0 and counts["with_face"] == 0 and not interrupted
-        keep = (ok or interrupted) and not no_face_anywhere and counts["written"] > 0
-        for w in writers:
-            if keep:
-                w.staged.commit()
+    def _write_frame(self, item: _Generated) -> None:
+        frame = item.frame
+        for j, writer in enumerate(self.writers):
+            if self.faces:
+                img = frame.image.copy() if j < len(self.writers) - 1 else frame.image
+                for mat, crop in zip(item.matrices, item.results[j]):
+                    paste_region(img, _rgb(crop) if img.ndim == 3 else crop, mat)
             else:
-                w.staged.discard()
-        if interrupted:  # for the caller's message: how much the finalised outputs hold
-            interrupt.video_frames = counts["written"] if keep else 0
-            interrupt.video_outputs = list(outputs) if keep else []
-    if no_face_anywhere:
-        raise LordkitError(f"no face found in any of the {counts['written']} frames of {source.text}; "
-                           "pass --no-align for videos of aligned crops")
-    return VideoResult(outputs=list(outputs), n_frames=counts["written"], n_no_face=counts["no_face"],
-                       n_frames_expected=info.n_frames, rate=info.rate, backend=reader.backend,
-                       encoder=getattr(writers[0], "encoder", "?"), audio=audio_mode, broken=reader.broken,
-                       n_detections=tracker.n_detections if tracker is not None else 0, seconds=seconds,
-                       stage_seconds={k: round(v, 3) for k, v in busy.items()})
+                img = _rgb(item.results[j][0])
+                if img.shape[0] != self.height:
+                    interp = cv2.INTER_AREA if img.shape[0] > self.height else cv2.INTER_CUBIC
+                    img = cv2.resize(img, (self.width, self.height), interpolation=interp)
+            writer.write(img, frame.pts)
+        self.stats.n_written += 1
+        if self.on_frame is not None:
+            self.on_frame(frame.index, item.matrices)
+        if self.progress is not None:
+            self.progress.advance(self.task)
 
 
 def _write_audio(writers: list, packet: Any, mode: str | None) -> None:
@@ -331,59 +444,3 @@ def _write_audio(writers: list, packet: Any, mode: str | None) -> None:
             copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
             copy.duration, copy.is_keyframe = packet.duration, packet.is_keyframe
             w.write_audio_packet(copy)
-
-
-def _generate_loop(t, class_codes: np.ndarray, q_in: queue.Queue, q_out: queue.Queue, stop: threading.Event,
-                   busy: dict, counts: dict, threads: list[Pump]) -> None:
-    """The calling thread's stage: gather crops into batches, encode contents, generate every pair."""
-    from lordkit.runtime.images import to_uint8_image
-
-    m = len(class_codes)
-    pending: list[Any] = []  # frames (with their crops) and audio, in stream order
-    n_crops = 0
-
-    def flush() -> None:
-        nonlocal pending, n_crops
-        crops = [c for item in pending if isinstance(item, _Aligned) for c in item.crops]
-        clock = time.perf_counter()
-        flat: list[np.ndarray] = []
-        if crops:
-            cc = t.content_codes(crops)
-            for _, _, imgs in t.generate_iter(cc, class_codes):  # pair p = crop p // m in class p % m
-                flat += [to_uint8_image(img) for img in imgs]
-        busy["generate"] += time.perf_counter() - clock
-        k = 0
-        for item in pending:
-            if isinstance(item, _Aligned):
-                n = len(item.crops)
-                results = [[flat[(k + i) * m + j] for i in range(n)] for j in range(m)]
-                k += n
-                if item.matrices or not item.crops:
-                    counts["with_face" if item.crops else "no_face"] += 1
-                _put(q_out, _Generated(item.frame, item.matrices, results), stop)
-            else:
-                _put(q_out, item, stop)
-        pending, n_crops = [], 0
-
-    try:
-        while True:
-            try:
-                item = q_in.get(timeout=_POLL_S)
-            except queue.Empty:
-                if stop.is_set() or (not threads[1].is_alive() and q_in.empty()):
-                    raise _Stopped() from None
-                continue
-            if item is _END:
-                flush()
-                _put(q_out, _END, stop)
-                return
-            pending.append(item)
-            if isinstance(item, _Aligned):
-                n_crops += len(item.crops)
-            if n_crops >= t.batch_size:
-                flush()
-    except _Stopped:
-        for th in threads:
-            if th.error is not None:
-                raise th.error from None
-        raise LordkitError("video transfer stopped: a stage ended without a result") from None
