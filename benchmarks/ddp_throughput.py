@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     if record:
-        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
         print(f"appended to {append_result('ddp_throughput', results, args=args, argv=argv)}")
     return results

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
         print(f"warning: {warning}")
     print(f"results: {json_path}\nplot: {png_path or lb.PLOT_HINT}")
     if record:
-        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
         print(f"appended to {append_result('latency', figures(result, json_path), args=args, argv=argv)}")
     return result

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
     print_table(result)
     print(f"results: {path}")
     if record:
-        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
         figures = {**result, "json": str(path)}
         if "soak" in result:

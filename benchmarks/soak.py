@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
     atomic_write_json(args.out, {"summary": summary, "trials": rows, "seed": args.seed, "seconds": seconds})
     figures = {"summary": summary, "seed": args.seed, "seconds": seconds, "json": str(args.out)}
     if record:
-        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
         print(f"appended to {append_result('soak', figures, args=args, argv=argv)}")
     return figures

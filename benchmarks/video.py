@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
         f"{k} max {v['max_px']:.2f} rms {v['rms_px']:.2f} (raw max {v['raw_max_px']:.2f})" for k, v in d.items()))
     print(f"wrote {path}")
     if record:
-        from _results import append_result  # benchmarks/_results.py: this script's directory is on sys.path
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
         print(f"appended to {append_result('video', {**result, 'json': str(path)}, args=args, argv=argv)}")
     return result
