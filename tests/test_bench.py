@@ -521,8 +521,8 @@ def test_result_lines_are_appended_as_plain_json(tmp_path, monkeypatch):
     monkeypatch.setenv("LORDKIT_RESULTS_DIR", str(tmp_path / "r"))
     import _results
 
-    first = _results.append_result("smoke", {"img_per_sec": np.float32(2.5), "ratio": float("nan"),
-                                             "where": tmp_path, "batches": (1, np.int64(8))}, args={"n": 1}, argv=["-n", "1"])
+    figures = {"img_per_sec": np.float32(2.5), "ratio": float("nan"), "where": tmp_path, "batches": (1, np.int64(8))}
+    first = _results.append_result("smoke", figures, args={"n": 1}, argv=["-n", "1"])
     again = _results.append_result("smoke", {"img_per_sec": 3.0})
     assert first == again == tmp_path / "r" / "smoke.jsonl"
     one, two = (json.loads(line) for line in first.read_text().splitlines())
