@@ -9,7 +9,9 @@ A model dir holds:
                                 progress.json: the last complete checkpoint, replaced as one unit
     samples/<stage>-epoch-NNNN.png  transfer grids (rows: class source, columns: content source)
     metrics.jsonl               one JSON object per logged step, appended
+    tensorboard/<stage>/        TensorBoard event files, when TensorBoard is installed
     eval/<data>.json, eval/<data>-transfer.png   written by `lordkit evaluate`
+    demo-*                      what `lordkit demo` adds: transfer grid and video, summary
     .lock                       held by the process training into the dir
 
 Training, export, evaluation, the benchmarks and the import of reference checkpoints all open
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 from pathlib import Path
@@ -42,6 +45,11 @@ STAGES = ("latent", "amortized")
 CONFIG = "config.json"
 DATA_RECORD = "data.json"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+CHECKPOINTS = "checkpoints"
+SAMPLES = "samples"
+TENSORBOARD = "tensorboard"
+EVAL = "eval"
 CLASS_TABLE_KEY = "class_embedding.weight"  # stage-1 class codes in latent.safetensors
 _CHECKPOINT_WEIGHTS = "model.safetensors"
 _CHECKPOINT_STATE = "state.pt"
@@ -57,7 +65,7 @@ def weights_path(model_dir: Path, stage: str) -> Path:
 
 
 def checkpoint_dir(model_dir: Path, stage: str) -> Path:
-    return Path(model_dir) / "checkpoints" / stage
+    return Path(model_dir) / CHECKPOINTS / stage
 
 
 def has_checkpoint(model_dir: Path, stage: str) -> bool:
@@ -66,7 +74,72 @@ def has_checkpoint(model_dir: Path, stage: str) -> bool:
 
 
 def is_model_dir(model_dir: Path) -> bool:
-    return (Path(model_dir) / CONFIG).is_file()
+    return config_path(model_dir).is_file()
+
+
+def config_path(model_dir: Path) -> Path:
+    return Path(model_dir) / CONFIG
+
+
+def data_record_path(model_dir: Path) -> Path:
+    return Path(model_dir) / DATA_RECORD
+
+
+def stage1_files(model_dir: Path) -> tuple[Path, Path, Path]:
+    """What stage 2 starts from: config.json, data.json and latent.safetensors."""
+    return config_path(model_dir), data_record_path(model_dir), weights_path(model_dir, "latent")
+
+
+def metrics_path(model_dir: Path) -> Path:
+    return Path(model_dir) / METRICS
+
+
+def lock_path(model_dir: Path) -> Path:
+    return Path(model_dir) / LOCK
+
+
+def samples_dir(model_dir: Path) -> Path:
+    return Path(model_dir) / SAMPLES
+
+
+def sample_path(model_dir: Path, stage: str, epoch: int) -> Path:
+    """The sample grid of a stage after `epoch` epochs."""
+    return samples_dir(model_dir) / f"{stage}-epoch-{epoch:04d}.png"
+
+
+def tensorboard_dir(model_dir: Path, stage: str) -> Path:
+    return Path(model_dir) / TENSORBOARD / stage
+
+
+def eval_json_path(model_dir: Path, data_name: str) -> Path:
+    """Where `lordkit evaluate` writes its results on data `data_name`."""
+    return Path(model_dir) / EVAL / f"{data_name}.json"
+
+
+def eval_grid_path(model_dir: Path, data_name: str) -> Path:
+    """Where `lordkit evaluate` writes its transfer grid on data `data_name`."""
+    return Path(model_dir) / EVAL / f"{data_name}-transfer.png"
+
+
+def demo_path(model_dir: Path, name: str) -> Path:
+    """demo-<name>: a file `lordkit demo` adds ("transfer.png", "transfer.mp4", "summary.json")."""
+    return Path(model_dir) / f"demo-{name}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def read_metrics(model_dir: Path) -> list[dict[str, Any]]:
+    """Every record of a model's metrics.jsonl (none if it has none); a torn last line is skipped."""
+    path = metrics_path(model_dir)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,14 +149,14 @@ def is_model_dir(model_dir: Path) -> bool:
 def load_config(model_dir: Path) -> LordConfig:
     """The model's config; opening a model first repairs what crashed writers left in and beside it."""
     recover_tree(model_dir)
-    path = Path(model_dir) / CONFIG
+    path = config_path(model_dir)
     if not path.is_file():
         raise LordkitError(f"model not found: {model_dir} (no {CONFIG}; train it with `lordkit train`)")
     return LordConfig.load(path)
 
 
 def save_config(model_dir: Path, cfg: LordConfig) -> None:
-    cfg.save(Path(model_dir) / CONFIG)
+    cfg.save(config_path(model_dir))
 
 
 def data_record(ds: "Dataset", data_name: str) -> dict[str, Any]:
@@ -103,12 +176,12 @@ def bare_data_record(cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
 
 
 def save_data_record(model_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_json(Path(model_dir) / DATA_RECORD, record)
+    atomic_write_json(data_record_path(model_dir), record)
 
 
 def load_data_record(model_dir: Path) -> dict[str, Any]:
     """data.json, or {} for a model dir written before it existed."""
-    path = Path(model_dir) / DATA_RECORD
+    path = data_record_path(model_dir)
     if not path.is_file():
         return {}
     record = read_json(path, "model data record")
@@ -357,7 +430,7 @@ def training_lock(model_dir: Path) -> Iterator[None]:
     """Refuse a second training into the same model dir while one runs (advisory file lock)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    f = open(model_dir / ".lock", "a+")
+    f = open(lock_path(model_dir), "a+")
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -376,3 +449,17 @@ def training_lock(model_dir: Path) -> Iterator[None]:
                 f.truncate(0)
     finally:
         f.close()
+
+
+def record_class_names(model_dir: Path, record: dict[str, Any], n_classes: int) -> list[str]:
+    """The class names a model's data record (`load_data_record`) gives its `n_classes` classes, as
+    strings, numbered where it names none; LordkitError naming data.json where they are not a list or
+    not one per class."""
+    path = Path(model_dir) / DATA_RECORD
+    names = record.get("class_names")
+    if names is not None and not isinstance(names, list):
+        raise LordkitError(f"{path}: class_names must be a list, got {type(names).__name__}")
+    class_names = [str(n) for n in (names or range(n_classes))]
+    if len(class_names) != n_classes:
+        raise LordkitError(f"{path} names {len(class_names)} classes, the model has {n_classes}")
+    return class_names
