@@ -136,8 +136,9 @@ class LatentTrainConfig:
     seed: int = 0
     log_every: int = 50  # steps between host reads of the loss
     sample_every_epochs: int = 1
-    # Collapse detection, at every sample grid: the output's variation with the content code (and with
-    # the class) over the data's own; below the threshold after the warm-up fraction of the epochs = collapsed.
+    # Collapse detection (lordkit.collapse), at every sample grid: the output's variation with the content
+    # code (and with the class) over the data's own; below the threshold after the warm-up fraction of the
+    # epochs = collapsed.
     collapse_threshold: float = 0.005  # 0 turns detection off
     collapse_warmup: float = 0.2  # fraction of n_epochs before a low ratio counts
     stop_on_collapse: bool = False  # stop with an error (exit 2, checkpoint kept) instead of a warning

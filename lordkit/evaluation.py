@@ -14,16 +14,14 @@
    distance), next to the distances of unrelated images' codes (A's class code to B's, B's content
    code to A's). A ratio of 1 means the cycle lands no nearer than an unrelated image; 0 is exact.
 5. Collapse: how much the output changes with the content image at a fixed class image, and with
-   the class at a fixed content, over the data's own pixel spread (lordkit.training.metrics
-   variation_ratios), flagged below the config's amortized.collapse_threshold; and any collapse
-   recorded during training (metrics.jsonl).
+   the class at a fixed content, over the data's own pixel spread (lordkit.collapse), flagged below
+   the config's amortized.collapse_threshold; and any collapse recorded during training (metrics.jsonl).
 6. A transfer grid PNG.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,9 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lordkit.collapse import collapse_report
 from lordkit.data.store import Dataset
 from lordkit.fsutil import atomic_write_json
-from lordkit.modeldir import METRICS, check_data_matches, load_amortized, load_config, load_data_record
+from lordkit.modeldir import (check_data_matches, eval_grid_path, eval_json_path, load_amortized, load_config,
+                              load_data_record)
 from lordkit.device import pick_device
 from lordkit.models import AmortizedModel
 from lordkit.viz import sample_positions, save_png, transfer_grid
@@ -181,55 +181,6 @@ def transfer_error(model: AmortizedModel, ds: Dataset, truth: TruthLookup, devic
             "n_pairs": len(rows)}
 
 
-def pixel_spread(imgs: Tensor) -> float:
-    """Mean over pixels of the per-pixel std across images: how much a set of images varies.
-    imgs: (N, C, H, W) tensor in [0, 1]."""
-    return float(imgs.float().std(dim=0, unbiased=False).mean())
-
-
-def variation_ratios(generated: Tensor, real_spread: float) -> dict[str, float]:
-    """How much generated images change with the content code and with the class, relative to the
-    variation of the real images.
-
-    generated: (n_contents, n_classes, C, H, W), image [i, j] = content i in class j. content_ratio:
-    mean over classes of the per-pixel std across contents, over real_spread; class_ratio: the same
-    across classes at a fixed content. Both are 0 for a generator that ignores that input (e.g. black
-    for everything) and about 1 when outputs vary as much as the data."""
-    g = generated.float()
-    denom = max(float(real_spread), 1e-8)
-    content = float(g.std(dim=0, unbiased=False).mean()) if g.shape[0] > 1 else 0.0
-    cls = float(g.std(dim=1, unbiased=False).mean()) if g.shape[1] > 1 else 0.0
-    return {"content_ratio": content / denom, "class_ratio": cls / denom}
-
-
-def read_metrics(model_dir: Path) -> list[dict[str, Any]]:
-    """Every record of a model's metrics.jsonl (none if it has none); a torn last line is skipped."""
-    path = Path(model_dir) / METRICS
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            rows.append(json.loads(line))
-    return rows
-
-
-def training_collapse(model_dir: Path) -> dict[str, Any]:
-    """Per stage: the last probed ratios and the collapse event (None if none) from metrics.jsonl."""
-    out: dict[str, Any] = {}
-    for row in read_metrics(model_dir):
-        stage = row.get("stage")
-        if stage is None or "content_ratio" not in row:
-            continue
-        entry = out.setdefault(stage, {"collapse": None})
-        entry.update({"epoch": row.get("epoch"), "content_ratio": row["content_ratio"],
-                      "class_ratio": row.get("class_ratio")})
-        if row.get("event") == "collapse" and entry["collapse"] is None:
-            entry["collapse"] = {"epoch": row.get("epoch"), "step": row.get("step"),
-                                 "content_ratio": row["content_ratio"], "class_ratio": row.get("class_ratio")}
-    return out
-
-
 @torch.no_grad()
 def cycle_score(model: AmortizedModel, ds: Dataset, device: torch.device, n_pairs: int = 512,
                 seed: int = 0) -> dict[str, Any] | None:
@@ -269,26 +220,6 @@ def cycle_score(model: AmortizedModel, ds: Dataset, device: torch.device, n_pair
 
 
 @torch.no_grad()
-def collapse_ratios(model: AmortizedModel, ds: Dataset, device: torch.device, threshold: float,
-                    n_contents: int = 16, n_classes: int = 8, seed: int = 0) -> dict[str, Any]:
-    """The variation ratios of the trained encoders + generator on ds (as training probes them), and
-    whether they are below the collapse threshold."""
-    rng = np.random.default_rng(seed + 2)
-    class_ids = np.asarray(ds.class_ids)
-    contents = np.sort(rng.choice(len(ds), min(n_contents, len(ds)), replace=False))
-    class_rows = sample_positions(class_ids, ds.n_classes, n_classes, seed)
-    class_rows = class_rows[np.unique(class_ids[class_rows], return_index=True)[1]]  # one image per class
-    spread_rows = np.sort(rng.choice(len(ds), min(256, len(ds)), replace=False))
-    spread = pixel_spread(_to_tensor(ds.images[spread_rows], device))
-    xc, xk = _to_tensor(ds.images[contents], device), _to_tensor(ds.images[np.sort(class_rows)], device)
-    kc, kk = len(xc), len(xk)
-    out, _, _ = model.convert(xc.repeat_interleave(kk, 0), xk.repeat(kc, 1, 1, 1))
-    ratios = variation_ratios(out.reshape(kc, kk, *out.shape[1:]), spread)
-    below = [k for k, v in ratios.items() if v < threshold and not (k == "class_ratio" and kk < 2)]
-    return {**ratios, "threshold": threshold, "collapsed": bool(below and threshold > 0)}
-
-
-@torch.no_grad()
 def grid_png(model: AmortizedModel, ds: Dataset, out: Path, device: torch.device, k: int = 8, seed: int = 0) -> Path:
     idx = sample_positions(np.asarray(ds.class_ids), ds.n_classes, k, seed)
     imgs = _to_tensor(np.stack([ds.images[i] for i in idx]), device)
@@ -320,10 +251,9 @@ def evaluate(model_dir: Path, ds: Dataset, *, data_name: str, device: str = "cpu
     if ds.meta.dataset_id in GROUND_TRUTH_DATASETS and ds.has_content_labels:
         result["transfer"] = transfer_error(model, ds, TruthLookup(ds, model_data), dev, n_pairs, seed)
     result["cycle"] = cycle_score(model, ds, dev, n_pairs, seed)
-    result["collapse"] = {**collapse_ratios(model, ds, dev, cfg.amortized.collapse_threshold, seed=seed),
-                          "training": training_collapse(model_dir)}
-    out_dir = Path(model_dir) / "eval"
-    result["grid_png"] = str(grid_png(model, ds, out_dir / f"{data_name}-transfer.png", dev))
-    atomic_write_json(out_dir / f"{data_name}.json", result)
-    result["json"] = str(out_dir / f"{data_name}.json")
+    result["collapse"] = collapse_report(model, ds, dev, cfg.amortized.collapse_threshold, model_dir, seed=seed)
+    result["grid_png"] = str(grid_png(model, ds, eval_grid_path(model_dir, data_name), dev))
+    json_path = eval_json_path(model_dir, data_name)
+    atomic_write_json(json_path, result)
+    result["json"] = str(json_path)
     return result

@@ -2,18 +2,17 @@
 plumbing (ratios in metrics.jsonl, one warning line, --stop-on-collapse exits 2 with a checkpoint)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from lordkit.collapse import CollapseDetected, CollapseWatch, pixel_spread, training_collapse, variation_ratios
 from lordkit.config import ConfigError
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.training import train_amortized, train_latent
-from lordkit.training.loop import CollapseDetected
-from lordkit.evaluation import pixel_spread, training_collapse, variation_ratios
-from lordkit.training.metrics import CollapseWatch
 from test_training import TINY_DATA, TINY_SET, quiet, tiny_cfg
 
 from conftest import one_line_error
@@ -45,6 +44,26 @@ def test_watch_waits_for_the_warm_up_and_reports_once():
     msg = w.message()
     assert "\n" not in msg and "content code" in msg and "0.010" in msg and "content_std" in msg
     assert CollapseWatch("latent", 0.0, 0).check(low, 20) is None  # threshold 0: off
+
+
+def test_each_stage_builds_its_watch_from_its_config_section():
+    cfg = tiny_cfg("latent.n_epochs=10", "latent.collapse_warmup=0.3", "latent.collapse_threshold=0.2",
+                   "amortized.stop_on_collapse=true")
+
+    def probe():
+        return {"content_ratio": 0.1, "class_ratio": 0.5}
+
+    w = CollapseWatch.for_stage("latent", cfg.latent, probe)
+    assert (w.threshold, w.warmup_epochs, w.stop, w.probe) == (0.2, pytest.approx(3.0), False, probe)
+    assert CollapseWatch.for_stage("amortized", cfg.amortized, probe).stop
+    # A stop is one error naming step and checkpoint; a rank that saw no collapse itself says so.
+    assert w.check(probe(), 4)["below"] == ["content_ratio"]
+    err = w.stopped(12, Path("ck"))
+    assert isinstance(err, CollapseDetected) and err.exit_code == 2
+    assert str(err).startswith("latent stage collapsed at epoch 4") and str(err).endswith("at step 12 in ck")
+    other = CollapseWatch("amortized", 0.1, 0).stopped(3, Path("ck"))
+    assert str(other) == ("amortized stage collapsed on another rank; stopped (stop_on_collapse) with a checkpoint "
+                          "at step 3 in ck")
 
 
 def test_config_checks_the_new_fields():

@@ -11,16 +11,15 @@ import torch
 from torch import Tensor
 
 from lordkit import distributed
+from lordkit.collapse import CollapseWatch, EncoderProbe
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 from lordkit.losses import make_loss
 from lordkit.modeldir import (check_data_matches, checkpoint_dir, is_model_dir, load_config, load_latent, save_config,
                               save_weights, weights_path)
-from lordkit.models import amortized_from_latent
+from lordkit.models import AmortizedModel, amortized_from_latent
 from lordkit.training.data import ImageBank
-from lordkit.training.latent import probe_set
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
-from lordkit.evaluation import variation_ratios
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
 from lordkit.viz import sample_positions
 
@@ -42,6 +41,21 @@ def _start_stage(ds: Dataset, model_dir: Path, changes: dict[str, Any] | None, *
             raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
                                "or --force to start it anew")
         save_config(model_dir, cfg)
+
+
+class _SampleGrid:
+    """Stage 2's sample grid: fixed images, each one's content in each one's class, through the encoders."""
+
+    def __init__(self, model: AmortizedModel, bank: ImageBank, fixed: Tensor):
+        self.model, self.bank, self.fixed = model, bank, fixed
+
+    @torch.no_grad()
+    def __call__(self) -> np.ndarray:
+        self.model.eval()
+        imgs = self.bank.batch(self.fixed)  # (K, C, H, W)
+        k = len(self.fixed)
+        out, _, _ = self.model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))  # (K*K, C, H, W)
+        return sample_grid(imgs, out)
 
 
 def train_amortized(
@@ -100,35 +114,16 @@ def train_amortized(
             return loss, {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
 
         fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
-
-        @torch.no_grad()
-        def sample() -> np.ndarray:
-            model.eval()
-            imgs = bank.batch(fixed)  # (K, C, H, W)
-            k = len(fixed)
-            out, _, _ = model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))  # (K*K, C, H, W)
-            return sample_grid(imgs, out)
+        sample = _SampleGrid(model, bank, fixed)
 
         # Collapse probe: contents from fixed images, classes from one fixed image of each probed class.
-        owned_classes = np.asarray(ds.class_ids)[owned]
-        probe_rows, probe_classes, real_spread = probe_set(owned_classes, bank, ac.seed)
-        class_rows = torch.from_numpy(np.array([int(np.flatnonzero(owned_classes == c)[0])
-                                                for c in probe_classes.tolist()])).to(dev)
-
-        @torch.no_grad()
-        def probe() -> dict[str, float]:
-            model.eval()
-            content_imgs, class_imgs = bank.batch(probe_rows), bank.batch(class_rows)
-            kc, kk = len(probe_rows), len(class_rows)
-            out, _, _ = model.convert(content_imgs.repeat_interleave(kk, 0), class_imgs.repeat(kc, 1, 1, 1))
-            return variation_ratios(out.reshape(kc, kk, *out.shape[1:]), real_spread)
+        probe = EncoderProbe(model, np.asarray(ds.class_ids)[owned], bank, ac.seed)
 
         # Train.
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
-                        step=step, sample=sample, n_global=len(ds), dist=d, probe=probe,
-                        collapse_threshold=ac.collapse_threshold,
-                        collapse_warmup_epochs=ac.collapse_warmup * ac.n_epochs, stop_on_collapse=ac.stop_on_collapse)
+                        step=step, sample=sample, n_global=len(ds), dist=d,
+                        collapse=CollapseWatch.for_stage("amortized", ac, probe))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
 

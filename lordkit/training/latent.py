@@ -12,18 +12,19 @@ import torch
 from torch import Tensor, nn
 
 from lordkit import distributed
+from lordkit.collapse import CollapseWatch, LatentProbe
 from lordkit.config import LordConfig
 from lordkit.data.store import Dataset
+from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
 from lordkit.losses import content_penalty, make_loss
-from lordkit.modeldir import (check_data_matches, checkpoint_dir, data_record, load_config, save_config,
+from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_record, load_config, save_config,
                               save_data_record, save_state, weights_path)
 from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
 from lordkit.training.init import pca_content_codes
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
-from lordkit.evaluation import pixel_spread, variation_ratios
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
 from lordkit.viz import sample_positions
 
@@ -32,7 +33,7 @@ CONTENT_TABLE = "content_embedding.embedding.weight"  # the per-image table, spl
 
 def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool) -> None:
     """Refuse to touch an existing model unless --resume or --force; with --force start it anew."""
-    existing = [c for c in model_dir.iterdir() if c.name != ".lock"] if model_dir.exists() else []
+    existing = [c for c in model_dir.iterdir() if c.name != LOCK] if model_dir.exists() else []
     if existing and not resume:
         if not force:
             raise LordkitError(f"model {model_dir} already exists; pass --resume to continue it "
@@ -72,18 +73,41 @@ class _SharedLatent(nn.Module):
         return self.generator(content_code, self.modulation(self.class_embedding(class_id)))
 
 
-def probe_set(class_ids: np.ndarray, bank: ImageBank, seed: int, n_contents: int = 16, n_classes: int = 8,
-              n_spread: int = 64) -> tuple[Tensor, Tensor, float]:
-    """The fixed probe of collapse detection, drawn from a bank's images (seeded): rows of n_contents
-    images (their content), up to n_classes distinct class ids, and the real images' pixel spread."""
-    rng = np.random.default_rng(seed + 104729)
-    n = len(class_ids)
-    contents = np.sort(rng.choice(n, min(n_contents, n), replace=False))
-    classes = np.unique(class_ids[sample_positions(class_ids, int(class_ids.max()) + 1, n_classes, seed)])
-    spread_rows = np.sort(rng.choice(n, min(n_spread, n), replace=False))
-    spread = pixel_spread(bank.batch(torch.from_numpy(spread_rows).to(bank.device)))
-    dev = bank.device
-    return torch.from_numpy(contents).to(dev), torch.from_numpy(classes).to(dev), spread
+class _SampleGrid:
+    """Stage 1's sample grid: the codes of fixed images, every content code in every class."""
+
+    def __init__(self, model: LatentModel, bank: ImageBank, class_ids: Tensor, fixed: Tensor):
+        self.model, self.bank, self.class_ids, self.fixed = model, bank, class_ids, fixed
+
+    @torch.no_grad()
+    def __call__(self) -> np.ndarray:
+        model, fixed = self.model, self.fixed
+        model.eval()
+        content_code = model.content_embedding(fixed)  # (K, content_dim)
+        params = model.modulation(model.class_embedding(self.class_ids[fixed]))
+        k = len(fixed)
+        out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))  # (K*K, C, H, W)
+        return sample_grid(self.bank.batch(fixed), out)
+
+
+def _build_model(ds: Dataset, cfg: LordConfig, d: Dist, *, resume: bool) -> tuple[LatentModel, np.ndarray]:
+    """The stage-1 model at its start and the images this rank trains: seeded the same on every rank and
+    for any world size; under torchrun it keeps only this rank's rows of the content table."""
+    lc = cfg.latent
+    owned = distributed.owned_indices(len(ds), d, lc.seed)
+    torch.manual_seed(lc.seed)
+    model = LatentModel(cfg.model)
+    if lc.content_init != EMBEDDING_INIT:
+        nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
+    if lc.pca_init > 0 and not resume:  # a resume loads its codes from the checkpoint
+        codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed, lc.pca_features)
+        model.content_embedding.embedding.weight.data.copy_(torch.from_numpy(codes))
+    if d.enabled:  # keep only this rank's rows of the content table
+        full_table = model.content_embedding.embedding.weight.detach()
+        model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)
+        model.content_embedding.embedding.weight.data.copy_(full_table[torch.from_numpy(owned)])
+        torch.manual_seed(lc.seed + d.rank)  # independent content noise per rank
+    return model, owned
 
 
 def train_latent(
@@ -116,19 +140,7 @@ def train_latent(
         loss_fn = make_loss(lc.loss, vgg_weights).to(dev)
 
         # Build the model: the same seeded init on every rank and for any world size.
-        owned = distributed.owned_indices(len(ds), d, lc.seed)
-        torch.manual_seed(lc.seed)
-        model = LatentModel(cfg.model)
-        if lc.content_init != EMBEDDING_INIT:
-            nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
-        if lc.pca_init > 0 and not resume:  # a resume loads its codes from the checkpoint
-            codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed, lc.pca_features)
-            model.content_embedding.embedding.weight.data.copy_(torch.from_numpy(codes))
-        if d.enabled:  # keep only this rank's rows of the content table
-            full_table = model.content_embedding.embedding.weight.detach()
-            model.content_embedding = RegularizedEmbedding(len(owned), cfg.model.content_dim)
-            model.content_embedding.embedding.weight.data.copy_(full_table[torch.from_numpy(owned)])
-            torch.manual_seed(lc.seed + d.rank)  # independent content noise per rank
+        model, owned = _build_model(ds, cfg, d, resume=resume)
         model = place(model, dev)
         optimizer = adam([
             {"params": list(model.generator.parameters()) + list(model.modulation.parameters()), "lr": lc.lr_generator},
@@ -152,36 +164,18 @@ def train_latent(
             return rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
 
         fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
+        sample = _SampleGrid(model, bank, class_ids, fixed)
 
-        @torch.no_grad()
-        def sample() -> np.ndarray:
-            model.eval()
-            content_code = model.content_embedding(fixed)  # (K, content_dim)
-            params = model.modulation(model.class_embedding(class_ids[fixed]))
-            k = len(fixed)
-            out = model.generator(content_code.repeat(k, 1), params.repeat_interleave(k, 0))  # (K*K, C, H, W)
-            return sample_grid(bank.batch(fixed), out)
-
-        probe_contents, probe_classes, real_spread = probe_set(np.asarray(ds.class_ids)[owned], bank, lc.seed)
-
-        @torch.no_grad()
-        def probe() -> dict[str, float]:
-            model.eval()
-            content_code = model.content_embedding(probe_contents)  # (Kc, content_dim), no noise in eval
-            params = model.modulation(model.class_embedding(probe_classes))
-            kc, kk = len(probe_contents), len(probe_classes)
-            tiled = params.repeat(kc, *[1] * (params.dim() - 1))  # every class for each content
-            out = model.generator(content_code.repeat_interleave(kk, 0), tiled)  # (Kc*Kk, C, H, W)
-            return variation_ratios(out.reshape(kc, kk, *out.shape[1:]), real_spread)
+        # Collapse probe: fixed seeded images, measured whenever a sample grid is due.
+        probe = LatentProbe(model, np.asarray(ds.class_ids)[owned], bank, lc.seed)
 
         # Train.
         table = ShardedTable(CONTENT_TABLE, len(ds), lc.seed, d) if d.enabled else None
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
                         step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
-                        n_global=len(ds), dist=d, table=table, probe=probe,
-                        collapse_threshold=lc.collapse_threshold,
-                        collapse_warmup_epochs=lc.collapse_warmup * lc.n_epochs, stop_on_collapse=lc.stop_on_collapse)
+                        n_global=len(ds), dist=d, table=table,
+                        collapse=CollapseWatch.for_stage("latent", lc, probe))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
 

@@ -22,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from lordkit import distributed
+from lordkit.collapse import CollapseWatch
 from lordkit.console import make_progress
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.modeldir import checkpoint_dir, has_checkpoint
+from lordkit.modeldir import checkpoint_dir, has_checkpoint, sample_path, samples_dir
 from lordkit.training.checkpoint import ShardedTable, load_checkpoint, save_checkpoint
 from lordkit.training.data import ImageBank, epoch_order
-from lordkit.training.metrics import CollapseWatch, MetricsLog
+from lordkit.training.metrics import MetricsLog
 from lordkit.training.session import peer_failures
 from lordkit.viz import save_png, transfer_grid
 
@@ -43,13 +44,6 @@ class TrainingInterrupted(LordkitError):
 
 class NonFiniteLoss(LordkitError):
     exit_code = 3
-
-
-class CollapseDetected(LordkitError):
-    """The generator stopped depending on its content code (or class) and stop_on_collapse is set:
-    a checkpoint was saved; exit 2."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -72,12 +66,9 @@ class LoopSpec:
     n_global: int = 0  # images in the whole dataset (all ranks)
     dist: Dist = Dist()
     table: ShardedTable | None = None  # the per-image table split by rank, gathered for checkpoints
-    # () -> {"content_ratio", "class_ratio"} of a fixed probe set (lordkit.training.metrics.variation_ratios);
-    # run on rank 0 whenever a sample grid is due (every epoch without a sampler)
-    probe: Callable[[], dict[str, float]] | None = None
-    collapse_threshold: float = 0.0  # a probe ratio below this after the warm-up = collapsed; 0 = off
-    collapse_warmup_epochs: float = 0.0
-    stop_on_collapse: bool = False
+    # Probes for a collapse and decides (lordkit.collapse); its probe runs on rank 0 whenever a sample
+    # grid is due (every epoch without a sampler). None: no probe.
+    collapse: CollapseWatch | None = None
 
 
 class StopFlag:
@@ -157,15 +148,14 @@ class Loop:
             raise LordkitError(f"the {spec.stage} stage of {model_dir} is complete ({self.step}/{self.total_steps} steps); "
                                "nothing to resume")
         self.log = MetricsLog(model_dir, spec.stage, tensorboard and d.main) if d.main else None
-        self.samples_dir = model_dir / "samples"
         if d.main:
-            self.samples_dir.mkdir(exist_ok=True)
+            samples_dir(model_dir).mkdir(exist_ok=True)
         self.losses = LossMeter(bank.device, d)
         self.last_checkpoint_s = time.monotonic()
         self.log_time_s, self.log_step = time.perf_counter(), self.step
         self.last_good: dict[str, float] = {"loss": math.nan}
         self.img_per_sec = 0.0
-        self.collapse = CollapseWatch(spec.stage, spec.collapse_threshold, spec.collapse_warmup_epochs)
+        self.collapse = spec.collapse
         self.progress: Any = None
 
     def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -218,10 +208,11 @@ class Loop:
                     self._save_samples()
 
                     # Stop on a collapse if asked to (every rank at the same epoch; the checkpoint is saved).
-                    if spec.stop_on_collapse and self._all_agree(self.collapse.event is not None, True):
+                    watch = self.collapse
+                    if watch is not None and watch.stop and self._all_agree(watch.event is not None, True):
                         if progress is not None:  # the error line alone on stderr, no half-drawn bar above it
                             progress.live.transient = True
-                        raise self._collapsed()
+                        raise watch.stopped(self.step, checkpoint_dir(self.model_dir, spec.stage))
         finally:
             if self.log is not None:
                 self.log.close()
@@ -259,16 +250,17 @@ class Loop:
     def _probe(self) -> dict[str, Any]:
         """Rank 0 at the end of an epoch: the variation ratios when a sample grid is due (every epoch
         without a sampler), and a one-time warning when they show a collapse."""
-        spec = self.spec
-        if spec.probe is None or not self.dist.main or (spec.sample is not None and not self._sample_due()):
+        spec, watch = self.spec, self.collapse
+        if watch is None or watch.probe is None or not self.dist.main or (
+                spec.sample is not None and not self._sample_due()):
             return {}
-        ratios = spec.probe()
+        ratios = watch.probe()
         spec.model.train()
-        event = self.collapse.check(ratios, self.step / self.steps_per_epoch)
+        event = watch.check(ratios, self.step / self.steps_per_epoch)
         if event is None:
             return ratios
-        if not spec.stop_on_collapse:  # stopping says it in its error line instead
-            line = f"warning: {self.collapse.message()}"
+        if not watch.stop:  # stopping says it in its error line instead
+            line = f"warning: {watch.message()}"
             if self.progress is not None:
                 self.progress.console.print(line, markup=False, highlight=False)
             else:
@@ -276,11 +268,6 @@ class Loop:
 
                 console.print(line, markup=False, highlight=False)
         return {**ratios, "event": "collapse"}
-
-    def _collapsed(self) -> CollapseDetected:
-        ckpt = checkpoint_dir(self.model_dir, self.spec.stage)
-        msg = self.collapse.message() if self.collapse.event else f"{self.spec.stage} stage collapsed on another rank"
-        return CollapseDetected(f"{msg}; stopped (stop_on_collapse) with a checkpoint at step {self.step} in {ckpt}")
 
     def _log(self, losses: dict[str, float], extra: dict[str, Any] | None = None) -> None:
         now = time.perf_counter()
@@ -293,7 +280,7 @@ class Loop:
                             "world_size": self.dist.world, "time": time.time(), **(extra or {})})
 
     def _progress_line(self, epoch: int, losses: dict[str, float]) -> str:
-        flag = " [collapsed]" if self.collapse.event is not None else ""
+        flag = " [collapsed]" if self.collapse is not None and self.collapse.event is not None else ""
         return (f"{self.spec.stage} ep {epoch + 1}/{self.spec.n_epochs} "
                 f"loss {losses['loss']:.4f} {self.img_per_sec:,.0f} img/s{flag}")
 
@@ -327,7 +314,7 @@ class Loop:
         done_epoch = self.step // self.steps_per_epoch
         if self.dist.main and spec.sample is not None and self._sample_due():
             grid = spec.sample()
-            save_png(self.samples_dir / f"{spec.stage}-epoch-{done_epoch:04d}.png", grid)
+            save_png(sample_path(self.model_dir, spec.stage, done_epoch), grid)
             if self.log is not None:
                 self.log.image("samples", grid, self.step)
             spec.model.train()
