@@ -18,7 +18,6 @@ the same factor when the preset would not fit; they are never raised above the p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shutil
@@ -39,6 +38,7 @@ from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 from lordkit.evaluation import evaluate
 from lordkit.fsutil import atomic_write_json, atomic_write_text
+from lordkit.modeldir import read_metrics
 from lordkit.training import train_amortized, train_latent
 
 TRANSFER_TARGET = 0.5  # held-out transfer L1 over the copy baseline's
@@ -82,8 +82,7 @@ def fit_budget(cfg: LordConfig, s1_epoch_s: float, s2_epoch_s: float, budget_s: 
 def _epoch_seconds(model_dir: Path, stage: str) -> float:
     """Seconds between the last two end-of-epoch rows of a stage in metrics.jsonl: one epoch with its
     probe and sample grid, without the start-up (model build, start codes, data load) of the run."""
-    ends = [r["time"] for r in map(json.loads, (model_dir / "metrics.jsonl").read_text().splitlines())
-            if r.get("stage") == stage and "content_ratio" in r]
+    ends = [r["time"] for r in read_metrics(model_dir) if r.get("stage") == stage and "content_ratio" in r]
     return ends[-1] - ends[-2]
 
 

@@ -28,7 +28,6 @@ different optimisation. VGG16 weights are random (written in torchvision's layou
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from lordkit.bench.reference import RefAmortized, RefLatent, RefVGGDistance
 from lordkit.losses import VGG16Features, content_penalty
 from lordkit.bench.reference import reference_latent as reference_latent_net
 from lordkit.models import LatentModel
+from lordkit.modeldir import read_metrics, stage1_files, weights_path
 from lordkit.training import train_amortized, train_latent
 
 VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -237,8 +237,7 @@ def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_f
         train_latent(ds, model_dir, cfg, **kw)
     else:
         train_amortized(ds, model_dir, **kw)
-    rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["stage"] == stage]
+    return [r["loss"] for r in read_metrics(model_dir) if r["stage"] == stage]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -288,14 +287,14 @@ def main(argv: list[str] | None = None) -> dict:
             if stage == "amortized":
                 if latent_ref is None:
                     _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, lambda step: None)
-                if not (tmp / "model" / "latent.safetensors").exists():
+                if not weights_path(tmp / "model", "latent").exists():
                     train_latent(ds, tmp / "model", cfg, device=str(device), vgg_weights=str(vgg_file),
                                  show_progress=False, tensorboard=False)
             dirs = {"lordkit": tmp / "model", "lordkit_bf16": tmp / "model-bf16"}
             if stage == "amortized" and args.cpu_bf16:
                 dirs["lordkit_bf16"].mkdir(exist_ok=True)
-                for name in ("config.json", "data.json", "latent.safetensors"):
-                    (dirs["lordkit_bf16"] / name).write_bytes((tmp / "model" / name).read_bytes())
+                for src, dst in zip(stage1_files(tmp / "model"), stage1_files(dirs["lordkit_bf16"])):
+                    dst.write_bytes(src.read_bytes())
             ref_nets: dict[str, RefLatent] = {}
             if stage == "latent":
                 def ref_row(on_step: Callable[[int], None]) -> list[float]:

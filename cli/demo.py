@@ -129,6 +129,7 @@ def demo(
     from lordkit.errors import LordkitError
     from lordkit.evaluation import evaluate
     from lordkit.export.exporter import export_model
+    from lordkit.modeldir import demo_path, samples_dir
     from lordkit.training import train_amortized, train_latent
 
     base = get_base(ctx)
@@ -157,9 +158,9 @@ def demo(
     manifest = steps.run("export ONNX + TorchScript, verified", lambda: export_model(
         mdir, edir, onnx=True, torchscript=True, force=force, show=True))
     grid_png = steps.run("transfer held-out contents into every class (torch-free runtime)",
-                         lambda: _transfer_grid(edir, test_ds, mdir / "demo-transfer.png"))
+                         lambda: _transfer_grid(edir, test_ds, demo_path(mdir, "transfer.png")))
     video = steps.run("transfer video: a moving shape drawn in every class",
-                      lambda: _transfer_video(edir, mdir / "demo-transfer.mp4"))
+                      lambda: _transfer_video(edir, demo_path(mdir, "transfer.mp4")))
     bench_result: dict[str, Any] | None = None
     if bench:
         from lordkit.bench import results_table, run_benchmark
@@ -180,7 +181,7 @@ def demo(
     leak_ok = leak["accuracy"] <= leak["chance"] + MAX_LEAK_ABOVE_CHANCE
     summary = {
         "dataset": str(full), "train": str(train), "test": str(test), "contact_sheet": str(sheet),
-        "model": str(mdir), "samples": str(mdir / "samples"), "export": str(edir), "transfer_grid": str(grid_png),
+        "model": str(mdir), "samples": str(samples_dir(mdir)), "export": str(edir), "transfer_grid": str(grid_png),
         "transfer_video": str(video) if video else None,
         "evaluation": ev["json"],
         "transfer_l1": tr.get("l1"), "baseline_l1": tr.get("baseline_l1"),
@@ -194,7 +195,7 @@ def demo(
         summary["bench"] = [{"network": r["network"], "backend": r["backend"], "batch": r["batch"],
                              "p50_ms": r["latency_ms"]["p50"], "img_per_sec": r["img_per_sec"]}
                             for r in bench_result.get("rows", []) if r.get("status") == "ok"]
-    atomic_write_json(mdir / "demo-summary.json", summary)
+    atomic_write_json(demo_path(mdir, "summary.json"), summary)
 
     console.rule("[bold]summary")
     lines = [
@@ -215,7 +216,7 @@ def demo(
     lines.append(("time", ", ".join(f"{k.split(':')[0]} {v:.0f}s" for k, v in steps.times.items())))
     for key, value in lines:
         say(f"{key:>15}: {value}")
-    say(f"{'summary':>15}: {mdir / 'demo-summary.json'}")
+    say(f"{'summary':>15}: {demo_path(mdir, 'summary.json')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,8 @@ from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
-from lordkit.modeldir import load_amortized, load_latent, save_config, training_lock
+from lordkit.modeldir import (demo_path, eval_grid_path, eval_json_path, load_amortized, load_latent, lock_path,
+                              metrics_path, sample_path, save_config, stage1_files, tensorboard_dir, training_lock)
 from lordkit.models import Generator
 from lordkit.training import NonFiniteLoss, TrainingInterrupted, train_amortized, train_latent
 
@@ -51,6 +52,17 @@ def quiet(**kw):
     return dict(show_progress=False, tensorboard=False, device="cpu", **kw)
 
 
+def test_model_dir_paths_spell_the_documented_layout(tmp_path):
+    m = tmp_path / "m"
+    assert stage1_files(m) == (m / "config.json", m / "data.json", m / "latent.safetensors")
+    assert metrics_path(m) == m / "metrics.jsonl" and lock_path(m) == m / ".lock"
+    assert sample_path(m, "amortized", 7) == m / "samples" / "amortized-epoch-0007.png"
+    assert tensorboard_dir(m, "latent") == m / "tensorboard" / "latent"
+    assert eval_json_path(m, "syn") == m / "eval" / "syn.json"
+    assert eval_grid_path(m, "syn") == m / "eval" / "syn-transfer.png"
+    assert demo_path(m, "summary.json") == m / "demo-summary.json"
+
+
 def test_loss_falls_and_both_stages_write_their_files(data, tmp_path):
     m = tmp_path / "m"
     train_latent(data, m, tiny_cfg("latent.n_epochs=25"), **quiet())
@@ -59,6 +71,7 @@ def test_loss_falls_and_both_stages_write_their_files(data, tmp_path):
     for name in ("config.json", "data.json", "latent.safetensors", "checkpoints/latent/state.pt"):
         assert (m / name).exists(), name
     assert len(list((m / "samples").glob("latent-epoch-*.png"))) == 25
+    assert sample_path(m, "latent", 25).is_file()
     cfg = json.loads((m / "config.json").read_text())
     assert cfg["model"]["n_imgs"] == len(data) and cfg["model"]["n_classes"] == 3
 
