@@ -4,9 +4,9 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
 256, random weights):
   reference     the public code's formulation (lordkit.bench.reference): nn.Upsample, AdaIN through
                 F.batch_norm on a (1, B*C, H, W) view, NCHW fp32 eager — the baseline of the x column
-  eager-before  lordkit's networks in the form the ONNX export traces (NCHW, F.interpolate,
-                elementwise AdaIN), which was also its eager form before the CPU path below
-  eager         lordkit's eager model: on the CPU channels-last throughout, each upsampling and
+  eager-before  lordkit's networks in the "onnx" form, which the ONNX export traces (NCHW,
+                F.interpolate, elementwise AdaIN) and was also its eager form before the CPU path below
+  eager         lordkit's eager model in the "cpu" form: channels-last throughout, each upsampling and
                 3x3 conv as one transposed conv, AdaIN as group_norm + addcmul
   torchscript   the export's frozen transfer.pt (what the C++ example runs)
   bf16          lordkit eager under CPU bf16 autocast (AdaIN statistics stay float32)
@@ -38,7 +38,7 @@ from lordkit.bench.reference import reference_networks
 from lordkit.config import LordConfig, ModelConfig
 from lordkit.fsutil import atomic_write_json, atomic_write_text
 from lordkit.modeldir import load_amortized, write_random_model
-from lordkit.models import transfer_net
+from lordkit.models import set_form, transfer_net
 
 ROWS = ("reference", "eager-before", "eager", "torchscript", "bf16", "onnxruntime")
 
@@ -51,10 +51,7 @@ def build(tmp: Path, threads: int):
     export_model(model_dir, tmp / "export", onnx=True, torchscript=True, show=False)
     amortized = load_amortized(model_dir)
     eager = transfer_net(amortized).eval()
-    before = transfer_net(load_amortized(model_dir)).eval()
-    for m in before.modules():  # the previous eager form, kept as the ONNX export's
-        if hasattr(m, "onnx_form"):
-            m.onnx_form = True
+    before = set_form(transfer_net(load_amortized(model_dir)).eval(), "onnx")  # the previous eager form
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -34,7 +34,7 @@ from lordkit.errors import LordkitError
 from lordkit.export.onnxmeta import write_metadata, writing
 from lordkit.fsutil import atomic_write_bytes, atomic_write_json, check_can_create, staged_dir
 from lordkit.modeldir import load_amortized, load_class_bank, load_config, load_data_record
-from lordkit.models import AmortizedModel, eager_networks, onnx_form
+from lordkit.models import AmortizedModel, eager_networks, export_form
 
 MIN_OPSET = 13  # Resize with scales and every op the networks use have their current form from 13 on
 MAX_OPSET = 20  # the newest opset torch's TorchScript-based ONNX exporter writes
@@ -96,7 +96,7 @@ def _export_onnx(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, 
     """torch.onnx.export (TorchScript-based: onnxscript is not a dependency) with a dynamic batch axis."""
     gen = torch.Generator().manual_seed(0)  # a private stream: the caller's global RNG is left alone
     example = tuple(torch.rand(tensor_shape(n, cfg, EXPORT_BATCH), generator=gen) for n in net.inputs)
-    with _quiet(), onnx_form(module):
+    with _quiet(), export_form(module):
         torch.onnx.export(
             module, example, str(path), input_names=list(net.inputs), output_names=list(net.outputs),
             dynamic_axes={n: {0: "batch"} for n in net.inputs + net.outputs}, opset_version=opset,

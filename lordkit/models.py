@@ -9,10 +9,23 @@ deliberate differences:
 The AdaIN conv blocks are a ModuleList of `AdaINConvBlock`s (keys `adain_conv_layers.{i}.conv.*`);
 the reference's flat Sequential keys (`adain_conv_layers.{4i+1}.*`) are mapped by lordkit.reference.
 
-How the same function is computed depends on where it runs (docs/bench.md): on the CPU the networks
-run channels-last, each upsampling + 3x3 conv as one transposed convolution and AdaIN as group_norm;
-elsewhere upsampling by broadcast and AdaIN as the reference's batch_norm; under `onnx_form` (the
-ONNX export) NCHW with F.interpolate and AdaIN in elementwise operators.
+Forms. The same function is computed in one of four forms (docs/bench.md), each a set of small
+parameter-free modules that the blocks hold and call with their weights (`layout`, `upconv`, `norm`;
+no state_dict keys of their own):
+- "cpu": channels-last throughout, each nearest-2x upsampling + 3x3 conv as one transposed
+  convolution (`upsample_conv3x3`), AdaIN as group_norm + addcmul (`adain_group_norm`);
+- "nchw": NCHW, upsampling by broadcast (`upsample2x`), AdaIN as the reference's batch_norm
+  (`adain_batch_norm`): CUDA with NCHW weights;
+- "cuda_channels_last": F.interpolate and the elementwise AdaIN (`adain_explicit`), both of which
+  keep a channels-last layout: CUDA training, whose weights are channels-last;
+- "onnx": NCHW, F.interpolate, `adain_explicit`: what the ONNX export traces (`export_form`).
+The form is chosen once, not in forward: when a module is built and again whenever it is moved or
+converted (`.to(...)`, `.cuda()`, `.to(memory_format=...)`, all of which go through nn.Module._apply),
+from its parameters' device and memory format (`form_for`). So callers need do nothing: the trainer's
+`place` (lordkit.training.session) moves a model to CUDA ("nchw") and converts it to channels-last
+("cuda_channels_last"). `set_form` forces a form (until the next move), `export_form` sets "onnx" for
+a block of code, `form_of` says which form a module is in. TorchScript scripts the form a module
+holds, and freezing folds it in.
 """
 
 from __future__ import annotations
@@ -28,36 +41,40 @@ from lordkit.config import ModelConfig
 
 ADAIN_EPS = 1e-5
 EMBEDDING_INIT = 0.05  # embeddings start uniform(-0.05, 0.05), as in the reference
+FORMS = ("cpu", "nchw", "cuda_channels_last", "onnx")
 
 
-def adain(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Tensor:
+# ----------------------------------------------------------------------------------------------
+# The operations of each form. All compute the same function; see the module docstring.
+
+
+def adain_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Tensor:
     """Adaptive instance norm: normalise each (sample, channel) map over H, W, then scale and shift.
 
-    x (B, C, H, W); weight, bias (B, C). Mean and biased variance over H, W with eps inside the
-    square root, in one fused kernel forward and one backward instead of an elementwise pass per term:
-    - a channels-last x on the CPU (the generator's CPU layout): F.group_norm with one group per
-      channel, whose CPU kernel is native in channels-last, then one addcmul for scale and shift;
-    - an NCHW x: as the reference computes it, F.batch_norm in training mode on x viewed as
-      (1, B*C, H, W) (a view, no copy);
-    - a channels-last x on CUDA (CUDA training): the elementwise form, which keeps its layout.
-    Computed in float32 (safe under bf16/fp16 autocast), returned in x's dtype. The ONNX export uses
-    `adain_explicit`, the same arithmetic in exportable operators.
+    x (B, C, H, W) NCHW; weight, bias (B, C). As the reference computes it: F.batch_norm in training
+    mode on x viewed as (1, B*C, H, W) (a view, no copy), mean and biased variance over H, W with eps
+    inside the square root, in one fused kernel forward and one backward. Computed in float32 (safe
+    under bf16/fp16 autocast), returned in x's dtype.
     """
     xf = x if x.dtype == torch.float32 else x.float()
-    if not x.is_contiguous():
-        if x.is_cuda:
-            return adain_explicit(x, weight, bias, eps)
-        n = F.group_norm(xf, xf.shape[1], None, None, eps)
-        return torch.addcmul(bias.float()[:, :, None, None], n, weight.float()[:, :, None, None]).to(x.dtype)
     b, c, h, w = x.shape
     out = F.batch_norm(xf.reshape(1, b * c, h, w), None, None, weight.float().reshape(-1),
                        bias.float().reshape(-1), training=True, momentum=0.0, eps=eps)
     return out.reshape(b, c, h, w).to(x.dtype)
 
 
+def adain_group_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Tensor:
+    """`adain_batch_norm` for a channels-last x on the CPU: F.group_norm with one group per channel,
+    whose CPU kernel is native in channels-last, then one addcmul for scale and shift. Float32 inside."""
+    xf = x if x.dtype == torch.float32 else x.float()
+    n = F.group_norm(xf, xf.shape[1], None, None, eps)
+    return torch.addcmul(bias.float()[:, :, None, None], n, weight.float()[:, :, None, None]).to(x.dtype)
+
+
 def adain_explicit(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_EPS) -> Tensor:
-    """`adain` written in elementwise operators and reductions, for the ONNX export (whose exporter
-    cannot export batch_norm over a batch-dependent channel count)."""
+    """`adain_batch_norm` written in elementwise operators and reductions, which keep x's layout: the
+    ONNX export's form (its exporter cannot export batch_norm over a batch-dependent channel count) and
+    CUDA channels-last training's. Float32 inside."""
     xf = x.float()
     mean = xf.mean(dim=(2, 3), keepdim=True)
     centred = xf - mean
@@ -68,13 +85,16 @@ def adain_explicit(x: Tensor, weight: Tensor, bias: Tensor, eps: float = ADAIN_E
 
 
 def upsample2x(x: Tensor) -> Tensor:
-    """Nearest-neighbour 2x upsampling as a broadcast and one copy. F.interpolate's CPU kernel
-    reorders an NCHW tensor to channels-last and back (three copies, ~4x the time); a channels-last
-    tensor keeps its layout through F.interpolate, whose kernel is native there."""
-    if not x.is_contiguous():
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    """Nearest-neighbour 2x upsampling of an NCHW x as a broadcast and one copy. F.interpolate's CPU
+    kernel reorders an NCHW tensor to channels-last and back (three copies, ~4x the time); on a
+    channels-last tensor F.interpolate is native and keeps the layout (`interpolate2x`)."""
     b, c, h, w = x.shape
     return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
+def interpolate2x(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling by F.interpolate: exportable (ONNX Resize), keeps x's layout."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def upsampled_kernel(weight: Tensor) -> Tensor:
@@ -101,27 +121,139 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
                               stride=2, padding=1)
 
 
-def cpu_layout(x: Tensor) -> Tensor:
-    """x in the layout the networks run in on the CPU: channels-last, where oneDNN's convolutions,
-    F.interpolate and F.group_norm are native and no kernel reorders the tensor back and forth
-    (1.15-1.2x the NCHW form's transfer images/s on a 2-core CPU). Other devices keep x as it is."""
-    if x.device.type == "cpu" and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+# ----------------------------------------------------------------------------------------------
+# The form modules: parameter-free, held by the blocks, called with the blocks' weights.
+
+
+class ChannelsLast(nn.Module):
+    """The "cpu" form's layout: channels-last, where oneDNN's convolutions, F.interpolate and
+    F.group_norm are native and no kernel reorders the tensor back and forth (1.15-1.2x the NCHW
+    form's transfer images/s on a 2-core CPU)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class TransposedUpConv(nn.Module):
+    """Nearest-2x upsampling then the 3x3 conv, as one transposed convolution (`upsample_conv3x3`)."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return upsample_conv3x3(x, weight, bias)
+
+
+class BroadcastUpConv(nn.Module):
+    """Nearest-2x upsampling by broadcast (`upsample2x`, NCHW) then the 3x3 conv."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return F.conv2d(upsample2x(x), weight, bias, stride=1, padding=1)
+
+
+class InterpolateUpConv(nn.Module):
+    """Nearest-2x upsampling by F.interpolate (`interpolate2x`) then the 3x3 conv."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return F.conv2d(interpolate2x(x), weight, bias, stride=1, padding=1)
+
+
+class GroupNormAdaIN(nn.Module):
+    """AdaIN as `adain_group_norm` (the "cpu" form)."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return adain_group_norm(x, weight, bias)
+
+
+class BatchNormAdaIN(nn.Module):
+    """AdaIN as `adain_batch_norm` (the "nchw" form)."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return adain_batch_norm(x, weight, bias)
+
+
+class ExplicitAdaIN(nn.Module):
+    """AdaIN as `adain_explicit` (the "cuda_channels_last" and "onnx" forms)."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return adain_explicit(x, weight, bias)
+
+
+# form -> (layout, upconv, norm): the classes of the modules a form's blocks hold
+FORM_PARTS: dict[str, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
+    "cpu": (ChannelsLast, TransposedUpConv, GroupNormAdaIN),
+    "nchw": (nn.Identity, BroadcastUpConv, BatchNormAdaIN),
+    "cuda_channels_last": (nn.Identity, InterpolateUpConv, ExplicitAdaIN),
+    "onnx": (nn.Identity, InterpolateUpConv, ExplicitAdaIN),
+}
+
+
+def form_for(device: torch.device | str, channels_last: bool = False) -> str:
+    """The form a module runs in on `device` with (or without) channels-last weights: "cpu" on the
+    CPU whatever the layout, "cuda_channels_last" on CUDA with channels-last weights, else "nchw"."""
+    device_type = torch.device(device).type
+    if device_type == "cpu":
+        return "cpu"
+    return "cuda_channels_last" if channels_last and device_type == "cuda" else "nchw"
+
+
+def _chosen_form(module: nn.Module) -> str:
+    """form_for of a module's parameters: their device, and whether its 4-D weights are channels-last."""
+    params = list(module.parameters())
+    if not params:
+        return "cpu"
+    channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                        for p in params)
+    return form_for(params[0].device, channels_last)
+
+
+class FormedModule(nn.Module):
+    """A module whose form modules are chosen when it is built (`choose_form` at the end of __init__)
+    and again when it is moved or converted (`_apply`, which .to(), .cuda(), .half() ... go through).
+    `form` names the form it is in. Parameters replaced without _apply (load_state_dict(assign=True)
+    from another device) keep the form: call `set_form` or move the module."""
+
+    def use_form(self, form: str) -> None:
+        """Install `form`'s modules in this module (not its children)."""
+        raise NotImplementedError
+
+    def choose_form(self) -> None:
+        self.use_form(_chosen_form(self))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        super()._apply(fn, recurse)  # children first: each chooses its own form
+        self.choose_form()
+        return self
+
+
+def set_form(module: nn.Module, form: str) -> nn.Module:
+    """Put every formed module in `module` (itself included) in `form`; returns `module`."""
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; the forms are {', '.join(FORMS)}")
+    for m in module.modules():
+        if isinstance(m, FormedModule):
+            m.use_form(form)
+    return module
+
+
+def form_of(module: nn.Module) -> str:
+    """The form `module`'s formed modules are in; ValueError where they differ or there are none."""
+    forms = {m.form for m in module.modules() if isinstance(m, FormedModule)}
+    if len(forms) != 1:
+        raise ValueError(f"{type(module).__name__} has no single form: {sorted(forms) or 'no formed modules'}")
+    return forms.pop()
 
 
 @contextlib.contextmanager
-def onnx_form(module: nn.Module) -> Iterator[None]:
-    """Within the block, the networks use the exportable operators (NCHW throughout, F.interpolate,
-    adain_explicit); the eager and TorchScript forms use the fused ones in the CPU layout."""
-    blocks = [m for m in module.modules() if isinstance(m, (AdaINConvBlock, Generator, Encoder))]
-    for block in blocks:
-        block.onnx_form = True
+def export_form(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `module` is in the "onnx" form (NCHW, F.interpolate, adain_explicit, the
+    exportable operators); each formed module gets its previous form back afterwards."""
+    saved = [(m, m.form) for m in module.modules() if isinstance(m, FormedModule)]
+    set_form(module, "onnx")
     try:
-        yield
+        yield module
     finally:
-        for block in blocks:
-            block.onnx_form = False
+        for m, form in saved:
+            m.use_form(form)
 
 
 class RegularizedEmbedding(nn.Module):
@@ -172,27 +304,25 @@ class Modulation(nn.Module):
         return params.reshape(-1, self.n_adain_layers, self.adain_dim, 2)
 
 
-class AdaINConvBlock(nn.Module):
-    """2x nearest upsample -> 3x3 conv -> LeakyReLU -> AdaIN(weight, bias). On the CPU the first two
-    run as one transposed convolution (`upsample_conv3x3`), the same function."""
+class AdaINConvBlock(FormedModule):
+    """2x nearest upsample -> 3x3 conv -> LeakyReLU -> AdaIN(weight, bias). The upsampling and conv
+    (`upconv`) and AdaIN (`norm`) are the form's modules, called with `conv`'s weights."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
-        self.onnx_form = False  # set by `onnx_form` while exporting; a constant once TorchScript freezes it
+        self.choose_form()
+
+    def use_form(self, form: str) -> None:
+        _, upconv, norm = FORM_PARTS[form]
+        self.upconv, self.norm, self.form = upconv(), norm(), form
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        if self.onnx_form:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            return adain_explicit(F.leaky_relu(self.conv(x), 0.01), weight, bias)
-        if x.device.type == "cpu":
-            x = upsample_conv3x3(x, self.conv.weight, self.conv.bias)
-        else:
-            x = self.conv(upsample2x(x))
-        return adain(F.leaky_relu(x, 0.01), weight, bias)
+        x = self.upconv(x, self.conv.weight, self.conv.bias)
+        return self.norm(F.leaky_relu(x, 0.01), weight, bias)
 
 
-class Generator(nn.Module):
+class Generator(FormedModule):
     """(content_code (B, content_dim), adain_params (B, n_adain_layers, adain_dim, 2)) -> image
     (B, channels, img_size, img_size) in [0, 1]."""
 
@@ -225,13 +355,15 @@ class Generator(nn.Module):
         # stays alive. The stretch is not clamped in training (the loss keeps its gradient beyond
         # 0 and 1); in eval (and in every export) the output is clamped to [0, 1].
         self.output_margin = float(cfg.output_margin)
-        self.onnx_form = False  # set by `onnx_form` while exporting
+        self.choose_form()
+
+    def use_form(self, form: str) -> None:
+        self.layout, self.form = FORM_PARTS[form][0](), form
 
     def forward(self, content_code: Tensor, adain_params: Tensor) -> Tensor:
         x = self.fc_layers(content_code)
         x = x.reshape(-1, self.adain_dim, self.init_size, self.init_size)  # (B, D, s, s)
-        if not self.onnx_form:
-            x = cpu_layout(x)
+        x = self.layout(x)
         for i, block in enumerate(self.adain_conv_layers):
             x = block(x, adain_params[:, i, :, 1], adain_params[:, i, :, 0])
         out = self.last_conv_layers(x).contiguous()  # (B, C, H, W), NCHW whatever the layout inside
@@ -242,7 +374,7 @@ class Generator(nn.Module):
         return out
 
 
-class Encoder(nn.Module):
+class Encoder(FormedModule):
     """Image (B, channels, img_size, img_size), values in [0, 1] -> code (B, code_dim)."""
 
     def __init__(self, cfg: ModelConfig, code_dim: int):
@@ -259,10 +391,13 @@ class Encoder(nn.Module):
             nn.LeakyReLU(),
             nn.Linear(cfg.enc_fc_dim, code_dim),
         )
-        self.onnx_form = False  # set by `onnx_form` while exporting
+        self.choose_form()
+
+    def use_form(self, form: str) -> None:
+        self.layout, self.form = FORM_PARTS[form][0](), form
 
     def forward(self, img: Tensor) -> Tensor:
-        x = self.conv_layers(img if self.onnx_form else cpu_layout(img))
+        x = self.conv_layers(self.layout(img))
         x = torch.flatten(x, 1)  # NCHW order whatever the memory format (channels-last safe)
         return self.fc_layers(x)
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from lordkit.config import ConfigError, LordConfig, ModelConfig, preset
 from lordkit.errors import LordkitError
-from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain, adain_explicit,
-                            onnx_form, upsample2x, upsample_conv3x3, upsampled_kernel,
-                            amortized_from_latent, code_generator, transfer_net)
+from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain_batch_norm,
+                            adain_explicit, adain_group_norm, export_form, interpolate2x, upsample2x,
+                            upsample_conv3x3, upsampled_kernel, amortized_from_latent, code_generator, transfer_net)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -33,7 +33,7 @@ SIZES = [(32, 3), (32, 1), (64, 3), (64, 1), (128, 3)]
 def export_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]) -> bytes:
     f = io.BytesIO()
     axes = {n: {0: "batch"} for n in input_names + output_names}
-    with warnings.catch_warnings(), onnx_form(module):
+    with warnings.catch_warnings(), export_form(module):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, f, dynamo=False, opset_version=17, input_names=input_names,
                           output_names=output_names, dynamic_axes=axes)
@@ -140,7 +140,7 @@ def test_adain_matches_independent_instance_norm() -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 7) * 4 + 2
     weight, bias = torch.randn(3, 5), torch.randn(3, 5)
-    out = adain(x, weight, bias)
+    out = adain_batch_norm(x, weight, bias)
     expected = torch.empty_like(x)
     for b in range(3):
         for c in range(5):
@@ -152,30 +152,32 @@ def test_adain_matches_independent_instance_norm() -> None:
     ref = F.batch_norm(x.reshape(1, 15, 6, 7), None, None, weight.reshape(-1), bias.reshape(-1),
                        training=True, eps=1e-5).reshape(x.shape)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    # Channels-last input gives the same result, and so does the form the ONNX export uses.
-    torch.testing.assert_close(adain(x.to(memory_format=torch.channels_last), weight, bias), out)
+    # The CPU form on a channels-last x gives the same result, and so does the elementwise form.
+    torch.testing.assert_close(adain_group_norm(x.to(memory_format=torch.channels_last), weight, bias), out)
     torch.testing.assert_close(adain_explicit(x, weight, bias), out, rtol=0, atol=1e-5)
-    # Gradients too (training runs the fused form), and in bf16 the statistics stay float32.
-    # NCHW (F.batch_norm), channels-last (F.group_norm + addcmul, the CPU layout) and the explicit form.
+    # Gradients too (training runs the fused forms), and in bf16 the statistics stay float32.
+    # NCHW (F.batch_norm), channels-last (F.group_norm + addcmul, the CPU form) and the explicit form.
     xs = [x.clone().requires_grad_(True), x.clone().to(memory_format=torch.channels_last).requires_grad_(True),
           x.clone().requires_grad_(True)]
     ws = [weight.clone().requires_grad_(True) for _ in range(3)]
     bs = [bias.clone().requires_grad_(True) for _ in range(3)]
-    for f, xi, wi, bi in zip((adain, adain, adain_explicit), xs, ws, bs):
+    for f, xi, wi, bi in zip((adain_batch_norm, adain_group_norm, adain_explicit), xs, ws, bs):
         (f(xi, wi, bi) ** 2).sum().backward()
     for i in (0, 1):
         torch.testing.assert_close(xs[i].grad, xs[2].grad, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ws[i].grad, ws[2].grad, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(bs[i].grad, bs[2].grad, rtol=1e-4, atol=1e-4)
     assert xs[1].grad.is_contiguous(memory_format=torch.channels_last)
-    half = adain(x.bfloat16(), weight, bias)
-    assert half.dtype == torch.bfloat16
-    torch.testing.assert_close(half.float(), out, rtol=0.02, atol=0.05)
+    for f in (adain_batch_norm, adain_group_norm, adain_explicit):
+        half = f(x.bfloat16(), weight, bias)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), out, rtol=0.02, atol=0.05)
 
 
 def test_upsample_is_nearest_neighbour() -> None:
     x = torch.randn(2, 3, 4, 5)
     torch.testing.assert_close(upsample2x(x), F.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
+    torch.testing.assert_close(interpolate2x(x), upsample2x(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 4, 4), (3, 4, 5, 7), (1, 3, 1, 1)])
@@ -213,8 +215,9 @@ def test_channels_last_generator_keeps_its_layout_and_its_output() -> None:
     gen = Generator(cfg).eval()
     code, params = torch.randn(2, cfg.content_dim), torch.randn(2, cfg.n_adain_layers, cfg.adain_dim, 2)
     x = torch.randn(2, cfg.adain_dim, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert upsample2x(x).is_contiguous(memory_format=torch.channels_last)
-    assert adain(x, params[:, 0, :, 1], params[:, 0, :, 0]).is_contiguous(memory_format=torch.channels_last)
+    assert interpolate2x(x).is_contiguous(memory_format=torch.channels_last)
+    for f in (adain_group_norm, adain_explicit):
+        assert f(x, params[:, 0, :, 1], params[:, 0, :, 0]).is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         want = gen(code, params)
         got = gen.to(memory_format=torch.channels_last)(code, params)
