@@ -13,9 +13,12 @@ import torch.nn.functional as F
 
 from lordkit.config import ConfigError, LordConfig, ModelConfig, preset
 from lordkit.errors import LordkitError
-from lordkit.models import (AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain_batch_norm,
-                            adain_explicit, adain_group_norm, export_form, interpolate2x, upsample2x,
-                            upsample_conv3x3, upsampled_kernel, amortized_from_latent, code_generator, transfer_net)
+from lordkit.bench.reference import reference_amortized
+from lordkit.models import (FORMS, AmortizedModel, Encoder, Generator, LatentModel, Modulation, adain_batch_norm,
+                            adain_explicit, adain_group_norm, export_form, form_for, form_of, interpolate2x,
+                            set_form, upsample2x, upsample_conv3x3, upsampled_kernel, amortized_from_latent,
+                            code_generator, transfer_net)
+from lordkit.reference import map_reference_key
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -248,6 +251,78 @@ def test_channels_last_and_bf16_autocast() -> None:
             low = model(img)[0]
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() < 0.1
+
+
+def in_form(model: torch.nn.Module, form: str) -> torch.nn.Module:
+    """`model` in `form` on the CPU. The CUDA channels-last form gets channels-last weights, as CUDA
+    training gives it (place() in lordkit.training.session); the conversion re-chooses "cpu" on the
+    CPU, so the form is forced after it."""
+    if form == "cuda_channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    return set_form(model, form)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_computes_the_reference_function(form: str) -> None:
+    """Each form, run on the CPU (the CUDA ones forced there, in their layout), equals the reference
+    formulation (lordkit.bench.reference) in outputs and in every parameter's gradient, and scripts."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(32, 3)
+    model = AmortizedModel(cfg)
+    ref = reference_amortized(model, cfg).train()
+    model = in_form(model, form).train()
+    assert form_of(model) == form
+    # The layout each AdaIN sees is the form's own (channels-last where the form keeps it).
+    layout = torch.channels_last if form in ("cpu", "cuda_channels_last") else torch.contiguous_format
+    seen: list[bool] = []
+    hooks = [block.norm.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=layout) and not args[0].is_contiguous()
+                                    if layout == torch.channels_last else args[0].is_contiguous()))
+        for block in model.generator.adain_conv_layers]
+    a, b, target = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    a_in, b_in = (t.contiguous(memory_format=layout) for t in (a, b))
+    got = model.convert(a_in, b_in)
+    want = ref.convert(a, b)
+    for h in hooks:
+        h.remove()
+    assert seen == [True] * cfg.n_adain_layers
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+    # Gradients of every parameter under one loss on all three outputs.
+    for (img, content, class_code), net in ((got, model), (want, ref)):
+        ((img - target).abs().mean() + content.pow(2).mean() + class_code.pow(2).mean()).backward()
+    ref_grads = {map_reference_key(k): p.grad for k, p in ref.named_parameters()}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    # Scripted and frozen, the form is folded in and computes the same.
+    net = transfer_net(model).eval()
+    with torch.inference_mode():
+        frozen = torch.jit.freeze(torch.jit.script(net))
+        torch.testing.assert_close(frozen(a_in, b_in), net(a_in, b_in), rtol=0, atol=1e-6)
+    assert form_of(model) == form
+
+
+def test_form_is_chosen_when_built_or_moved() -> None:
+    assert form_for("cpu") == form_for("cpu", channels_last=True) == "cpu"
+    assert form_for("cuda") == form_for(torch.device("mps"), channels_last=True) == "nchw"
+    assert form_for(torch.device("cuda", 1), channels_last=True) == "cuda_channels_last"
+    model = AmortizedModel(tiny_cfg())
+    keys = list(model.state_dict())
+    assert form_of(model) == "cpu"
+    assert set_form(model, "nchw") is model and form_of(model) == "nchw"
+    assert list(model.state_dict()) == keys  # the form modules hold no weights
+    with export_form(transfer_net(model)):
+        assert form_of(model) == "onnx"
+    assert form_of(model) == "nchw"  # restored
+    model.to(memory_format=torch.channels_last)  # a move or conversion chooses again, from the weights
+    assert form_of(model) == "cpu"
+    model.to("meta")
+    assert form_of(model) == "nchw" and form_of(code_generator(model)) == "nchw"
+    model.to_empty(device="cpu")
+    assert form_of(model) == "cpu"
+    with pytest.raises(ValueError, match="unknown form"):
+        set_form(model, "gpu")
 
 
 def test_encoder_sizes_from_config() -> None:
