@@ -1,8 +1,10 @@
 """Export a trained model dir to ONNX and TorchScript, verified against the eager model.
 
-Every network goes through the same steps: eval(), reference outputs under
-inference_mode, export with a dynamic batch axis, onnx.checker, then numeric parity against
-onnxruntime (CPU) and the reloaded TorchScript module on fresh random inputs. The export dir is
+Every network goes through the same steps (`export_network`): eval(), reference outputs under
+inference_mode, then one function per format (`FORMAT_EXPORTERS`: `export_onnx_files`,
+`export_torchscript_file`) writes its files with a dynamic batch axis, and every file passes the same
+gate (`check_file`): onnx.checker and metadata for ONNX files, then numeric parity against
+onnxruntime (CPU) or the reloaded TorchScript module on fresh random inputs. The export dir is
 built under a temporary name and renamed into place only when every file has passed, so a failed
 export leaves nothing behind. The file layout and manifest are specified in docs/export-format.md.
 """
@@ -33,7 +35,8 @@ from lordkit.console import console, make_progress
 from lordkit.errors import LordkitError
 from lordkit.export.onnxmeta import write_metadata, writing
 from lordkit.fsutil import atomic_write_bytes, atomic_write_json, check_can_create, staged_dir
-from lordkit.modeldir import load_amortized, load_class_bank, load_config, load_data_record
+from lordkit.modeldir import (DATA_RECORD, load_amortized, load_class_bank, load_config, load_data_record,
+                              record_class_names)
 from lordkit.models import AmortizedModel, eager_networks, export_form
 
 MIN_OPSET = 13  # Resize with scales and every op the networks use have their current form from 13 on
@@ -339,6 +342,133 @@ def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
     return out_dir
 
 
+def check_export_options(onnx: bool, torchscript: bool, fp16: bool, opset: int,
+                         batch_sizes: Sequence[int]) -> tuple[int, ...]:
+    """Refuse contradictory options before any work; returns the parity batch sizes as ints."""
+    if not (onnx or torchscript):
+        raise LordkitError("nothing to export: pass --onnx, --torchscript or both")
+    if fp16 and not onnx:
+        raise LordkitError("--fp16 makes half-precision ONNX files; it needs --onnx")
+    if onnx:
+        check_opset(opset)
+    batch_sizes = tuple(int(b) for b in batch_sizes)
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise LordkitError(f"batch sizes must be >= 1, got {batch_sizes}")
+    return batch_sizes
+
+
+def manifest_fields(model_dir: Path, mc: ModelConfig, *, onnx: bool, torchscript: bool, fp16: bool,
+                    opset: int) -> dict[str, Any]:
+    """The manifest without hashes and parity, from the model's config and data record; LordkitError
+    naming the data record where it cannot go into a manifest."""
+    data = load_data_record(model_dir)
+    face_template = data.get("face_template") or None
+    meta: dict[str, Any] = {
+        "format": fmt.FORMAT, "lordkit_version": lordkit.__version__, "model_name": model_dir.name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "img_size": mc.img_size, "channels": mc.channels, "layout": "NCHW", "value_range": [0.0, 1.0],
+        "dtype": "float32", "content_dim": mc.content_dim, "class_dim": mc.class_dim,
+        "class_names": record_class_names(model_dir, data, mc.n_classes), "dataset_id": data.get("dataset_id"),
+        "face_template": face_template,
+        "face_points": data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None),
+        "opset": opset if onnx else None,
+        "models": _file_table(onnx, torchscript, fp16),
+        "class_bank": fmt.CLASS_BANK,
+    }
+    # The data record's fields go into the manifest unchanged: check them as a reader of the export will.
+    all_files = [fmt.CLASS_BANK] + [f for m in meta["models"].values() for f in m["files"].values()]
+    problem = fmt.manifest_problem({**meta, "sha256": {f: "0" * 64 for f in all_files}})
+    if problem:
+        raise LordkitError(f"{model_dir / DATA_RECORD} cannot go into an export manifest: {problem}")
+    return meta
+
+
+@dataclass
+class ExportJob:
+    """What every per-network step of one export shares."""
+
+    tmp: Path  # the staged export dir, where files are written
+    out_dir: Path  # the name it takes when complete: errors name files there
+    cfg: ModelConfig
+    opset: int
+    fp16: bool
+    meta_json: str  # the manifest without hashes and parity, stamped on every file
+
+    def props(self, name: str) -> dict[str, str]:
+        """The metadata stamped on every file of network `name`."""
+        return fmt.metadata(name, lordkit.__version__, self.meta_json)
+
+    def writing(self, path: Path):
+        """A full disk while writing `path` is one line naming the export's file."""
+        return writing(self.out_dir / path.name)
+
+
+# A format's exporter writes one network's files of that format into the staged dir and returns
+# them with their parity tolerances; every file then passes `check_file`.
+FileExporter = Callable[[Network, dict[str, str], ExportJob], list[tuple[Path, float]]]
+
+
+def export_onnx_files(net: Network, files: dict[str, str], job: ExportJob) -> list[tuple[Path, float]]:
+    """ONNX: export, stamp metadata, optimise; with fp16 also the half-precision copy."""
+    plain, opt = job.tmp / files["onnx"], job.tmp / files["onnx_opt"]
+    with job.writing(plain):
+        _export_onnx(net.module, net, job.cfg, plain, job.opset)
+        write_metadata(plain, job.props(net.name))
+    with job.writing(opt):
+        _optimise_onnx(plain, opt)
+    written = [(plain, FP32_TOL), (opt, FP32_TOL)]
+    if job.fp16:
+        half = job.tmp / files["onnx_fp16"]
+        with job.writing(half):
+            _convert_fp16(plain, half)  # keeps the metadata stamped on `plain`
+        written.append((half, FP16_TOL))
+    return written
+
+
+def export_torchscript_file(net: Network, files: dict[str, str], job: ExportJob) -> list[tuple[Path, float]]:
+    """TorchScript: script, freeze, save with the metadata as an extra file."""
+    ts = job.tmp / files["torchscript"]
+    with job.writing(ts):
+        _export_torchscript(net.module, ts, json.dumps(job.props(net.name)))
+    return [(ts, FP32_TOL)]
+
+
+FORMAT_EXPORTERS: dict[str, FileExporter] = {"onnx": export_onnx_files, "torchscript": export_torchscript_file}
+
+
+def reference_outputs(net: Network, cfg: ModelConfig, batch_sizes: Sequence[int],
+                      rng: np.random.Generator) -> dict[int, tuple[list[np.ndarray], np.ndarray]]:
+    """The eager network's outputs (float64) on fresh random inputs per batch size: the parity references."""
+    references = {}
+    with torch.inference_mode():
+        for b in batch_sizes:
+            inputs = random_inputs(net, cfg, b, rng)
+            expected = net.module(*(torch.from_numpy(x) for x in inputs)).numpy().astype(np.float64)
+            references[b] = (inputs, expected)
+    return references
+
+
+def check_file(path: Path, net: Network, references: dict[int, tuple[list[np.ndarray], np.ndarray]],
+               tolerance: float, props: dict[str, str]) -> list[dict[str, Any]]:
+    """The gate every exported file passes: onnx.checker and the metadata for ONNX files, then numeric
+    parity against the eager outputs. Returns the parity rows; raises LordkitError on any failure."""
+    if path.suffix == ".onnx":
+        _check_onnx(path, props)
+    return check_parity(path, net, references, tolerance)
+
+
+def export_network(net: Network, formats: Sequence[str], job: ExportJob, batch_sizes: Sequence[int],
+                   rng: np.random.Generator, files: dict[str, str]) -> list[dict[str, Any]]:
+    """One network in every format, each file checked; returns its parity rows."""
+    net.module.eval()
+    references = reference_outputs(net, job.cfg, batch_sizes, rng)
+    rows: list[dict[str, Any]] = []
+    for name in formats:
+        for path, tolerance in FORMAT_EXPORTERS[name](net, files, job):
+            rows += check_file(path, net, references, tolerance, job.props(net.name))
+    return rows
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = True, torchscript: bool = True,
                  fp16: bool = False, opset: int = 17, force: bool = False,
                  batch_sizes: Sequence[int] = BATCH_SIZES, show: bool = True,
@@ -355,53 +485,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     """
     t_start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (onnx or torchscript):
-        raise LordkitError("nothing to export: pass --onnx, --torchscript or both")
-    if fp16 and not onnx:
-        raise LordkitError("--fp16 makes half-precision ONNX files; it needs --onnx")
-    if onnx:
-        check_opset(opset)
-    batch_sizes = tuple(int(b) for b in batch_sizes)
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise LordkitError(f"batch sizes must be >= 1, got {batch_sizes}")
+    batch_sizes = check_export_options(onnx, torchscript, fp16, opset, batch_sizes)
+    formats = [name for name, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
     check_out_dir(out_dir, force)  # before the slow part; staged_dir checks existence again
 
-    # Load the model, its data record and the class bank.
+    # Load the model and the class bank; check the data record as the manifest's fields.
     cfg = load_config(model_dir)
-    mc = cfg.model
     model = load_amortized(model_dir, cfg).eval()
-    bank = load_class_bank(model_dir, mc)
-    data = load_data_record(model_dir)
-    record = model_dir / "data.json"
-    names = data.get("class_names")
-    if names is not None and not isinstance(names, list):
-        raise LordkitError(f"{record}: class_names must be a list, got {type(names).__name__}")
-    class_names = [str(n) for n in (names or range(mc.n_classes))]
-    if len(class_names) != mc.n_classes:
-        raise LordkitError(f"{record} names {len(class_names)} classes, the model has {mc.n_classes}")
-    face_template = data.get("face_template") or None
-    face_points = data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None)
-
-    meta: dict[str, Any] = {
-        "format": fmt.FORMAT, "lordkit_version": lordkit.__version__, "model_name": model_dir.name,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "img_size": mc.img_size, "channels": mc.channels, "layout": "NCHW", "value_range": [0.0, 1.0],
-        "dtype": "float32", "content_dim": mc.content_dim, "class_dim": mc.class_dim,
-        "class_names": class_names, "dataset_id": data.get("dataset_id"),
-        "face_template": face_template, "face_points": face_points,
-        "opset": opset if onnx else None,
-        "models": _file_table(onnx, torchscript, fp16),
-        "class_bank": fmt.CLASS_BANK,
-    }
-    # The data record's fields go into the manifest unchanged: check them as a reader of the export will.
-    all_files = [fmt.CLASS_BANK] + [f for m in meta["models"].values() for f in m["files"].values()]
-    problem = fmt.manifest_problem({**meta, "sha256": {f: "0" * 64 for f in all_files}})
-    if problem:
-        raise LordkitError(f"{record} cannot go into an export manifest: {problem}")
-    meta_json = json.dumps(meta)
-
-    def props(name: str) -> dict[str, str]:
-        return fmt.metadata(name, lordkit.__version__, meta_json)
+    bank = load_class_bank(model_dir, cfg.model)
+    meta = manifest_fields(model_dir, cfg.model, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset)
 
     rng = np.random.default_rng(PARITY_SEED)
     parity: list[dict[str, Any]] = []
@@ -409,50 +501,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     with staged_dir(out_dir, force=force, what="export") as tmp, torch.no_grad(), \
             (make_progress(transient=True) if (show if progress is None else progress)
              else contextlib.nullcontext()) as bar:
-
-        def write(name: str):  # a full disk while writing `name` is one line naming the export's file
-            return writing(out_dir / name)
-
+        job = ExportJob(tmp, out_dir, cfg.model, opset, fp16, json.dumps(meta))
         task = bar.add_task("export", total=len(nets), unit="net") if bar else None
-        with write(fmt.CLASS_BANK):
+        with job.writing(tmp / fmt.CLASS_BANK):
             buf = io.BytesIO()
             np.save(buf, bank)
             atomic_write_bytes(tmp / fmt.CLASS_BANK, buf.getvalue())
         for net in nets:
             if bar:
                 bar.update(task, description=f"export {net.name}")
-            net.module.eval()
-            # Reference outputs of the eager model, on fresh inputs per batch size.
-            references = {}
-            with torch.inference_mode():
-                for b in batch_sizes:
-                    inputs = random_inputs(net, mc, b, rng)
-                    expected = net.module(*(torch.from_numpy(x) for x in inputs)).numpy().astype(np.float64)
-                    references[b] = (inputs, expected)
-            files = meta["models"][net.name]["files"]
-            # ONNX: export, stamp metadata, optimise, check, then parity in onnxruntime.
-            if onnx:
-                plain, opt = tmp / files["onnx"], tmp / files["onnx_opt"]
-                with write(plain.name):
-                    _export_onnx(net.module, net, mc, plain, opset)
-                    write_metadata(plain, props(net.name))
-                with write(opt.name):
-                    _optimise_onnx(plain, opt)
-                to_check = [(plain, FP32_TOL), (opt, FP32_TOL)]
-                if fp16:
-                    half = tmp / files["onnx_fp16"]
-                    with write(half.name):
-                        _convert_fp16(plain, half)  # keeps the metadata stamped on `plain`
-                    to_check.append((half, FP16_TOL))
-                for path, tol in to_check:
-                    _check_onnx(path, props(net.name))
-                    parity += check_parity(path, net, references, tol)
-            # TorchScript: script, freeze, save with metadata, reload and compare.
-            if torchscript:
-                ts = tmp / files["torchscript"]
-                with write(ts.name):
-                    _export_torchscript(net.module, ts, json.dumps(props(net.name)))
-                parity += check_parity(ts, net, references, FP32_TOL)
+            parity += export_network(net, formats, job, batch_sizes, rng, meta["models"][net.name]["files"])
             if bar:
                 bar.advance(task)
 
@@ -460,7 +518,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
         manifest = dict(meta)
         manifest["sha256"] = {p.name: fmt.sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["parity"] = parity
-        with write(fmt.MANIFEST):
+        with job.writing(tmp / fmt.MANIFEST):
             atomic_write_json(tmp / fmt.MANIFEST, manifest)
         if finish is not None:
             manifest = finish(tmp)
