@@ -23,6 +23,10 @@ different optimisation. VGG16 weights are random (written in torchvision's layou
 
     python benchmarks/train_throughput.py                      # the paper's setting: 64 px, batch 128
     python benchmarks/train_throughput.py --batch-size 32 --steps 8 --warmup 2   # a CPU-sized run
+
+Writes --out (benchmarks/results/train_throughput.json) and, run as a script, appends the same figures
+as one line to benchmarks/results/train_throughput.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR
+appends to DIR/train_throughput.jsonl instead).
 """
 
 from __future__ import annotations
@@ -240,7 +244,8 @@ def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_f
     return [r["loss"] for r in read_metrics(model_dir) if r["stage"] == stage]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -331,8 +336,12 @@ def main(argv: list[str] | None = None) -> dict:
                   flush=True)
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
+
+        print(f"appended to {append_result('train_throughput', results, args=args, argv=argv)}")
     return results
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if main(record=True) else 1)
