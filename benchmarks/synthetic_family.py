@@ -13,6 +13,10 @@ the same factor when the preset would not fit; they are never raised above the p
     python benchmarks/synthetic_family.py --out family-results                   # 15 min per variant
     python benchmarks/synthetic_family.py --out r --preset small --minutes 5 --variants hue-content-small,colour-class
     python benchmarks/synthetic_family.py --out r --quick                          # plumbing check: seconds
+
+Run as a script, it also appends the run's header and rows as one line to
+benchmarks/results/synthetic_family.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR appends to
+DIR/synthetic_family.jsonl instead: use it for --quick runs).
 """
 
 from __future__ import annotations
@@ -174,7 +178,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, record: bool = False) -> int:
+    """Run the family; `record`: also append the rows to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True,
                     help="Output dir: results.md, results.json, <variant>-transfer.png.")
@@ -213,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"table: {args.out / 'results.md'}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
+
+        figures = {**header, "rows": rows, "passes": sum(r["passes"] for r in rows),
+                   "json": str(args.out / "results.json")}
+        print(f"appended to {append_result('synthetic_family', figures, args=args, argv=argv)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(record=True))
