@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lordkit.fsutil import export_dir, model_dir
+from lordkit.fsutil import export_dir, model_dir, recover_tree
 
 from .common import get_base, handle_errors, say
 
@@ -37,6 +37,7 @@ def export(
         raise LordkitError("--int8 quantizes the ONNX files; it needs --onnx")
     if onnx:
         check_opset(opset)  # before loading anything: a bad opset is a typo, not a late export failure
+    recover_tree(dst, depth=1)  # what a killed export to this dir left beside it (also outside the base dir)
     check_out_dir(dst, force)
     finish = None
     if int8:

@@ -76,14 +76,19 @@ def _fsync_dir(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Temporary names. Everything a command writes is first built under a hidden name beside its
 # target, `.<name>.<pid>@<host>-<random>.<kind>`, so that the next command can tell whose it is:
-#   tmp      a file being written            partial  a directory being built
+#   tmp      a file (or a video's frame dir) being written     partial  a directory being built
 #   new      a complete directory, about to take the name (fallback replacement only)
 #   old      the previous directory, moved aside (fallback replacement only)
+#   group    the journal of several directories replaced as one unit (staged_dirs)
 # A temporary name whose process is gone (same host, pid not running) is removed by `recover`,
-# after a missing name has been restored from a complete `new` (preferred) or `old` copy.
+# after a missing name has been restored from a complete `new` (preferred) or `old` copy. Only
+# names of exactly this form, of this host, and of the file type their kind makes are ever
+# touched: anything else in a directory (a user's `.notes.old-2024`, another host's names) stays.
 
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{6})-[A-Za-z0-9_]+\.(?P<kind>tmp|partial|new|old)$")
-_LEGACY_OLD_RE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")  # the previous release's moved-aside copy
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d{1,10})@(?P<host>[0-9a-f]{6})-(?P<rand>[a-z0-9_]{8})"
+                      r"\.(?P<kind>tmp|partial|new|old|group)$")
+_DIR_KINDS = ("partial", "new", "old")  # always directories; `group` is always a file, `tmp` either
+GROUP_FORMAT = "lordkit-replace-group/1"
 
 
 def _host_tag() -> str:
@@ -91,43 +96,63 @@ def _host_tag() -> str:
 
 
 def temp_prefix(name: str) -> str:
-    """The start of a temporary name for `name` owned by this process (mkstemp/mkdtemp add the rest)."""
+    """The start of a temporary name for `name` owned by this process (mkstemp/mkdtemp add the rest:
+    8 characters of [a-z0-9_] and the kind)."""
     return f".{name}.{os.getpid()}@{_host_tag()}-"
+
+
+def _temp_name(name: str, kind: str) -> str:
+    """A fresh temporary name of this process for `name` (the same form mkstemp/mkdtemp give)."""
+    return f"{temp_prefix(name)}{os.urandom(4).hex()}.{kind}"
 
 
 def _alive(pid: int) -> bool:
     """Whether process `pid` on this host runs; a zombie (dead, not yet reaped) counts as gone."""
     if pid == os.getpid():
         return True
+    if pid <= 0:
+        return True  # not a pid this module ever writes: never judged dead
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists, owned by someone else (or not a number the kernel takes)
     with contextlib.suppress(OSError, IndexError):
         fields = Path(f"/proc/{pid}/stat").read_text()
         return fields[fields.rindex(")") + 2] not in "ZX"  # the state follows the parenthesised name
     return True
 
 
-def _dead_temps(parent: Path) -> dict[str, list[tuple[str, Path]]]:
-    """Temporary names in `parent` left by processes of this host that are gone: {name: [(kind, path)]}."""
-    found: dict[str, list[tuple[str, Path]]] = {}
+def _own_temps(parent: Path) -> list[tuple[re.Match, os.DirEntry]]:
+    """Temporary names in `parent` made by lordkit on this host: the full form, this host's tag, and
+    the file type the kind implies (never a link)."""
     try:
         entries = list(os.scandir(parent))
     except OSError:
-        return found
-    host = _host_tag()
+        return []
+    host, found = _host_tag(), []
     for entry in entries:
         m = _TEMP_RE.match(entry.name)
-        if m is not None and m["host"] == host:
-            kind = m["kind"]
-        else:
-            m, kind = _LEGACY_OLD_RE.match(entry.name), "old"
-        if m is None or _alive(int(m["pid"])):
+        if m is None or m["host"] != host:
             continue
-        found.setdefault(m["name"], []).append((kind, Path(entry.path)))
+        try:
+            is_dir, is_file = entry.is_dir(follow_symlinks=False), entry.is_file(follow_symlinks=False)
+        except OSError:
+            continue
+        kind = m["kind"]
+        if (kind in _DIR_KINDS and not is_dir) or (kind == "group" and not is_file) or not (is_dir or is_file):
+            continue
+        found.append((m, entry))
+    return found
+
+
+def _dead_temps(parent: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Temporary names in `parent` left by processes of this host that are gone: {name: [(kind, path)]}."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for m, entry in _own_temps(parent):
+        if not _alive(int(m["pid"])):
+            found.setdefault(m["name"], []).append((m["kind"], Path(entry.path)))
     return found
 
 
@@ -140,16 +165,35 @@ def _remove(path: Path) -> None:
 
 
 def recover(parent: str | os.PathLike, only: str | None = None) -> list[str]:
-    """Repair what dead processes left in `parent`: a name missing after an interrupted fallback
-    replacement gets its complete copy back (`new`, else `old`), then every dead temporary name is
-    removed. Limited to the temporaries of `only` when given. Never touches a live process's names;
-    errors (a read-only dir) are ignored: the copy under the name is complete either way.
-    Returns the names it restored."""
+    """Repair what dead processes left in `parent`: a replacement of several directories as one
+    unit that had passed its commit point is finished (every name gets its new copy), a name
+    missing after an interrupted fallback replacement gets its complete copy back (`new`, else
+    `old`), then every dead temporary name is removed. Limited to the temporaries of `only` (and of
+    the names replaced together with it) when given. Never touches a live process's names, another
+    host's, or anything not named by lordkit; errors (a read-only dir) are ignored: the copy under
+    the name is complete either way. Returns the names it restored."""
     parent = Path(parent)
-    restored = []
-    for name, temps in _dead_temps(parent).items():
-        if only is not None and name != only:
+    names = None if only is None else {only}
+    restored: list[str] = []
+    for _name, temps in _dead_temps(parent).items():  # groups first: they decide which copies are new
+        for kind, journal in temps:
+            if kind != "group":
+                continue
+            if only is not None and only not in {e["name"] for e in _read_group(journal) or []}:
+                continue
+            finished = _finish_journal(parent, journal)
+            if finished is not None:
+                group, changed = finished
+                restored += changed
+                if names is not None:
+                    names |= set(group)
+    dead = _dead_temps(parent)
+    pending = {e["name"] for temps in dead.values() for kind, path in temps if kind == "group"
+               for e in _read_group(path) or []}  # journals not finished now (a failed rename): kept with their copies
+    for name, temps in dead.items():
+        if (names is not None and name not in names) or name in pending:
             continue
+        temps = [(kind, path) for kind, path in temps if kind != "group" or _read_group(path) is None]
         target = parent / name
         if not os.path.lexists(target):
             for kind in ("new", "old"):  # the newest complete copy wins
@@ -164,7 +208,7 @@ def recover(parent: str | os.PathLike, only: str | None = None) -> list[str]:
             _remove(path)
     if restored:
         _fsync_dir(parent)
-    return restored
+    return sorted(set(restored))
 
 
 def recover_tree(path: str | os.PathLike, depth: int = 2) -> None:
@@ -356,6 +400,103 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a directory entry, not following a link; None if it is not there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _read_group(journal: Path) -> list[dict[str, Any]] | None:
+    """The entries of a group journal: [{"name", "dev", "ino"}], or None if it is not one."""
+    try:
+        doc = json.loads(journal.read_text(encoding="utf-8"))
+        entries = doc["entries"] if doc.get("format") == GROUP_FORMAT else None
+        return [{"name": str(e["name"]), "dev": int(e["dev"]), "ino": int(e["ino"])} for e in entries]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _put_in_place(copy: Path, target: Path) -> None:
+    """Put the complete directory `copy` under the name `target` and remove what was there. Used
+    after a commit point only, so a crash inside is finished by the next `recover`."""
+    if not os.path.lexists(target):
+        os.rename(copy, target)
+    elif _exchange(copy, target):
+        shutil.rmtree(copy, ignore_errors=True)  # now the old copy
+    else:
+        old = target.with_name(_temp_name(target.name, "old"))
+        os.rename(target, old)
+        os.rename(copy, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _finish_group(parent: Path, entries: list[dict[str, Any]]) -> list[str] | bool:
+    """Roll a committed group replacement forward: each name gets the new copy the journal
+    identifies (by device and inode, which renames keep), wherever the dead process left it.
+    Returns the names changed, True if there was nothing to do, False if a rename failed (the
+    journal is kept for the next try)."""
+    changed = []
+    for entry in entries:
+        target, want = parent / entry["name"], (entry["dev"], entry["ino"])
+        if _identity(target) == want:
+            continue
+        copies = [Path(e.path) for m, e in _own_temps(parent)
+                  if m["name"] == entry["name"] and m["kind"] in _DIR_KINDS and _identity(Path(e.path)) == want]
+        if not copies:
+            continue  # the new copy is gone (removed by hand): nothing left to put in place
+        try:
+            _put_in_place(copies[0], target)
+        except OSError:
+            return False
+        changed.append(entry["name"])
+    if changed:
+        _fsync_dir(parent)
+    return changed or True
+
+
+def _commit_group(pairs: list[tuple[Path, Path]]) -> Path:
+    """Write the journal of a group replacement: every name with the device and inode of its
+    complete new copy (renames keep both). Once it is on disk the group is committed: the next
+    `recover` finishes whatever this process does not (_finish_group)."""
+    final = pairs[0][1]
+    journal = final.with_name(_temp_name(final.name, "group"))
+    entries = []
+    for tmp, final in pairs:
+        dev, ino = _identity(tmp) or (-1, -1)
+        entries.append({"name": final.name, "staged": tmp.name, "dev": dev, "ino": ino})
+    atomic_write_json(journal, {"format": GROUP_FORMAT, "entries": entries})
+    return journal
+
+
+def _finish_journal(parent: Path, journal: Path) -> tuple[list[str], list[str]] | None:
+    """Finish a dead process's committed group under an exclusive lock on its journal (two commands
+    recovering at once must not both swap a name). (the group's names, the names changed), or None
+    when the journal was finished by another process meanwhile or one of its renames failed."""
+    import fcntl
+
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _identity(journal) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            return None  # finished and removed by another recovery while this one waited
+        entries = _read_group(journal)
+        group = [e["name"] for e in entries or []]
+        done = _finish_group(parent, entries) if entries is not None else True
+        if done is False:
+            return None
+        _remove(journal)  # finished, or not a journal this module can read: nothing to finish
+        _fsync_dir(parent)
+        return group, done if isinstance(done, list) else []
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterator[Path]:
     """Build a directory under a temporary name next to `final`, then put it in place (replace_dir).
@@ -363,30 +504,72 @@ def staged_dir(final: Path, force: bool = False, what: str = "output") -> Iterat
     An existing `final` is refused unless `force`. Dead processes' leftovers of the same name are
     cleaned first; a failure removes this one's staging dir and leaves `final` as it was.
     """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    recover(final.parent, only=final.name)
-    if os.path.lexists(final) and not force:
-        raise LordkitError(f"{what} {final} already exists; pass --force to replace it")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".partial", dir=final.parent))
-    except OSError as e:  # name the output, not the hidden staging name it could not create
-        e.filename = str(final)
-        raise
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: an export must be readable by its service
+    with staged_dirs([final], force=force, what=what) as (tmp,):
         yield tmp
-        _fsync_dir(tmp)
+
+
+@contextlib.contextmanager
+def staged_dirs(finals: list[Path], force: bool = False, what: str = "output") -> Iterator[list[Path]]:
+    """Build several directories (in one parent) under temporary names, then put them all in place
+    as one unit: after a crash at any instant, once the next command's `recover` has run, either
+    every name holds its old copy or every name its new one, never a mix (see _commit_group).
+
+    Existing outputs are refused unless `force`. Dead processes' leftovers of these names are
+    cleaned first; a failure before the commit point removes the staging dirs and leaves every
+    name as it was.
+    """
+    finals = [Path(f) for f in finals]
+    parent = finals[0].parent
+    if any(f.parent != parent for f in finals) or len({f.name for f in finals}) != len(finals):
+        raise ValueError("staged_dirs replaces distinct names of one directory")
+    parent.mkdir(parents=True, exist_ok=True)
+    for final in finals:
+        recover(parent, only=final.name)
+    for final in finals:
+        if os.path.lexists(final) and not force:
+            raise LordkitError(f"{what} {final} already exists; pass --force to replace it")
+    tmps: list[Path] = []
+    committed = False
+    try:
+        for final in finals:
+            try:
+                tmps.append(Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".partial", dir=parent)))
+            except OSError as e:  # name the output, not the hidden staging name it could not create
+                e.filename = str(final)
+                raise
+            os.chmod(tmps[-1], 0o777 & ~current_umask())  # mkdtemp makes 0700: an export must be readable by its service
+        yield list(tmps)
+        for tmp in tmps:
+            _fsync_dir(tmp)
         fault_point("staged-complete")
-        replace_dir(tmp, final)
-        _fsync_dir(final.parent)
+        pairs = list(zip(tmps, finals))
+        if len(pairs) == 1:
+            replace_dir(*pairs[0])
+        else:
+            journal = _commit_group(pairs)
+            committed = True  # from here on a failure is finished by the next `recover`, not undone
+            fault_point("group-committed")
+            for i, (tmp, final) in enumerate(pairs):
+                if i:
+                    fault_point("group-one-replaced")
+                replace_dir(tmp, final)
+            fault_point("group-all-replaced")
+            os.unlink(journal)
+        _fsync_dir(parent)
     except OSError as e:  # name the file the user asked for, not the staging dir it was written in
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not committed:
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
         if e.filename is None:  # numpy and others raise it without one
-            e.filename = str(final)
-        elif isinstance(e.filename, str) and e.filename.startswith(str(tmp)):
-            e.filename = str(final) + e.filename[len(str(tmp)):]
+            e.filename = str(finals[len(tmps) - 1] if tmps else finals[0])
+        elif isinstance(e.filename, str):
+            for tmp, final in zip(tmps, finals):
+                if e.filename.startswith(str(tmp)):
+                    e.filename = str(final) + e.filename[len(str(tmp)):]
+                    break
         raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not committed:
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -114,10 +114,11 @@ def test_live_processes_keep_their_temporary_names(tmp_path):
     assert foreign.is_dir()
 
 
-def test_a_missing_name_comes_back_from_the_previous_releases_moved_aside_copy(tmp_path):
+def test_names_without_this_hosts_tag_are_never_recovered_or_removed(tmp_path):
+    # The previous release's moved-aside form carries no host: it cannot be told from a user's folder.
     make_copy(tmp_path / ".out.old-999999999", "old")  # no such pid
     recover(tmp_path)
-    assert holds_complete_copy(tmp_path / "out") == "old" and hidden(tmp_path) == []
+    assert not (tmp_path / "out").exists() and holds_complete_copy(tmp_path / ".out.old-999999999") == "old"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 
 Both outputs keep the full class list (and so n_classes and the meaning of every class id), and
 record where each image came from (`parent_index`) and how the split was made (meta.extra["split"]).
+The two parts are one unit: both carry the same split id and name each other (`sibling`), they are
+put in place together (fsutil.staged_dirs: after a crash the next command finishes or drops the
+pair, never one part of each), and opening a part whose sibling holds another split is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.errors import LordkitError
-from lordkit.fsutil import staged_dir
+from lordkit.fsutil import staged_dirs
 
 DEFAULT_SEED = 1234
 _COPY_ROWS = 4096  # images copied per slice: bounded RAM whatever the dataset size
@@ -42,17 +45,19 @@ def _write_pair(ds: Dataset, train_idx: np.ndarray, test_idx: np.ndarray, train_
                 info: dict, force: bool) -> None:
     if Path(train_dir).resolve() == Path(test_dir).resolve():
         raise LordkitError("--train-data-name and --test-data-name must differ")
+    if Path(train_dir).parent.resolve() != Path(test_dir).parent.resolve():
+        raise LordkitError("the train and test parts of a split must be in one directory")
+    train_dir, test_dir = Path(train_dir), Path(train_dir).parent / Path(test_dir).name
     for d in (train_dir, test_dir):
         if Path(d).resolve() == ds.path.resolve():
             raise LordkitError(f"a split output cannot replace its input dataset {ds.path}")
         if Path(d).exists() and not force:
             raise LordkitError(f"dataset {d} already exists; pass --force to replace it")
-    # Both outputs are staged and only renamed into place once both are complete.
-    with contextlib.ExitStack() as stack:
-        tmp_train = stack.enter_context(staged_dir(train_dir, force=force, what="dataset"))
-        tmp_test = stack.enter_context(staged_dir(test_dir, force=force, what="dataset"))
-        _write_subset(ds, np.sort(train_idx), tmp_train, {**info, "part": "train"})
-        _write_subset(ds, np.sort(test_idx), tmp_test, {**info, "part": "test"})
+    # Both outputs are staged, then put in place as one unit.
+    info = {**info, "id": uuid.uuid4().hex}
+    with staged_dirs([Path(train_dir), Path(test_dir)], force=force, what="dataset") as (tmp_train, tmp_test):
+        _write_subset(ds, np.sort(train_idx), tmp_train, {**info, "part": "train", "sibling": Path(test_dir).name})
+        _write_subset(ds, np.sort(test_idx), tmp_test, {**info, "part": "test", "sibling": Path(train_dir).name})
 
 
 def split_classes(ds: Dataset, train_dir: Path, test_dir: Path, n_test_classes: int,

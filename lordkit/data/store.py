@@ -6,6 +6,9 @@ Layout of `<base>/data/<name>/`:
     content_ids.npy   int64 (N,), -1 where the dataset has no content labels
     <key>.npy         optional int64 (N,) per-image arrays named in meta["per_image"]
     meta.json         DatasetMeta
+
+The two parts of a split (lordkit.data.splits) carry one split id and their sibling's name in
+meta.extra["split"]; a part whose sibling names it back but holds another split is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ast
 import dataclasses
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +147,16 @@ def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
         raise LordkitError(f"dataset file {path} is unreadable or truncated: {e}") from None
 
 
+def _read_meta_quietly(path: Path) -> Any:
+    """A meta.json as JSON, or None if it is missing, not a regular file or not JSON."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 class Dataset:
     """A preprocessed dataset opened from its directory; images stay memory-mapped."""
 
@@ -172,6 +186,23 @@ class Dataset:
         if m.n_imgs and (self.class_ids.min() < 0 or self.class_ids.max() >= m.n_classes):
             raise LordkitError(f"{self.path / 'class_ids.npy'}: class ids outside 0..{m.n_classes - 1}")
         self.per_image = {key: self._labels(key) for key in m.per_image}
+        self._check_split_sibling()
+
+    def _check_split_sibling(self) -> None:
+        """A split part and its sibling must come from one split: a pair mixed by hand (or by a
+        replacement of an older release cut short) is one error, not a silent overlap of train and test."""
+        split = self.meta.extra.get("split")
+        if not isinstance(split, dict) or not split.get("id") or not isinstance(split.get("sibling"), str):
+            return
+        sibling = self.path.parent / split["sibling"]
+        other = _read_meta_quietly(sibling / "meta.json")
+        other_split = other.get("extra", {}).get("split") if isinstance(other, dict) else None
+        if not isinstance(other_split, dict) or other_split.get("sibling") != self.path.name:
+            return  # no sibling, or that name now holds another dataset: nothing to compare
+        if other_split.get("id") != split["id"]:
+            raise LordkitError(f"datasets {self.path.name} and {sibling.name} are parts of different splits "
+                               f"(seeds {split.get('seed')} and {other_split.get('seed')}); run the split "
+                               "again with --force")
 
     def _labels(self, key: str) -> np.ndarray:
         arr = _load_array(self.path / f"{key}.npy")
