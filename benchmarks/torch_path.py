@@ -19,6 +19,10 @@ of the reference, eager-before and eager at one batch size (docs/bench.md keeps 
 
     python benchmarks/torch_path.py                      # batch 1, 8, 32; 5 rounds
     python benchmarks/torch_path.py --batch-sizes 8 --rounds 3 --profile 8
+
+Writes --out (benchmarks/results/torch_path.json) and, run as a script, appends the same figures as one
+line to benchmarks/results/torch_path.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR appends to
+DIR/torch_path.jsonl instead).
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ def caller(name: str, net, a: np.ndarray, b: np.ndarray):
     return call
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=5)
@@ -87,7 +92,7 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--profile", type=int, default=0, help="batch size of the profiler tables (0: none)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "torch_path.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = [r for r in args.rows.split(",") if r]
@@ -149,7 +154,12 @@ def main() -> None:
             atomic_write_text(args.out.with_suffix(".profile.txt"), text + "\n")
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
+    if record:
+        from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
+
+        print(f"appended to {append_result('torch_path', {**results, 'json': str(args.out)}, args=args, argv=argv)}")
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(record=True)
