@@ -24,6 +24,7 @@ SMOKE=0
 [[ "${1:-}" == "--cpu-smoke" ]] && SMOKE=1
 RES=${OUT:-benchmarks/results/gpu}
 mkdir -p "$RES"
+export LORDKIT_RESULTS_DIR=${LORDKIT_RESULTS_DIR:-$RES}  # result lines of this run beside its JSON
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lordkit-gpu-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 if ! $PY -c "import lordkit.bench, lordkit.export" 2>/dev/null; then

@@ -4,7 +4,7 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
 256, random weights):
   reference     the public code's formulation (lordkit.bench.reference): nn.Upsample, AdaIN through
                 F.batch_norm on a (1, B*C, H, W) view, NCHW fp32 eager — the baseline of the x column
-  eager-before  lordkit's networks in the "onnx" form, which the ONNX export traces (NCHW,
+  eager-onnx-form  lordkit's networks in the "onnx" form, which the ONNX export traces (NCHW,
                 F.interpolate, elementwise AdaIN) and was also its eager form before the CPU path below
   eager         lordkit's eager model in the "cpu" form: channels-last throughout, each upsampling and
                 3x3 conv as one transposed conv, AdaIN as group_norm + addcmul
@@ -15,7 +15,7 @@ Rows, all on the same inputs and the same weights (a reference-size model: 64 px
 Interleaved: each round runs a block of calls of every row in turn (the order rotating per round), so
 that load from other processes and clock changes fall on all rows alike; a row's figure is its median
 call. The instruction sets found are printed with the figures. --profile adds torch profiler tables
-of the reference, eager-before and eager at one batch size (docs/bench.md keeps them).
+of the reference, eager-onnx-form and eager at one batch size (docs/bench.md keeps them).
 
     python benchmarks/torch_path.py                      # batch 1, 8, 32; 5 rounds
     python benchmarks/torch_path.py --batch-sizes 8 --rounds 3 --profile 8
@@ -44,7 +44,7 @@ from lordkit.fsutil import atomic_write_json, atomic_write_text
 from lordkit.modeldir import load_amortized, write_random_model
 from lordkit.models import set_form, transfer_net
 
-ROWS = ("reference", "eager-before", "eager", "torchscript", "bf16", "onnxruntime")
+ROWS = ("reference", "eager-onnx-form", "eager", "torchscript", "bf16", "onnxruntime")
 
 
 def build(tmp: Path, threads: int):
@@ -62,7 +62,7 @@ def build(tmp: Path, threads: int):
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(tmp / "export" / "transfer.opt.onnx"), opts, providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(tmp / "export" / "transfer.pt"))
-    return {"reference": reference_networks(amortized, cfg.model)["transfer"], "eager-before": before,
+    return {"reference": reference_networks(amortized, cfg.model)["transfer"], "eager-onnx-form": before,
             "eager": eager, "torchscript": scripted, "bf16": eager, "onnxruntime": sess}
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
 
             tables = []
             a = torch.rand(args.profile, 3, 64, 64)
-            for r in ("reference", "eager-before", "eager"):
+            for r in ("reference", "eager-onnx-form", "eager"):
                 with torch.inference_mode():
                     nets[r](a, a)
                     with profile(activities=[ProfilerActivity.CPU]) as prof:

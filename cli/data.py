@@ -31,7 +31,7 @@ def preprocess(
     data_name: Annotated[str, typer.Option("--data-name", "-dn", help="Name of the new dataset under <base-dir>/data/.")],
     dataset_path: Annotated[Optional[Path], typer.Option("--dataset-path", "-dp", help="Folder (or file) with the dataset's official files; not needed for synthetic.")] = None,
     img_size: Annotated[int, typer.Option("--img-size", help="Square image size in pixels (the paper uses 64).")] = 64,
-    opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Dataset-specific KEY=VALUE setting, repeatable (see README).")] = None,
+    opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Dataset-specific KEY=VALUE setting, repeatable (docs/datasets.md lists them).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Parallel decoding threads (default: CPU count, at most 8).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.")] = False,
 ) -> None:
