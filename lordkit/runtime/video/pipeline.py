@@ -249,7 +249,9 @@ class VideoRun:
             for th in threads:
                 th.join(timeout=60)
             self.reader.close()
-            kept = self.stats.n_written > 0 and (interrupt is not None or (ok and not self._no_face_anywhere()))
+            failed = bool(self.close_errors) or any(th.error is not None for th in threads)  # a file not whole
+            kept = (self.stats.n_written > 0 and not failed
+                    and (interrupt is not None or (ok and not self._no_face_anywhere())))
             for w in self.writers:
                 w.staged.commit() if kept else w.staged.discard()
         result = self._result(time.perf_counter() - start, kept=kept, interrupted=interrupt is not None)

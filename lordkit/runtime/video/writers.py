@@ -4,11 +4,17 @@ OpenCV's VideoWriter without the `video` extra (constant rate, no audio).
 Each output is written inside a temporary folder beside it (lordkit.fsutil's naming, so a crashed
 run's leftovers are cleared by the next command) and renamed into place by `commit()`, which runs
 after the container is finalised: the name only ever holds a playable file.
+
+PyAV writes into a file object of ours (`_OutputFile`), never into a path: a failed write (a full
+disk, a quota, a file-size limit) is kept there and raised by the writer as an OSError naming the
+output the user asked for, while FFmpeg only ever sees writes succeed. libavformat does not survive
+its own write errors (a failed header, then the trailer at close, crashes the process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -70,25 +76,113 @@ def pad_even(img: np.ndarray) -> np.ndarray:
     return np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """The same OS error, naming the output the user asked for instead of a temporary name."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
 class _Staged:
     """A temporary folder beside `path` holding the file while it is written."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path.name), suffix=".tmp", dir=self.path.parent))
-        os.chmod(self.dir, 0o777 & ~current_umask())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path.name), suffix=".tmp",
+                                             dir=self.path.parent))
+        except OSError as e:
+            raise _named(e, self.path) from None
+        try:
+            os.chmod(self.dir, 0o777 & ~current_umask())
+        except OSError as e:
+            self.discard()
+            raise _named(e, self.path) from None
         self.file = self.dir / self.path.name
 
     def commit(self) -> Path:
-        if self.file.exists():
-            os.chmod(self.file, 0o666 & ~current_umask())
-            os.replace(self.file, self.path)
-        self.discard()
+        try:
+            if self.file.exists():
+                os.chmod(self.file, 0o666 & ~current_umask())
+                os.replace(self.file, self.path)
+        except OSError as e:
+            raise _named(e, self.path) from None
+        finally:
+            self.discard()
         return self.path
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _OutputFile:
+    """The file object PyAV writes a container into. Writes and seeks go to the staged file until one
+    fails; from then on they are only counted, so FFmpeg finishes its work on what it believes is a
+    file, and the first error waits in `error`, naming the user's output, for the writer to raise."""
+
+    def __init__(self, file: Path, shown: Path):
+        self.name = str(shown)  # PyAV words its own messages with the container's name
+        self.shown = shown
+        self.error: OSError | None = None
+        self.pos = self.size = 0
+        try:
+            self.fd: int | None = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
+                                          0o666)
+        except OSError as e:
+            raise _named(e, shown) from None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _fail(self, e: OSError) -> None:
+        if self.error is None:
+            self.error = _named(e, self.shown)
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        if self.error is None and self.fd is not None:
+            view = memoryview(data)
+            try:
+                while view:  # os.write may write less than asked; FFmpeg would not retry the rest
+                    view = view[os.write(self.fd, view):]
+            except OSError as e:
+                self._fail(e)
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        start = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = start + offset
+        if self.error is None and self.fd is not None:
+            try:
+                os.lseek(self.fd, self.pos, os.SEEK_SET)
+            except OSError as e:
+                self._fail(e)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        """Make the bytes durable and close; a failure here is the file's error too."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if self.error is None:
+                os.fsync(fd)  # where a filesystem reports space it could not find at write time
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # a file that cannot be synced (a pipe, some FUSE mounts)
+                self._fail(e)
+        finally:
+            os.close(fd)
 
 
 class PyAVWriter:
@@ -110,8 +204,15 @@ class PyAVWriter:
         self.n_frames = 0
         self.audio_mode: str | None = None  # "copy" or "aac"
         try:
-            self.container = av.open(str(self.staged.file), "w", format=CONTAINERS[ext])
+            self.file = _OutputFile(self.staged.file, self.path)
+        except BaseException:
+            self.staged.discard()
+            raise
+        self._raised = False  # the file's error has reached the caller
+        try:
+            self.container = av.open(self.file, "w", format=CONTAINERS[ext])
         except (av.error.FFmpegError, OSError) as e:
+            self.file.close()
             self.staged.discard()
             raise LordkitError(f"cannot write {self.path}: {e}") from None
         try:
@@ -135,8 +236,15 @@ class PyAVWriter:
             self._last_pts: int | None = None
         except BaseException:
             self.container.close()
+            self.file.close()
             self.staged.discard()
             raise
+
+    def _check(self) -> None:
+        """Raise the output file's write error (once), naming the user's output."""
+        if self.file.error is not None and not self._raised:
+            self._raised = True
+            raise self.file.error
 
     def _audio_stream(self, source: Any):
         """The output audio stream: a copy of the source's when the container accepts its codec, else AAC."""
@@ -170,15 +278,18 @@ class PyAVWriter:
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.n_frames += 1
+        self._check()
 
     def write_audio_packet(self, packet: Any) -> None:
         """A source audio packet, muxed as it is (audio mode "copy"); the mux consumes the packet."""
         packet.stream = self.audio  # PyAV rescales its timestamps to the output stream's time base
         self.container.mux(packet)
+        self._check()
 
     def write_audio_frame(self, frame: Any) -> None:
         """Decoded source samples, re-encoded to AAC (audio mode "aac")."""
         self._encode_audio(frame)
+        self._check()
 
     def _encode_audio(self, frame: Any) -> None:
         for f in self._resampler.resample(frame):
@@ -186,19 +297,25 @@ class PyAVWriter:
                 self.container.mux(packet)
 
     def close(self) -> None:
-        """Flush the encoders and finalise the container (always call it, also after an interruption)."""
+        """Flush the encoders, finalise the container and close the file (always call it, also after
+        an interruption); an OSError naming the output if the file could not be written whole."""
         av = self._av
         try:
-            with contextlib.suppress(av.error.FFmpegError, ValueError):
-                for packet in self.stream.encode(None):
-                    self.container.mux(packet)
-            if self.audio is not None and self.audio_mode == "aac":
+            if self.file.error is None:  # a failed output is not worth flushing: it will be removed
                 with contextlib.suppress(av.error.FFmpegError, ValueError):
-                    self._encode_audio(None)
-                    for packet in self.audio.encode(None):
+                    for packet in self.stream.encode(None):
                         self.container.mux(packet)
+                if self.audio is not None and self.audio_mode == "aac":
+                    with contextlib.suppress(av.error.FFmpegError, ValueError):
+                        self._encode_audio(None)
+                        for packet in self.audio.encode(None):
+                            self.container.mux(packet)
         finally:
-            self.container.close()
+            try:
+                self.container.close()
+            finally:
+                self.file.close()
+        self._check()
 
 
 class OpenCVWriter:
