@@ -163,9 +163,32 @@ def photo_bytes(data: bytes, name: str = "photo.png"):
     return damage
 
 
-def truncated_png() -> bytes:
+def truncated_png(keep: int = 400) -> bytes:
+    """A PNG cut after `keep` bytes (negative: that many bytes short of its end)."""
     _, buf = cv2.imencode(".png", np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8))
-    return buf.tobytes()[:400]
+    return buf.tobytes()[:keep]
+
+
+def fifo(name: str):
+    """A named pipe in place of a file: opening it for reading would wait for a writer forever."""
+    def damage(exp, tmp, mp):
+        (exp / name).unlink()
+        os.mkfifo(exp / name)
+    return damage
+
+
+def class_bank(values: str):
+    """A class bank of the right shape and type holding non-finite numbers, with its sha256 relisted."""
+    def damage(exp, tmp, mp):
+        bank = np.load(exp / "class_bank.npy")
+        if values == "huge":  # finite in float64, infinite once read as float32
+            bank = bank.astype(np.float64)
+            bank[0, 0] = 1e300
+        else:
+            bank[1, 2] = float(values)
+        np.save(exp / "class_bank.npy", bank)
+        relist(exp, "class_bank.npy")
+    return damage
 
 
 def args(*extra, photo: str = "{photo}", out: str = "{tmp}/out.png"):
@@ -262,6 +285,17 @@ CASES = [
     C("onnx-is-dir", directory_in_place("generator.opt.onnx"),
       ("generator.opt.onnx (listed in manifest.json) is not a regular file",)),
     C("photo-permission", unreadable("../photo.png"), ("cannot read", "photo.png: permission denied")),
+    C("manifest-fifo", fifo("manifest.json"), ("cannot read", "manifest.json: it is not a regular file"), sub=True),
+    C("class-bank-fifo", fifo("class_bank.npy"), ("class_bank.npy (listed in manifest.json) is not a regular file",),
+      sub=True),
+    C("onnx-fifo", fifo("generator.opt.onnx"), ("generator.opt.onnx (listed in manifest.json) is not a regular file",),
+      sub=True),
+    # Numbers no model can use: refused when the export opens, without numpy's warning lines (sub: a
+    # warning would be printed there, where pytest does not collect it).
+    C("class-bank-nan", class_bank("nan"), ("class_bank.npy holds 1 NaN or infinite value(s) (class id 1)",), sub=True),
+    C("class-bank-inf", class_bank("-inf"), ("class_bank.npy holds 1 NaN or infinite value(s)",), sub=True),
+    C("class-bank-beyond-float32", class_bank("huge"), ("class_bank.npy holds 1 NaN or infinite value(s) (class id 0)",),
+      sub=True),
     # 4. Links inside the export (the export dir itself may be a link).
     C("link-class-bank", symlink("class_bank.npy"), ("class_bank.npy is a symbolic link",)),
     C("link-onnx", symlink("generator.opt.onnx"), ("generator.opt.onnx is a symbolic link",)),
@@ -281,6 +315,13 @@ CASES = [
                                            "big.hdr"), ("big.hdr is above the 100 MP limit",), sub=True),
     C("png-truncated", photo_bytes(truncated_png(), "cut.png"), ("cannot decode", "cut.png: truncated or corrupt PNG"),
       sub=True),
+    C("png-truncated-in-its-end", photo_bytes(truncated_png(-20), "cut.png"),  # libpng used to print its own line
+      ("cannot decode", "cut.png: truncated or corrupt PNG"), sub=True),
+    C("png-truncated-in-iend", photo_bytes(truncated_png(-5), "cut.png"),
+      ("cannot decode", "cut.png: truncated or corrupt PNG"), sub=True),
+    C("photo-fifo", lambda exp, tmp, mp: os.mkfifo(tmp / "pipe.png") or [tmp / "pipe.png", "--class-id", "0", "--model",
+                                                                         exp, "-o", tmp / "out.png"],
+      ("pipe.png is not a regular file",), sub=True),
     # 8. Paths and numbers on the command line.
     C("input-missing", args(photo="{tmp}/missing.png"), ("image not found:", "missing.png")),
     C("input-directory", args(photo="{tmp}"), ("is a directory, not an image file",)),

@@ -4,7 +4,9 @@
 lists exists and (by default) has the sha256 it records, and that every ONNX file carries the
 `lordkit.*` metadata_props the exporter stamps. The manifest's fields are checked once, against
 the schema in lordkit.export_format, so nothing later meets a field of the wrong type. Files are
-read without following links, and an ONNX file may keep weights only in files the manifest lists.
+read without following links and only when they are regular files (a FIFO is refused, never waited
+on), an ONNX file may keep weights only in files the manifest lists, and the class bank must hold
+finite numbers.
 ONNX files are read with a small protobuf walk over a memory map (tensor bytes are skipped), so
 the check needs neither `onnx` nor a session.
 """
@@ -142,7 +144,7 @@ def scan_onnx(path: str | Path, fd: int | None = None) -> tuple[dict[str, str], 
 
     own = fd is None
     if own:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_regular(Path(path))
     try:
         size = os.fstat(fd).st_size
         if size == 0:
@@ -171,9 +173,27 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return scan_onnx(path)[0]
 
 
+# O_NONBLOCK: opening a FIFO (or a device) for reading would wait for a writer forever; with it the
+# open returns at once and fstat tells what the file is. Regular files read as usual.
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_NONBLOCK", 0))
+
+
+class NotRegular(OSError):
+    """An export file that is a FIFO, a device or a socket: reading it could block forever."""
+
+
 def _open_regular(path: Path) -> int:
-    """A read-only descriptor of `path`, refusing a symbolic link in its last component."""
-    return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    """A read-only descriptor of the regular file `path`, refusing a symbolic link in its last
+    component (OSError ELOOP) and anything but a regular file (NotRegular), without blocking."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _sha256_fd(fd: int) -> str:
@@ -189,6 +209,8 @@ def _os_problem(e: OSError) -> str:
         return "permission denied"
     if isinstance(e, IsADirectoryError):
         return "it is a directory"
+    if isinstance(e, NotRegular):
+        return "it is not a regular file"
     return (e.strerror or str(e)).lower()
 
 
@@ -239,11 +261,12 @@ class Bundle:
         for name in sha:
             if name.endswith(".onnx"):
                 self._check_onnx_file(name)
+        self.class_bank  # read and checked now (shape, dtype, finite values): a bad bank is refused on opening
 
     @staticmethod
     def _read_manifest(path: Path) -> Any:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+            fd = _open_regular(path)  # a FIFO is refused here, not waited on
         except FileNotFoundError:
             raise LordkitError(f"{path.parent} is not a lordkit export: it has no {fmt.MANIFEST}") from None
         except OSError as e:
@@ -252,8 +275,6 @@ class Bundle:
                                    "export") from None
             raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise LordkitError(f"cannot read {path}: it is not a regular file")
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(fmt.MAX_MANIFEST_BYTES + 1)
         except OSError as e:
@@ -294,6 +315,9 @@ class Bundle:
             if e.errno == errno.ELOOP:
                 raise LordkitError(f"export {self.path}: {name} is a symbolic link; the runtime does not follow "
                                    "links inside an export, copy the file itself in") from None
+            if isinstance(e, NotRegular):
+                raise LordkitError(f"export {self.path}: {name} (listed in manifest.json) is not a regular "
+                                   "file") from None
             raise LordkitError(f"cannot read {path}: {_os_problem(e)}") from None
 
     def _sha256(self, name: str) -> str:
@@ -453,7 +477,15 @@ class Bundle:
                 os.close(fd)
             if bank.shape != want or not np.issubdtype(bank.dtype, np.floating):
                 raise LordkitError(f"{path} is {bank.dtype} {bank.shape}; the manifest says float32 {want}")
-            self._class_bank = np.ascontiguousarray(bank, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf: refused below
+                bank = np.ascontiguousarray(bank, dtype=np.float32)
+            bad = ~np.isfinite(bank)
+            if bad.any():
+                rows = np.flatnonzero(bad.any(axis=1))
+                raise LordkitError(f"{path} holds {int(bad.sum())} NaN or infinite value(s) (class id"
+                                   f"{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:5]))}"
+                                   f"{', ...' if len(rows) > 5 else ''}); re-export the model")
+            self._class_bank = bank
         return self._class_bank
 
     def class_id(self, ref: int | str) -> int:

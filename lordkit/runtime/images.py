@@ -8,7 +8,11 @@ What happens to each kind of input
 ----------------------------------
 - not a file, unreadable, empty, or bytes no decoder accepts: LordkitError.
 - a known header followed by pixels the decoder rejects (a truncated PNG): LordkitError. OpenCV's
-  own log lines are silenced, so that the error is the only line.
+  own log lines are silenced, so that the error is the only line. PNG files are checked chunk by
+  chunk before OpenCV sees them (lordkit.imagelimit.png_for_decoder), because libpng prints its
+  errors and warnings to file descriptor 2 itself: a truncated or corrupt one is one LordkitError,
+  and metadata libpng would warn about (a 200 MB text chunk, a broken ICC profile) is dropped.
+- a FIFO, device or socket: LordkitError, never waited on.
 - more than MAX_PIXELS pixels (read from the header where the format allows, before decoding):
   LordkitError, the image is never decoded. Other formats meet the same limit inside OpenCV
   (OPENCV_IO_MAX_IMAGE_PIXELS, set before cv2 is imported), also before their pixels are allocated.
@@ -25,7 +29,9 @@ What happens to each kind of input
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,7 @@ from typing import Callable
 
 # Before cv2: OpenCV's own limit for every decoder, also formats whose header is not read here
 # (JPEG 2000, AVIF, ...), is set from the one MAX_PIXELS.
-from lordkit.imagelimit import MAX_PIXELS, MEMORY, PIXELS, decode_failure
+from lordkit.imagelimit import MAX_PIXELS, MEMORY, PIXELS, PngProblem, decode_failure, png_for_decoder
 
 import cv2
 import numpy as np
@@ -303,20 +309,16 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
         raise BadInput(f"unknown alpha background {alpha_background!r}; use one of: {', '.join(ALPHA_BACKGROUNDS)}")
     path = Path(path)
     name = str(path)
-    if path.is_dir():
-        raise BadInput(f"{name} is a directory, not an image file")
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except FileNotFoundError:
-        raise BadInput(f"image not found: {name}") from None
-    except OSError as e:
-        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
-    if data.size == 0:
-        raise BadInput(f"{name} is empty, not an image")
+    data = read_image_file(path)
 
     info = sniff(data)
     if info is not None:
         _check_pixels(info.width, info.height, name, max_pixels)
+    if info is not None and info.format == "png":
+        try:
+            data = png_for_decoder(data)
+        except PngProblem as e:
+            raise BadInput(f"cannot decode {name}: {e}") from None
 
     # Choose how to decode: JPEGs at reduced size when big (and with EXIF orientation applied);
     # everything else unchanged so that an alpha channel survives. A grey model gets colour JPEGs
@@ -376,6 +378,31 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = WO
     img = convert_channels(np.ascontiguousarray(img), channels, name, warn)
     return LoadedImage(pixels=np.ascontiguousarray(img), path=path, original_size=original,
                        scale=img.shape[1] / original[0])
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """The bytes of an image file (uint8); BadInput if it is missing, unreadable, empty or not a
+    regular file (a FIFO is refused, not waited on: O_NONBLOCK, then fstat)."""
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise BadInput(f"image not found: {name}") from None
+    except OSError as e:
+        raise BadInput(f"cannot read {name}: {(e.strerror or str(e)).lower()}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInput(f"{name} is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            raise BadInput(f"{name} is not a regular file; give an image file")
+        try:
+            data = np.fromfile(f, dtype=np.uint8)
+        except OSError as e:
+            raise BadInput(f"cannot read {name}: {(e.strerror or str(e)).lower()}") from None
+    if data.size == 0:
+        raise BadInput(f"{name} is empty, not an image")
+    return data
 
 
 def _decode(data: np.ndarray, flag: int, name: str, info: ImageInfo | None, max_pixels: int) -> np.ndarray:
