@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -47,10 +48,17 @@ def file_name(network: str) -> str:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """No third-party warnings on the user's terminal (torch.export's and Inductor's deprecation notices)."""
+    """No third-party warnings or log lines on the user's terminal (torch.export's and Inductor's
+    deprecation notices, the package loader's "outdated pt2 file" before it refuses a file)."""
+    logger = logging.getLogger("torch._inductor.package")
+    level = logger.level
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def batch_dim(max_batch: int) -> Any:

@@ -1,0 +1,293 @@
+"""AOTInductor packages (lordkit.export.aoti) and examples/aoti, the C++ program that runs them.
+
+A tiny untrained model (tests/factories.py) is exported to ONNX and TorchScript, then each of its four
+networks is compiled to `<network>.pt2` beside them (about half a minute each on two cores: Inductor
+compiles C++). Each package runs in Python against the eager network; the C++ program is built once
+per module and its float32 .npy output is compared with lordkit.runtime.Transfer (onnxruntime) and
+the eager transfer network. Skipped when torch, a C++ compiler, cmake or a build tool is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+CHANNELS = 3
+TOL = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "examples" / "aoti"
+EXE = "lordkit_transfer_aoti"
+
+
+def compiler_missing() -> str | None:
+    """Why C++ cannot be compiled here (Inductor needs a compiler too), or None."""
+    cxx = os.environ.get("CXX")
+    if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "no C++ compiler (c++, g++, clang++ or $CXX)"
+    return None
+
+
+def toolchain_missing() -> str | None:
+    """Why the example cannot be built here, or None."""
+    if shutil.which("cmake") is None:
+        return "cmake is not installed"
+    if shutil.which("make") is None and shutil.which("ninja") is None:
+        return "no build tool (make or ninja)"
+    return compiler_missing()
+
+
+def tail(text: str, n_lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-n_lines:])
+
+
+def example_inputs(manifest: dict, name: str, batch: int = 2, seed: int = 0) -> tuple:
+    """Tracing inputs of one network: images uniform in [0, 1], codes standard normal."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    c, s = manifest["channels"], manifest["img_size"]
+    shapes = {"image": (batch, c, s, s), "content_image": (batch, c, s, s), "class_image": (batch, c, s, s),
+              "content_code": (batch, manifest["content_dim"]), "class_code": (batch, manifest["class_dim"])}
+    return tuple(torch.rand(shapes[n], generator=gen) if "image" in n else torch.randn(shapes[n], generator=gen)
+                 for n in manifest["models"][name]["inputs"])
+
+
+def stamp(manifest: dict, name: str) -> dict[str, str]:
+    """The metadata the exporter stamps on every file of a network (manifest without hashes and parity)."""
+    import lordkit
+    from lordkit import export_format as fmt
+
+    meta = {k: v for k, v in manifest.items() if k not in ("sha256", "parity")}
+    return fmt.metadata(name, lordkit.__version__, json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(export dir, eager networks, manifest): ONNX + TorchScript export plus every network's .pt2."""
+    reason = compiler_missing()
+    if reason:
+        pytest.skip(f"AOTInductor compiles C++: {reason}")
+    pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+    from factories import make_export, make_model_dir
+
+    from lordkit.export.aoti import export_aoti, file_name
+    from lordkit.models import eager_networks
+    from lordkit.modeldir import load_amortized
+
+    root = tmp_path_factory.mktemp("aoti")
+    model_dir = make_model_dir(root / "model", img_size=SIZE, channels=CHANNELS)
+    export = make_export(model_dir, root / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    nets = eager_networks(load_amortized(model_dir))
+    for name, net in nets.items():
+        t0 = time.perf_counter()
+        export_aoti(net, example_inputs(manifest, name), export / file_name(name), metadata=stamp(manifest, name))
+        print(f"\n{name}.pt2 compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return export, nets, manifest
+
+
+@pytest.mark.parametrize("name", ["content_encoder", "class_encoder", "generator", "transfer"])
+def test_package_matches_eager(exported, name):
+    from lordkit.export.aoti import aoti_parity, file_name
+    from lordkit.models import form_of
+
+    export, nets, manifest = exported
+    errors = aoti_parity(nets[name], export / file_name(name), example_inputs(manifest, name), (1, 8))
+    assert set(errors) == {1, 8} and max(errors.values()) < TOL, errors
+    print(f"\n{name}.pt2 ({form_of(nets[name])} form): max abs error {errors}", file=sys.stderr)
+
+
+def test_package_carries_metadata(exported):
+    from lordkit.export.aoti import load_aoti
+
+    export, _, manifest = exported
+    meta = load_aoti(export / "transfer.pt2").get_metadata()
+    assert meta["lordkit.model"] == "transfer" and meta["lordkit.format"] == "lordkit-export/1"
+    assert json.loads(meta["lordkit.manifest"])["img_size"] == manifest["img_size"]
+
+
+def test_exported_form_is_restored(exported):
+    from lordkit.models import form_of
+
+    _, nets, _ = exported
+    assert all(form_of(net) == "cpu" for net in nets.values())
+
+
+def test_refuses_bad_arguments(exported, tmp_path):
+    import torch
+
+    from lordkit.export.aoti import export_aoti
+
+    _, nets, manifest = exported
+    with pytest.raises(ValueError, match="batch of 2 or more"):
+        export_aoti(nets["content_encoder"], example_inputs(manifest, "content_encoder", batch=1), tmp_path / "x.pt2")
+    with pytest.raises(ValueError, match=r"\.pt2"):
+        export_aoti(nets["content_encoder"], (torch.rand(2, 3, SIZE, SIZE),), tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_errors_are_one_line(tmp_path):
+    pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+    from lordkit.errors import LordkitError
+    from lordkit.export.aoti import load_aoti
+
+    with pytest.raises(LordkitError, match="not found"):
+        load_aoti(tmp_path / "missing.pt2")
+    garbage = tmp_path / "garbage.pt2"
+    garbage.write_bytes(b"not a zip" * 50)
+    with pytest.raises(LordkitError, match="garbage.pt2") as info:
+        load_aoti(garbage)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/aoti
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory) -> Path:
+    """Configure and build examples/aoti once per module; the path of the program."""
+    reason = toolchain_missing()
+    if reason:
+        pytest.skip(reason)
+    torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+    build = tmp_path_factory.mktemp("aoti-build")
+    generator = [] if shutil.which("make") else ["-G", "Ninja"]
+    steps = [
+        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+        ["cmake", "--build", str(build), "--parallel", "2"],
+    ]
+    t_start = time.perf_counter()
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
+    print(f"\nexamples/aoti configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+    exe = build / EXE
+    assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Content and class images as uint8 PPM and as float32 .npy holding exactly u8 / 255 (same input)."""
+    root = tmp_path_factory.mktemp("aoti-images")
+    rng = np.random.default_rng(7)
+    paths = {}
+    for name in ("content", "class"):
+        u8 = rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8)
+        np.save(root / f"{name}.npy", u8.astype(np.float32) / 255.0)  # float32 division, as the program
+        (root / f"{name}.ppm").write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + u8.tobytes())
+        paths[f"{name}.npy"] = root / f"{name}.npy"
+        paths[f"{name}.ppm"] = root / f"{name}.ppm"
+    return paths
+
+
+def run(binary: Path, *args: object) -> subprocess.CompletedProcess:
+    """Run the program without LD_LIBRARY_PATH: it must find its libraries through its rpath."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def references(exported, images) -> dict[str, np.ndarray]:
+    """(H, W, C) float32 results for the test images: lordkit.runtime.Transfer and the eager network."""
+    import torch
+
+    export, nets, _ = exported
+    content, klass = np.load(images["content.npy"]), np.load(images["class.npy"])
+    nchw = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])) for x in (content, klass)]
+    with torch.inference_mode():
+        out = {"eager": nets["transfer"](*nchw).numpy()[0].transpose(1, 2, 0)}
+    try:
+        from lordkit.runtime import Transfer
+    except ImportError:
+        return out
+    out["lordkit.runtime.Transfer"] = Transfer(export, provider="cpu", warn=None).transfer([content], [klass])[0, 0]
+    return out
+
+
+def read_ppm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    magic, size, maxval, pixels = data.split(b"\n", 3)
+    assert magic == b"P6" and maxval == b"255", data[:20]
+    w, h = map(int, size.split())
+    return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
+
+
+@pytest.mark.parametrize("model", ["dir", "pt2"])
+def test_cpp_npy_output_matches_python(binary, exported, images, references, tmp_path, model):
+    export = exported[0]
+    out = tmp_path / "out.npy"
+    proc = run(binary, export if model == "dir" else export / "transfer.pt2", images["content.npy"],
+               images["class.npy"], out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == (SIZE, SIZE, CHANNELS)
+    for backend, expected in references.items():
+        err = float(np.max(np.abs(got.astype(np.float64) - expected)))
+        assert err < TOL, f"C++ (.pt2) vs {backend}: max abs error {err:.3g}"
+
+
+def test_cpp_ppm_round_trip(binary, exported, images, references, tmp_path):
+    export = exported[0]
+    out_npy, out_ppm = tmp_path / "out.npy", tmp_path / "out.ppm"
+    for out in (out_npy, out_ppm):
+        proc = run(binary, export, images["content.ppm"], images["class.ppm"], out)
+        assert proc.returncode == 0, proc.stderr
+    from_npy = np.load(out_npy)
+    assert float(np.max(np.abs(from_npy - references["eager"]))) < TOL
+    rounded = (np.clip(from_npy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # as lordkit.runtime.to_uint8_image
+    assert np.array_equal(read_ppm(out_ppm), rounded)
+
+
+def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path) -> tuple[list[object], str]:
+    """Arguments for one bad input, and a word the error line must contain."""
+    good = [export, images["content.npy"], images["class.npy"], tmp / "out.npy"]
+    if case == "missing content":
+        return [export, tmp / "missing.npy", *good[2:]], "missing.npy"
+    if case == "missing model":
+        return [tmp / "no-export", *good[1:]], "no-export"
+    if case == "wrong size":
+        np.save(tmp / "small.npy", np.zeros((16, 16, CHANNELS), np.float32))
+        return [export, good[1], tmp / "small.npy", good[3]], "16x16x3"
+    if case == "other network":
+        return [export / "generator.pt2", *good[1:]], "generator"
+    if case == "garbage model":
+        (tmp / "garbage.pt2").write_bytes(b"\x00garbage" * 100)
+        return [tmp / "garbage.pt2", *good[1:]], "garbage.pt2"
+    if case == "output type":
+        return [*good[:3], tmp / "out.png"], ".png"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "other network",
+                                  "garbage model", "output type"])
+def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, case):
+    args, word = bad_case(case, exported[0], images, tmp_path)
+    proc = run(binary, *args)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert word in lines[0], lines[0]
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.png").exists()
+
+
+def test_cpp_usage(binary):
+    proc = run(binary)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: ")
+    proc = run(binary, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
