@@ -37,6 +37,8 @@ def serve(
     max_body_mb: Annotated[str, typer.Option("--max-body-mb", metavar="M", help="Largest request body; above it 413.")] = "16",
     max_image_mp: Annotated[str, typer.Option("--max-image-mp", metavar="MP", help="Largest image in megapixels (at most 100); above it 413.")] = "100",
     max_pairs: Annotated[str, typer.Option("--max-pairs", metavar="N", help="(content, class) pairs per transfer request at most; above it 413.")] = "256",
+    max_connections: Annotated[str, typer.Option("--max-connections", metavar="N", help="Open connections per process at most; a request on one past it gets 503.")] = "512",
+    header_timeout_s: Annotated[str, typer.Option("--header-timeout-s", metavar="S", help="A request line and headers must arrive within this; then 408 and the connection closes.")] = "10",
     prep_threads: Annotated[Optional[str], typer.Option("--prep-threads", metavar="N", help="Threads decoding, aligning and encoding images (default: one per core).")] = None,
     landmarks: Annotated[str, typer.Option("--landmarks", help="Face models: 68, 5, or the path of a dlib shape predictor .dat file.")] = "68",
     detector: Annotated[str, typer.Option("--detector", help="Face models: hog (fast) or cnn (dlib's MMOD, slow on CPU).")] = "hog",
@@ -55,6 +57,8 @@ def serve(
         precision=precision, queue=_number(queue, "--queue"), timeout_s=_number(timeout_s, "--timeout-s", float),
         max_body_mb=_number(max_body_mb, "--max-body-mb", float),
         max_image_mp=_number(max_image_mp, "--max-image-mp", float), max_pairs=_number(max_pairs, "--max-pairs"),
+        max_connections=_number(max_connections, "--max-connections"),
+        header_timeout_s=_number(header_timeout_s, "--header-timeout-s", float),
         prep_threads=_number(prep_threads, "--prep-threads") if prep_threads is not None else None,
         landmarks=landmarks, detector=detector, access_log=access_log,
     ).check()

@@ -30,6 +30,8 @@ class Settings:
     max_body_mb: float = 16.0  # request bodies above this get 413
     max_image_mp: float = MAX_IMAGE_MP  # images above this many megapixels get 413
     max_pairs: int = 256  # (content, class) pairs per transfer request; more get 413
+    max_connections: int = 512  # open connections per process; a request on one past it gets 503
+    header_timeout_s: float = 10.0  # a request line and headers must arrive within this; then 408, closed
     prep_threads: int | None = None  # threads decoding, aligning and encoding images (None: one per core)
     landmarks: str = "68"  # face models: 68, 5, or a dlib shape predictor .dat file
     detector: str = "hog"  # face models: hog or cnn
@@ -54,6 +56,9 @@ class Settings:
         need(0 < self.max_image_mp <= MAX_IMAGE_MP, "--max-image-mp", f"above 0 and at most {MAX_IMAGE_MP:g}",
              self.max_image_mp)
         need(self.max_pairs >= 1, "--max-pairs", ">= 1", self.max_pairs)
+        need(self.max_connections >= 1, "--max-connections", ">= 1", self.max_connections)
+        need(0 < self.header_timeout_s <= 3600, "--header-timeout-s", "above 0 and at most 3600",
+             self.header_timeout_s)
         need(self.prep_threads is None or self.prep_threads >= 1, "--prep-threads", ">= 1", self.prep_threads)
         need(bool(self.host.strip()), "--host", "a host name or address", repr(self.host))
         return self
