@@ -547,7 +547,7 @@ def staged_dirs(finals: list[Path], force: bool = False, what: str = "output") -
             replace_dir(*pairs[0])
         else:
             journal = _commit_group(pairs)
-            committed = True  # from here on a failure is finished by the next `recover`, not undone
+            committed = True  # from here on a failure is finished, not undone (here, else by the next `recover`)
             fault_point("group-committed")
             for i, (tmp, final) in enumerate(pairs):
                 if i:
@@ -557,9 +557,7 @@ def staged_dirs(finals: list[Path], force: bool = False, what: str = "output") -
             os.unlink(journal)
         _fsync_dir(parent)
     except OSError as e:  # name the file the user asked for, not the staging dir it was written in
-        if not committed:
-            for tmp in tmps:
-                shutil.rmtree(tmp, ignore_errors=True)
+        _abandon(parent, tmps, journal if committed else None)
         if e.filename is None:  # numpy and others raise it without one
             e.filename = str(finals[len(tmps) - 1] if tmps else finals[0])
         elif isinstance(e.filename, str):
@@ -568,8 +566,21 @@ def staged_dirs(finals: list[Path], force: bool = False, what: str = "output") -
                     e.filename = str(final) + e.filename[len(str(tmp)):]
                     break
         raise
-    except BaseException:
-        if not committed:
-            for tmp in tmps:
-                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:  # Ctrl-C, SIGTERM (lordkit.errors.Terminated), any other error
+        _abandon(parent, tmps, journal if committed else None)
         raise
+
+
+def _abandon(parent: Path, tmps: list[Path], journal: Path | None) -> None:
+    """After a failure in staged_dirs: before the commit point remove the staging dirs (every name
+    keeps its old copy); after it, finish the group now (every name gets its new copy) so that no
+    mixed set is left even until the next command. What cannot be finished stays for `recover`."""
+    if journal is None:
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    entries = _read_group(journal)
+    with contextlib.suppress(OSError):
+        if entries is not None and _finish_group(parent, entries) is not False:
+            os.unlink(journal)
+            _fsync_dir(parent)

@@ -243,3 +243,26 @@ with staged_dirs([Path({str(tmp_path / 'a')!r}), Path({str(tmp_path / 'b')!r})])
     assert sorted(recover(tmp_path)) == ["a", "b"]
     assert (tmp_path / "a" / "x").read_text() == (tmp_path / "b" / "x").read_text() == "new"
     assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_an_error_between_the_two_replacements_finishes_the_pair_at_once(tmp_path, monkeypatch, error):
+    """Ctrl-C (or a failed rename) after the commit point: the command stops, the pair is new."""
+    from lordkit import fsutil
+
+    ds = write_dataset(tmp_path / "src", 60)
+    split_samples(ds, tmp_path / "tr", tmp_path / "te", 0.25, seed=1)
+    real, calls = fsutil.replace_dir, []
+
+    def replace_then_fail(tmp, final):
+        calls.append(final.name)
+        if len(calls) == 2:
+            raise error(5, "interrupted") if error is OSError else error()
+        real(tmp, final)
+
+    monkeypatch.setattr(fsutil, "replace_dir", replace_then_fail)
+    with pytest.raises(error):
+        split_samples(ds, tmp_path / "tr", tmp_path / "te", 0.25, seed=2, force=True)
+    monkeypatch.undo()
+    assert calls == ["tr", "te"] and hidden(tmp_path) == []  # nothing left for the next command
+    assert pair_seed(tmp_path, 60) == 2
