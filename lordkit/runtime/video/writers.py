@@ -318,8 +318,22 @@ class PyAVWriter:
         self._check()
 
 
+def _disk_full(path: Path) -> bool:
+    """The filesystem holding `path` has no block left for this user (False where that cannot be told)."""
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+
+
 class OpenCVWriter:
-    """One output video through OpenCV's VideoWriter: MPEG-4 Part 2 at a constant rate, no audio."""
+    """One output video through OpenCV's VideoWriter: MPEG-4 Part 2 at a constant rate, no audio.
+
+    OpenCV reports no write errors: a file cut short by a full disk reads back with its header's
+    frame count. So the writer looks at the free space every FULL_CHECK_FRAMES frames and at the end,
+    and takes a full filesystem for a failed write. A quota or a file-size limit goes unnoticed here."""
+
+    FULL_CHECK_FRAMES = 16
 
     backend = "opencv"
     encoder = "mp4v"
@@ -344,6 +358,8 @@ class OpenCVWriter:
     def write(self, image: np.ndarray, pts: int) -> None:
         self.writer.write(np.ascontiguousarray(pad_even(image)[..., ::-1]))
         self.n_frames += 1
+        if self.n_frames % self.FULL_CHECK_FRAMES == 0:
+            self._check()
 
     def write_audio_packet(self, packet: Any) -> None:
         pass
@@ -351,8 +367,13 @@ class OpenCVWriter:
     def write_audio_frame(self, frame: Any) -> None:
         pass
 
+    def _check(self) -> None:
+        if _disk_full(self.staged.dir):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
     def close(self) -> None:
         self.writer.release()
+        self._check()
 
 
 def open_writer(backend: str, path: Path, width: int, height: int, rate: Fraction, time_base: Fraction,
