@@ -1,0 +1,337 @@
+"""ExecuTorch programs (lordkit.export.executorch_export) and examples/executorch, the C++ program
+that runs them on ExecuTorch's runtime (no libtorch).
+
+A tiny untrained model (tests/factories.py) is exported to ONNX and TorchScript, then each of its four
+networks is lowered to `<network>.pte` beside them (XNNPACK delegate, dynamic batch 1 to 8). Each
+program runs in ExecuTorch's Python runtime against the eager network; the C++ program is built once
+per module against the executorch wheel's runtime and its float32 .npy output is compared with
+lordkit.runtime.Transfer (onnxruntime) and the eager transfer network. Skipped when torch or
+executorch (the executorch extra) is missing, and the C++ tests when cmake, a C++ compiler or a
+build tool is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+CHANNELS = 3
+TOL = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "examples" / "executorch"
+EXE = "lordkit_transfer_executorch"
+
+
+def executorch_missing() -> str | None:
+    """Why ExecuTorch cannot export and run here, or None."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch (the train extra) is not installed"
+    from lordkit.export.executorch_export import check_executorch
+
+    return check_executorch()
+
+
+def compiler_missing() -> str | None:
+    """Why C++ cannot be compiled here, or None."""
+    cxx = os.environ.get("CXX")
+    if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "no C++ compiler (c++, g++, clang++ or $CXX)"
+    return None
+
+
+def toolchain_missing() -> str | None:
+    """Why the example cannot be built here, or None."""
+    if shutil.which("cmake") is None:
+        return "cmake is not installed"
+    if shutil.which("make") is None and shutil.which("ninja") is None:
+        return "no build tool (make or ninja)"
+    return compiler_missing()
+
+
+def tail(text: str, n_lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-n_lines:])
+
+
+def example_inputs(manifest: dict, name: str, batch: int = 2, seed: int = 0) -> tuple:
+    """Tracing inputs of one network: images uniform in [0, 1], codes standard normal."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    c, s = manifest["channels"], manifest["img_size"]
+    shapes = {"image": (batch, c, s, s), "content_image": (batch, c, s, s), "class_image": (batch, c, s, s),
+              "content_code": (batch, manifest["content_dim"]), "class_code": (batch, manifest["class_dim"])}
+    return tuple(torch.rand(shapes[n], generator=gen) if "image" in n else torch.randn(shapes[n], generator=gen)
+                 for n in manifest["models"][name]["inputs"])
+
+
+def stamp(manifest: dict, name: str) -> dict[str, str]:
+    """The metadata the exporter stamps on every file of a network (manifest without hashes and parity)."""
+    import lordkit
+    from lordkit import export_format as fmt
+
+    meta = {k: v for k, v in manifest.items() if k not in ("sha256", "parity")}
+    return fmt.metadata(name, lordkit.__version__, json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(export dir, eager networks, manifest): ONNX + TorchScript export plus every network's .pte."""
+    reason = executorch_missing()
+    if reason:
+        pytest.skip(reason)
+    from factories import make_export, make_model_dir
+
+    from lordkit.export.executorch_export import export_executorch, file_name
+    from lordkit.models import eager_networks
+    from lordkit.modeldir import load_amortized
+
+    root = tmp_path_factory.mktemp("executorch")
+    model_dir = make_model_dir(root / "model", img_size=SIZE, channels=CHANNELS)
+    export = make_export(model_dir, root / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    nets = eager_networks(load_amortized(model_dir))
+    for name, net in nets.items():
+        t0 = time.perf_counter()
+        export_executorch(net, example_inputs(manifest, name), export / file_name(name),
+                          metadata=stamp(manifest, name))
+        print(f"\n{name}.pte lowered in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return export, nets, manifest
+
+
+@pytest.mark.parametrize("name", ["content_encoder", "class_encoder", "generator", "transfer"])
+def test_program_matches_eager(exported, name):
+    from lordkit.export.executorch_export import executorch_parity, file_name
+
+    export, nets, manifest = exported
+    errors = executorch_parity(nets[name], export / file_name(name), example_inputs(manifest, name), (1, 8))
+    assert set(errors) == {1, 8} and max(errors.values()) < TOL, errors
+    print(f"\n{name}.pte (onnx form): max abs error {errors}", file=sys.stderr)
+
+
+def test_program_carries_metadata_and_batch_bound(exported):
+    import torch
+
+    from lordkit.errors import LordkitError
+    from lordkit.export.executorch_export import MAX_BATCH, load_executorch
+
+    export, _, manifest = exported
+    program = load_executorch(export / "transfer.pte")
+    meta = program.metadata()
+    assert meta["lordkit.model"] == "transfer" and meta["lordkit.format"] == "lordkit-export/1"
+    assert json.loads(meta["lordkit.manifest"])["img_size"] == manifest["img_size"]
+    assert program.max_batch() == MAX_BATCH
+    too_many = example_inputs(manifest, "transfer", batch=MAX_BATCH + 1)
+    with pytest.raises(LordkitError, match=f"at most {MAX_BATCH}"):
+        program(*too_many)
+    assert program(*example_inputs(manifest, "transfer", batch=MAX_BATCH)).shape[0] == MAX_BATCH
+    assert isinstance(program(*example_inputs(manifest, "transfer", batch=1)), torch.Tensor)
+
+
+def test_export_leaves_the_modules_form(exported):
+    from lordkit.models import form_of
+
+    _, nets, _ = exported
+    assert all(form_of(net) == "cpu" for net in nets.values())
+
+
+def test_int8_holds_its_bound(exported, tmp_path):
+    """int8 through ExecuTorch's quantizer: within INT8_TOL of the float32 network (measured, printed)."""
+    from lordkit.export.executorch_export import INT8_TOL, executorch_parity, export_executorch, file_name
+
+    export, nets, manifest = exported
+    calibration = [example_inputs(manifest, "transfer", batch=8, seed=s) for s in range(1, 5)]
+    path = export_executorch(nets["transfer"], example_inputs(manifest, "transfer"), tmp_path / file_name("transfer", "int8"),
+                             quantize="int8", calibration=calibration)
+    errors = executorch_parity(nets["transfer"], path, example_inputs(manifest, "transfer"), (1, 8), tolerance=INT8_TOL)
+    print(f"\ntransfer.int8.pte: max abs error {errors} (bound {INT8_TOL})", file=sys.stderr)
+    assert path.stat().st_size < (export / file_name("transfer")).stat().st_size
+
+
+def test_refuses_bad_arguments(exported, tmp_path):
+    from lordkit.export.executorch_export import export_executorch
+
+    _, nets, manifest = exported
+    x = example_inputs(manifest, "content_encoder")
+    with pytest.raises(ValueError, match="batch of 2 or more"):
+        export_executorch(nets["content_encoder"], example_inputs(manifest, "content_encoder", batch=1), tmp_path / "x.pte")
+    with pytest.raises(ValueError, match=r"\.pte"):
+        export_executorch(nets["content_encoder"], x, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="quantize"):
+        export_executorch(nets["content_encoder"], x, tmp_path / "x.pte", quantize="int4")
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_errors_are_one_line(tmp_path):
+    reason = executorch_missing()
+    if reason:
+        pytest.skip(reason)
+    from lordkit.errors import LordkitError
+    from lordkit.export.executorch_export import load_executorch
+
+    with pytest.raises(LordkitError, match="not found"):
+        load_executorch(tmp_path / "missing.pte")
+    garbage = tmp_path / "garbage.pte"
+    garbage.write_bytes(b"not a program" * 50)
+    with pytest.raises(LordkitError, match="garbage.pte") as info:
+        load_executorch(garbage)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/executorch
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory) -> Path:
+    """Configure and build examples/executorch once per module (against the executorch wheel's C++
+    runtime); the path of the program."""
+    reason = toolchain_missing() or executorch_missing()
+    if reason:
+        pytest.skip(reason)
+    import executorch
+
+    package = Path(list(executorch.__path__)[0])
+    if not (package / "lib" / "libexecutorch.so").is_file():
+        pytest.skip(f"the executorch package at {package} ships no prebuilt C++ runtime (lib/libexecutorch.so)")
+    build = tmp_path_factory.mktemp("executorch-build")
+    generator = [] if shutil.which("make") else ["-G", "Ninja"]
+    steps = [
+        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+         f"-DCMAKE_PREFIX_PATH={package}"],
+        ["cmake", "--build", str(build), "--parallel", "2"],
+    ]
+    t_start = time.perf_counter()
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
+    print(f"\nexamples/executorch configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+    exe = build / EXE
+    assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Content and class images as uint8 PPM and as float32 .npy holding exactly u8 / 255 (same input)."""
+    root = tmp_path_factory.mktemp("executorch-images")
+    rng = np.random.default_rng(7)
+    paths = {}
+    for name in ("content", "class"):
+        u8 = rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8)
+        np.save(root / f"{name}.npy", u8.astype(np.float32) / 255.0)  # float32 division, as the program
+        (root / f"{name}.ppm").write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + u8.tobytes())
+        paths[f"{name}.npy"] = root / f"{name}.npy"
+        paths[f"{name}.ppm"] = root / f"{name}.ppm"
+    return paths
+
+
+def run(binary: Path, *args: object) -> subprocess.CompletedProcess:
+    """Run the program without LD_LIBRARY_PATH: it must find its libraries through its rpath."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def references(exported, images) -> dict[str, np.ndarray]:
+    """(H, W, C) float32 results for the test images: lordkit.runtime.Transfer and the eager network."""
+    import torch
+
+    export, nets, _ = exported
+    content, klass = np.load(images["content.npy"]), np.load(images["class.npy"])
+    nchw = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])) for x in (content, klass)]
+    with torch.inference_mode():
+        out = {"eager": nets["transfer"](*nchw).numpy()[0].transpose(1, 2, 0)}
+    try:
+        from lordkit.runtime import Transfer
+    except ImportError:
+        return out
+    out["lordkit.runtime.Transfer"] = Transfer(export, provider="cpu", warn=None).transfer([content], [klass])[0, 0]
+    return out
+
+
+def read_ppm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    magic, size, maxval, pixels = data.split(b"\n", 3)
+    assert magic == b"P6" and maxval == b"255", data[:20]
+    w, h = map(int, size.split())
+    return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
+
+
+@pytest.mark.parametrize("model", ["dir", "pte"])
+def test_cpp_npy_output_matches_python(binary, exported, images, references, tmp_path, model):
+    export = exported[0]
+    out = tmp_path / "out.npy"
+    proc = run(binary, export if model == "dir" else export / "transfer.pte", images["content.npy"],
+               images["class.npy"], out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == (SIZE, SIZE, CHANNELS)
+    for backend, expected in references.items():
+        err = float(np.max(np.abs(got.astype(np.float64) - expected)))
+        assert err < TOL, f"C++ (.pte) vs {backend}: max abs error {err:.3g}"
+
+
+def test_cpp_ppm_round_trip(binary, exported, images, references, tmp_path):
+    export = exported[0]
+    out_npy, out_ppm = tmp_path / "out.npy", tmp_path / "out.ppm"
+    for out in (out_npy, out_ppm):
+        proc = run(binary, export, images["content.ppm"], images["class.ppm"], out)
+        assert proc.returncode == 0, proc.stderr
+    from_npy = np.load(out_npy)
+    assert float(np.max(np.abs(from_npy - references["eager"]))) < TOL
+    rounded = (np.clip(from_npy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # as lordkit.runtime.to_uint8_image
+    assert np.array_equal(read_ppm(out_ppm), rounded)
+
+
+def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path) -> tuple[list[object], str]:
+    """Arguments for one bad input, and a word the error line must contain."""
+    good = [export, images["content.npy"], images["class.npy"], tmp / "out.npy"]
+    if case == "missing content":
+        return [export, tmp / "missing.npy", *good[2:]], "missing.npy"
+    if case == "missing model":
+        return [tmp / "no-export", *good[1:]], "no-export"
+    if case == "wrong size":
+        np.save(tmp / "small.npy", np.zeros((16, 16, CHANNELS), np.float32))
+        return [export, good[1], tmp / "small.npy", good[3]], "16x16x3"
+    if case == "other network":
+        return [export / "generator.pte", *good[1:]], "generator"
+    if case == "garbage model":
+        (tmp / "garbage.pte").write_bytes(b"\x00garbage" * 100)
+        return [tmp / "garbage.pte", *good[1:]], "garbage.pte"
+    if case == "output type":
+        return [*good[:3], tmp / "out.png"], ".png"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "other network",
+                                  "garbage model", "output type"])
+def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, case):
+    args, word = bad_case(case, exported[0], images, tmp_path)
+    proc = run(binary, *args)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert word in lines[0], lines[0]
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.png").exists()
+
+
+def test_cpp_usage(binary):
+    proc = run(binary)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: ")
+    proc = run(binary, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
