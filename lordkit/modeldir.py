@@ -6,7 +6,10 @@ A model dir holds:
     latent.safetensors          stage-1 weights, written when stage 1 completes
     amortized.safetensors       stage-2 weights, written when stage 2 completes
     checkpoints/<stage>/        model.safetensors + state.pt (optimizer, scheduler, RNG, step) +
-                                progress.json: the last complete checkpoint, replaced as one unit
+                                progress.json: the last complete checkpoint, replaced as one unit.
+                                The one written after a stage's last step holds exactly the weights
+                                the stage then writes: a run killed between the two is finished from
+                                it (`stage_weights`)
     samples/<stage>-epoch-NNNN.png  transfer grids (rows: class source, columns: content source)
     metrics.jsonl               one JSON object per logged step, appended
     tensorboard/<stage>/        TensorBoard event files, when TensorBoard is installed
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -32,7 +37,7 @@ import numpy as np
 
 from lordkit.config import LordConfig, ModelConfig
 from lordkit.errors import LordkitError, errno_in_message
-from lordkit.fsutil import atomic_write_json, current_umask, read_json, recover_tree, staged_dir, temp_file
+from lordkit.fsutil import atomic_open, atomic_write_json, current_umask, read_json, recover_tree, staged_dir, temp_file
 
 if TYPE_CHECKING:  # torch stays out of module import: the runtime imports lordkit without torch
     import torch
@@ -291,10 +296,7 @@ def _load_stage(model_dir: Path, stage: str, cfg: LordConfig | None, device: "st
     from lordkit.models import AmortizedModel, LatentModel
 
     cfg = cfg or load_config(model_dir)
-    path = weights_path(model_dir, stage)
-    if not path.is_file():
-        what, command = _STAGE_HINTS[stage]
-        raise LordkitError(f"{model_dir} has {what} ({path.name}); run `{command}` first")
+    path = stage_weights(model_dir, stage, cfg)
     model = (LatentModel if stage == "latent" else AmortizedModel)(cfg.model)
     load_weights(model, path)
     return model.to(device).eval()
@@ -315,10 +317,7 @@ def load_class_bank(model_dir: Path, cfg: ModelConfig) -> np.ndarray:
     """Stage-1 class codes (n_classes, class_dim) float32, read without loading the content table."""
     from safetensors import safe_open
 
-    path = weights_path(model_dir, "latent")
-    if not path.is_file():
-        what, command = _STAGE_HINTS["latent"]
-        raise LordkitError(f"{model_dir} has {what} ({path.name}); run `{command}` first")
+    path = stage_weights(model_dir, "latent")
     try:
         with safe_open(str(path), framework="numpy") as f:
             if CLASS_TABLE_KEY not in f.keys():
@@ -406,6 +405,18 @@ def write_checkpoint(model_dir: Path, stage: str, model_state: dict[str, "Tensor
         atomic_write_json(tmp / _CHECKPOINT_PROGRESS, progress)
 
 
+def checkpoint_progress(model_dir: Path, stage: str) -> dict[str, Any] | None:
+    """progress.json of a stage's last complete checkpoint (stage, step, epoch, total_steps, settings,
+    ...), or None when there is none."""
+    if not has_checkpoint(model_dir, stage):
+        return None
+    try:
+        progress = read_json(checkpoint_dir(model_dir, stage) / _CHECKPOINT_PROGRESS, "checkpoint progress")
+    except LordkitError:
+        return None
+    return progress if isinstance(progress, dict) else None
+
+
 def read_checkpoint(model_dir: Path, stage: str) -> tuple[dict[str, "Tensor"], dict[str, Any]]:
     """(model state, training state) of the last complete checkpoint, on the CPU."""
     import torch
@@ -422,7 +433,136 @@ def read_checkpoint(model_dir: Path, stage: str) -> tuple[dict[str, "Tensor"], d
 
 
 # ----------------------------------------------------------------------------------------------
+# A stage finished from its last checkpoint. The checkpoint a stage writes after its last step holds
+# the weights the stage then writes, byte for byte (both are `save_state` of the same state), so a
+# run killed in between (while it draws its last sample grid or writes its weights) loses nothing:
+# whatever needs the weights writes them from that checkpoint. Its metrics lines were all appended
+# before it; the last sample grid is drawn again by `--resume` of the stage only (it needs the data).
+
+
+def stage_settings(cfg: LordConfig, stage: str) -> str:
+    """A short hash of what a stage's weights follow from (the model section and the stage's own),
+    recorded in every checkpoint: a checkpoint finishes a stage only under the settings it was
+    written with."""
+    doc = cfg.to_json()
+    text = json.dumps({"model": doc["model"], stage: doc[stage]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checkpoint_final(progress: dict[str, Any], cfg: LordConfig, stage: str) -> bool:
+    """Whether a checkpoint was written after its stage's last step (older checkpoints do not record
+    total_steps: their epoch count says it)."""
+    if "total_steps" in progress:
+        return int(progress["step"]) >= int(progress["total_steps"])
+    return int(progress.get("epoch", -1)) >= getattr(cfg, stage).n_epochs
+
+
+def _why_unfinished(model_dir: Path, stage: str, cfg: LordConfig) -> str | None:
+    """Why a stage's weights cannot be written from its last checkpoint ("" when it has none), or
+    None when they can."""
+    progress = checkpoint_progress(model_dir, stage)
+    if progress is None:
+        return ""
+    step = progress.get("step")
+    where = (f"step {step}/{progress['total_steps']}" if "total_steps" in progress
+             else f"epoch {progress.get('epoch')}/{getattr(cfg, stage).n_epochs}")
+    command = _resume_command(model_dir, stage)
+    if not _checkpoint_final(progress, cfg, stage):
+        return f": its training stopped at {where}; continue it with `{command}`"
+    if progress.get("settings", stage_settings(cfg, stage)) != stage_settings(cfg, stage):
+        return f": its last checkpoint ({where}) was written under other settings than {CONFIG} holds now"
+    if progress.get("collapse_stop"):
+        return f": its training stopped on a collapse at {where}; `{command}` writes its weights anyway"
+    return None
+
+
+def _resume_command(model_dir: Path, stage: str) -> str:
+    data = load_data_record(model_dir).get("data_name") or "DATA"
+    command = "lordkit train" if stage == "latent" else "lordkit train-encoders"
+    return f"{command} -dn {data} -mn {Path(model_dir).name} --resume"
+
+
+def stage_weights(model_dir: Path, stage: str, cfg: LordConfig | None = None) -> Path:
+    """The path of a stage's weights, for reading. Where a run was killed after the stage's last
+    checkpoint but before its weights were in place, they are written first, from that checkpoint
+    (exactly the bytes the run would have written); LordkitError saying what to run when there are
+    none to read."""
+    model_dir = Path(model_dir)
+    path = weights_path(model_dir, stage)
+    if path.is_file():
+        return path
+    cfg = cfg or load_config(model_dir)
+    why = _why_unfinished(model_dir, stage, cfg)
+    if why is None:
+        with _holding_lock(model_dir):  # no trainer starts the stage anew while its weights are written
+            if not path.is_file() and _why_unfinished(model_dir, stage, cfg) is None:
+                with open(checkpoint_dir(model_dir, stage) / _CHECKPOINT_WEIGHTS, "rb") as src, \
+                        atomic_open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if path.is_file():
+            return path
+        why = ""
+    what, command = _STAGE_HINTS[stage]
+    raise LordkitError(f"{model_dir} has {what} ({path.name}){why or f'; run `{command}` first'}")
+
+
+# ----------------------------------------------------------------------------------------------
+# A training stopped before its first checkpoint leaves nothing behind.
+
+_BEFORE_CHECKPOINT = {CONFIG, DATA_RECORD, METRICS, LOCK, CHECKPOINTS, SAMPLES, TENSORBOARD}
+
+
+def is_unstarted(model_dir: Path) -> bool:
+    """Whether a model dir holds only what a training writes before its first checkpoint (config,
+    data record, metrics, TensorBoard events): no weights, no checkpoint and no sample grid of
+    either stage, nothing else. A training killed that early leaves one; nothing in it can be
+    continued."""
+    model_dir = Path(model_dir)
+    recover_tree(model_dir)  # what dead writers left in it
+    try:
+        names = {entry.name for entry in os.scandir(model_dir)}
+    except OSError:
+        return False
+    if not names <= _BEFORE_CHECKPOINT:
+        return False
+    if any(weights_path(model_dir, s).exists() or has_checkpoint(model_dir, s) for s in STAGES):
+        return False
+    return not any(samples_dir(model_dir).iterdir()) if samples_dir(model_dir).is_dir() else True
+
+
+def discard_unstarted(model_dir: Path, *, remove_dir: bool) -> None:
+    """Remove what a training that stopped before its first checkpoint wrote into a model dir
+    (is_unstarted), and with remove_dir the dir itself: called by that training, still holding the
+    lock. A dir that holds anything else is left as it is."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir() or not is_unstarted(model_dir):
+        return
+    for name in sorted(_BEFORE_CHECKPOINT - {LOCK}) + ([LOCK] if remove_dir else []):
+        path = model_dir / name
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    if remove_dir:
+        with contextlib.suppress(OSError):  # not empty: someone else's file appeared meanwhile
+            model_dir.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------
 # The lock held while training.
+
+_HELD: set[Path] = set()  # model dirs whose training lock this process holds
+
+
+@contextlib.contextmanager
+def _holding_lock(model_dir: Path) -> Iterator[None]:
+    """The training lock of a model dir, unless this process holds it already."""
+    if Path(model_dir).resolve() in _HELD:
+        yield
+        return
+    with training_lock(model_dir):
+        yield
 
 
 @contextlib.contextmanager
@@ -442,9 +582,12 @@ def training_lock(model_dir: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
+        held = model_dir.resolve()
+        _HELD.add(held)
         try:
             yield
         finally:  # only the holder clears the pid: a refused second trainer leaves it alone
+            _HELD.discard(held)
             with contextlib.suppress(OSError):
                 f.truncate(0)
     finally:

@@ -213,13 +213,15 @@ def cli_home(tmp_path_factory):
     (home / "models" / "half").mkdir(parents=True)
     save_config(home / "models" / "half", tiny_cfg().replace(model=dict(
         n_imgs=len(ds), n_classes=ds.n_classes, img_size=ds.meta.img_size, channels=ds.meta.channels)))
+    (home / "models" / "kept").mkdir(parents=True)  # not a training's leftover: never started anew
+    (home / "models" / "kept" / "notes.txt").write_text("mine")
     runner = CliRunner()
     return lambda *args: runner.invoke(app, ["--base-dir", str(home), *map(str, args)])
 
 
 CPU = ["--device", "cpu"]
 BAD_INPUTS = [
-    (["train", "-dn", "syn", "-mn", "half", *TINY_SET, *CPU], ["--force"]),
+    (["train", "-dn", "syn", "-mn", "kept", *TINY_SET, *CPU], ["--force"]),
     (["train", "-dn", "syn", "-mn", "x", "--set", "latent.bacth_size=3"], ["unknown config key"]),
     (["train", "-dn", "nodata", "-mn", "x"], ["not found"]),
     (["train", "-dn", "syn", "-mn", "x", "--preset", "nonsense"], ["unknown preset 'nonsense'", "synthetic"]),

@@ -3,6 +3,7 @@ generator (initialised from stage 1) is fine-tuned on reconstruction."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,8 +16,11 @@ from lordkit.collapse import CollapseWatch, EncoderProbe
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 from lordkit.losses import make_loss
-from lordkit.modeldir import (check_data_matches, checkpoint_dir, is_model_dir, load_config, load_latent, save_config,
-                              save_weights, weights_path)
+from lordkit.distributed import Dist
+from lordkit.fsutil import atomic_write_bytes
+from lordkit.modeldir import (check_data_matches, checkpoint_dir, checkpoint_progress, config_path, is_model_dir,
+                              load_config, load_latent, save_config, save_weights, stage_settings, stage_weights,
+                              weights_path)
 from lordkit.models import AmortizedModel, amortized_from_latent
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
@@ -30,17 +34,36 @@ def _start_stage(ds: Dataset, model_dir: Path, changes: dict[str, Any] | None, *
     if changes:
         cfg = cfg.replace(amortized=changes)
     check_data_matches(ds, cfg, "stage 2", n_imgs_must_match=True)
-    if not weights_path(model_dir, "latent").is_file():
-        raise LordkitError(f"{model_dir} has no trained stage 1 (latent.safetensors); run `lordkit train` first")
+    stage_weights(model_dir, "latent", cfg)  # written from stage 1's last checkpoint if its run was killed after it
     done = weights_path(model_dir, "amortized").exists()
     if done and not (resume or force):
         raise LordkitError(f"encoders of {model_dir} are already trained; pass --force to train them anew")
     if not resume:
         ckpt = checkpoint_dir(model_dir, "amortized")
         if ckpt.exists() and not force:
+            progress = checkpoint_progress(model_dir, "amortized") or {}
+            if progress.get("step", -1) == progress.get("total_steps"):
+                raise LordkitError(f"stage 2 of {model_dir} was stopped after its last checkpoint ({ckpt}); pass "
+                                   "--resume to finish it or --force to start it anew")
             raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
                                "or --force to start it anew")
         save_config(model_dir, cfg)
+
+
+@contextlib.contextmanager
+def _config_restored_unless_checkpointed(model_dir: Path, d: Dist, resume: bool):
+    """Rank 0: when stage 2 stops before its first checkpoint (missing VGG weights, a bad setting, no
+    memory, a NaN), put back the config.json it found, so that its settings are not left behind."""
+    previous = config_path(model_dir).read_bytes() if d.main and not resume else None
+    before = checkpoint_progress(model_dir, "amortized") if previous is not None else None
+    try:
+        yield
+    except BaseException:
+        path = config_path(model_dir)
+        if (previous is not None and checkpoint_progress(model_dir, "amortized") == before
+                and path.read_bytes() != previous):
+            atomic_write_bytes(path, previous)
+        raise
 
 
 class _SampleGrid:
@@ -78,7 +101,7 @@ def train_amortized(
     model_dir = Path(model_dir)
     if not is_model_dir(model_dir):
         load_config(model_dir)  # one clear "model not found" before any lock file is created
-    with session(model_dir, device) as (d, dev):
+    with session(model_dir, device) as (d, dev), _config_restored_unless_checkpointed(model_dir, d, resume):
         check_cpu_bf16(cpu_bf16, dev)
         # Check stage 1 and save the settings: rank 0 decides, every rank reads what it decided.
         on_main(d, lambda: _start_stage(ds, model_dir, changes, resume=resume, force=force))
@@ -123,7 +146,8 @@ def train_amortized(
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
                         step=step, sample=sample, n_global=len(ds), dist=d,
-                        collapse=CollapseWatch.for_stage("amortized", ac, probe))
+                        collapse=CollapseWatch.for_stage("amortized", ac, probe),
+                        settings=stage_settings(cfg, "amortized"))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
 

@@ -102,15 +102,19 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(model_dir: Path, stage: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    *, step: int, epoch: int, dist: Dist, table: ShardedTable | None) -> None:
-    """Model, optimizer, scheduler, RNG and step, swapped in as one unit by rank 0.
-    Collective under torchrun (the sharded table is gathered first)."""
+                    *, step: int, epoch: int, dist: Dist, table: ShardedTable | None,
+                    progress: dict[str, Any] | None = None) -> None:
+    """Model, optimizer, scheduler, RNG and step, swapped in as one unit by rank 0; `progress` adds
+    fields to its progress.json (total_steps, settings, ...). The model state is the one the stage
+    writes as its weights after its last step. Collective under torchrun (the sharded table is
+    gathered first)."""
     model_state, optim_state = full_states(model, optimizer, table)
     if dist.main:
         state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": capture_rng(),
                  "step": step, "epoch": epoch, "world_size": dist.world}
         write_checkpoint(model_dir, stage, model_state, state,
-                         {"stage": stage, "step": step, "epoch": epoch, "world_size": dist.world, "time": time.time()})
+                         {"stage": stage, "step": step, "epoch": epoch, "world_size": dist.world, "time": time.time(),
+                          **(progress or {})})
     distributed.barrier(dist)
 
 

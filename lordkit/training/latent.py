@@ -3,6 +3,8 @@ optimized jointly on reconstruction; content codes get Gaussian noise and an L2 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +20,9 @@ from lordkit.data.store import Dataset
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
 from lordkit.losses import content_penalty, make_loss
-from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_record, load_config, save_config,
-                              save_data_record, save_state, weights_path)
+from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_record, discard_unstarted, has_checkpoint,
+                              is_unstarted, load_config, save_config, save_data_record, save_state, stage_settings,
+                              weights_path)
 from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
@@ -32,10 +35,12 @@ CONTENT_TABLE = "content_embedding.embedding.weight"  # the per-image table, spl
 
 
 def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to touch an existing model unless --resume or --force; with --force start it anew."""
+    """Refuse to touch an existing model unless --resume or --force; with --force start it anew. A
+    model dir that a training killed before its first checkpoint left (config, data record, metrics
+    only: lordkit.modeldir.is_unstarted) holds nothing to continue and is started anew as well."""
     existing = [c for c in model_dir.iterdir() if c.name != LOCK] if model_dir.exists() else []
     if existing and not resume:
-        if not force:
+        if not force and not is_unstarted(model_dir):
             raise LordkitError(f"model {model_dir} already exists; pass --resume to continue it "
                                "or --force to train it anew")
         for child in existing:
@@ -46,18 +51,36 @@ def prepare_model_dir(model_dir: Path, *, resume: bool, force: bool) -> None:
 
 
 def _start_model_dir(ds: Dataset, model_dir: Path, cfg: LordConfig, *, data_name: str, resume: bool,
-                     force: bool) -> None:
-    """Rank 0: check what a resume continues, or write config.json and data.json of a new model."""
+                     force: bool, fresh: dict[str, bool]) -> None:
+    """Rank 0: check what a resume continues, or write config.json and data.json of a new model
+    (and set fresh["files"]: from here on the model dir holds only this run's files)."""
     prepare_model_dir(model_dir, resume=resume, force=force)
     if resume:
         saved = load_config(model_dir)
         if weights_path(model_dir, "latent").exists() and not checkpoint_dir(model_dir, "latent").exists():
             raise LordkitError(f"stage 1 of {model_dir} is complete; nothing to resume")
+        if is_unstarted(model_dir):
+            raise LordkitError(f"model {model_dir} has no checkpoint to resume from (its training stopped before "
+                               "the first one); train it again without --resume")
         check_data_matches(ds, saved, "stage 1", n_imgs_must_match=True)
         return
+    fresh["files"] = True
     save_config(model_dir, cfg.replace(model=dict(n_imgs=len(ds), n_classes=ds.n_classes, img_size=ds.meta.img_size,
                                                   channels=ds.meta.channels)))
     save_data_record(model_dir, data_record(ds, data_name or ds.path.name))
+
+
+@contextlib.contextmanager
+def _removed_unless_checkpointed(model_dir: Path, d: Dist, created: bool, fresh: dict[str, bool]):
+    """Rank 0: when a new model's training stops before its first checkpoint (missing VGG weights, a
+    bad setting, no memory, a NaN, Ctrl-C), remove what it wrote, and the model dir if this run made
+    it, so that the retry finds no model of that name."""
+    try:
+        yield
+    except BaseException:
+        if d.main and (created or fresh["files"]) and not has_checkpoint(model_dir, "latent"):
+            discard_unstarted(model_dir, remove_dir=created)
+        raise
 
 
 class _SharedLatent(nn.Module):
@@ -131,10 +154,13 @@ def train_latent(
 
     Under torchrun each rank trains the content codes of its own images (see lordkit.distributed)."""
     model_dir = Path(model_dir)
-    with session(model_dir, device) as (d, dev):
+    created = not resume and not os.path.lexists(model_dir)  # made by this run: removed if it stops before a checkpoint
+    fresh = {"files": False}
+    with session(model_dir, device) as (d, dev), _removed_unless_checkpointed(model_dir, d, created, fresh):
         check_cpu_bf16(cpu_bf16, dev)
         # Set up the model dir: rank 0 decides, every rank reads what it decided.
-        on_main(d, lambda: _start_model_dir(ds, model_dir, cfg, data_name=data_name, resume=resume, force=force))
+        on_main(d, lambda: _start_model_dir(ds, model_dir, cfg, data_name=data_name, resume=resume, force=force,
+                                            fresh=fresh))
         cfg = load_config(model_dir)
         lc = cfg.latent
         loss_fn = make_loss(lc.loss, vgg_weights).to(dev)
@@ -175,7 +201,7 @@ def train_latent(
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
                         step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
                         n_global=len(ds), dist=d, table=table,
-                        collapse=CollapseWatch.for_stage("latent", lc, probe))
+                        collapse=CollapseWatch.for_stage("latent", lc, probe), settings=stage_settings(cfg, "latent"))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
 

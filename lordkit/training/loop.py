@@ -4,12 +4,18 @@ A stage describes itself in a LoopSpec (model, optimizer, its step and sample fu
 it to `Loop(...).run()`. Under torchrun every rank runs the loop over its own images with
 batch_size / world images per step; the schedule counts global steps, so it means the same for any
 world size.
+
+A run resumed from the checkpoint of the stage's last step trains nothing: it draws the last sample
+grid if that is missing, and the stage writes its weights as after training. A run killed after its
+last checkpoint is finished that way (lordkit.modeldir.stage_weights writes the weights alone for
+the commands that only read them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -26,7 +32,8 @@ from lordkit.collapse import CollapseWatch
 from lordkit.console import make_progress
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.modeldir import checkpoint_dir, has_checkpoint, sample_path, samples_dir
+from lordkit.fsutil import fault_point, temp_file
+from lordkit.modeldir import checkpoint_dir, has_checkpoint, read_metrics, sample_path, samples_dir, weights_path
 from lordkit.training.checkpoint import ShardedTable, load_checkpoint, save_checkpoint
 from lordkit.training.data import ImageBank, epoch_order
 from lordkit.training.metrics import MetricsLog
@@ -69,6 +76,8 @@ class LoopSpec:
     # Probes for a collapse and decides (lordkit.collapse); its probe runs on rank 0 whenever a sample
     # grid is due (every epoch without a sampler). None: no probe.
     collapse: CollapseWatch | None = None
+    # What the weights follow from (lordkit.modeldir.stage_settings), recorded in every checkpoint.
+    settings: str = ""
 
 
 class StopFlag:
@@ -144,7 +153,7 @@ class Loop:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
                                                                     eta_min=spec.lr_min)
         self.step = self._load_checkpoint() if resume else 0
-        if resume and self.step >= self.total_steps:
+        if resume and self.step >= self.total_steps and self._ended():
             raise LordkitError(f"the {spec.stage} stage of {model_dir} is complete ({self.step}/{self.total_steps} steps); "
                                "nothing to resume")
         self.log = MetricsLog(model_dir, spec.stage, tensorboard and d.main) if d.main else None
@@ -154,6 +163,10 @@ class Loop:
         self.last_checkpoint_s = time.monotonic()
         self.log_time_s, self.log_step = time.perf_counter(), self.step
         self.last_good: dict[str, float] = {"loss": math.nan}
+        if self.step >= self.total_steps:  # finishing: the losses of the last step, as it logged them
+            logged = [r for r in read_metrics(model_dir) if r.get("stage") == spec.stage and r.get("step") == self.step]
+            if logged and isinstance(logged[-1].get("loss"), (int, float)):
+                self.last_good = {"loss": float(logged[-1]["loss"])}
         self.img_per_sec = 0.0
         self.collapse = spec.collapse
         self.progress: Any = None
@@ -161,6 +174,7 @@ class Loop:
     def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train for spec.n_epochs over the bank; checkpoint each epoch, periodically and on interrupt."""
         spec, d = self.spec, self.dist
+        finishing = self.step >= self.total_steps  # resumed from the last checkpoint: only the end is left
         flag = StopFlag()
         progress_cm = make_progress() if (show_progress and d.main) else contextlib.nullcontext()
         try:
@@ -205,6 +219,8 @@ class Loop:
 
                     # Save a snapshot and a sample grid at the end of each epoch.
                     self._save_checkpoint()
+                    if self.step == self.total_steps:
+                        fault_point("stage-last-checkpoint")  # the weights are in the checkpoint, not yet in place
                     self._save_samples()
 
                     # Stop on a collapse if asked to (every rank at the same epoch; the checkpoint is saved).
@@ -213,6 +229,10 @@ class Loop:
                         if progress is not None:  # the error line alone on stderr, no half-drawn bar above it
                             progress.live.transient = True
                         raise watch.stopped(self.step, checkpoint_dir(self.model_dir, spec.stage))
+
+                # The end of a run killed after its last checkpoint: the last sample grid, if it is missing.
+                if finishing:
+                    self._save_samples(missing_only=True)
         finally:
             if self.log is not None:
                 self.log.close()
@@ -296,12 +316,20 @@ class Loop:
         return TrainingInterrupted(f"{name} received: saved a checkpoint at step {self.step}/{self.total_steps} "
                                    f"in {checkpoint_dir(self.model_dir, self.spec.stage)}; continue with --resume")
 
+    def _ended(self) -> bool:
+        """Whether what the end of the stage writes is all there: its weights and its last sample grid."""
+        grid = sample_path(self.model_dir, self.spec.stage, self.total_steps // self.steps_per_epoch)
+        return weights_path(self.model_dir, self.spec.stage).is_file() and (self.spec.sample is None or grid.is_file())
+
     def _save_checkpoint(self) -> None:
         if self.losses.n_steps:  # never save weights that a NaN has already reached
             self._read_losses()
-        spec = self.spec
+        spec, watch = self.spec, self.collapse
+        # What decides whether the checkpoint can finish the stage (lordkit.modeldir.stage_weights).
+        progress = {"total_steps": self.total_steps, "settings": spec.settings,
+                    "collapse_stop": bool(watch is not None and watch.stop and watch.event is not None)}
         save_checkpoint(self.model_dir, spec.stage, spec.model, spec.optimizer, self.scheduler, step=self.step,
-                        epoch=self.step // self.steps_per_epoch, dist=self.dist, table=spec.table)
+                        epoch=self.step // self.steps_per_epoch, dist=self.dist, table=spec.table, progress=progress)
         self.last_checkpoint_s = time.monotonic()
 
     def _load_checkpoint(self) -> int:
@@ -309,15 +337,26 @@ class Loop:
         return load_checkpoint(self.model_dir, spec.stage, spec.model, spec.optimizer, self.scheduler,
                                dist=self.dist, table=spec.table)
 
-    def _save_samples(self) -> None:
+    def _save_samples(self, missing_only: bool = False) -> None:
         spec = self.spec
-        done_epoch = self.step // self.steps_per_epoch
-        if self.dist.main and spec.sample is not None and self._sample_due():
-            grid = spec.sample()
-            save_png(sample_path(self.model_dir, spec.stage, done_epoch), grid)
-            if self.log is not None:
-                self.log.image("samples", grid, self.step)
-            spec.model.train()
+        path = sample_path(self.model_dir, spec.stage, self.step // self.steps_per_epoch)
+        if not self.dist.main or spec.sample is None or not self._sample_due() or (missing_only and path.is_file()):
+            return
+        grid = spec.sample()
+        if self.step < self.total_steps:
+            save_png(path, grid)
+        else:  # the last grid: written complete under a temporary name, then renamed (a fault point between)
+            tmp = temp_file(path)
+            try:
+                save_png(tmp, grid)
+                fault_point("stage-last-grid")
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        if self.log is not None:
+            self.log.image("samples", grid, self.step)
+        spec.model.train()
 
 
 def sample_grid(imgs: Tensor, generated: Tensor) -> np.ndarray:
