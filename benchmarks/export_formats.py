@@ -3,9 +3,11 @@ the files' sizes on disk.
 
 A random model of the reference size (lordkit.bench.target.reference_config: content 128, class 256,
 4 AdaIN layers of 256, 64 px) or of the tiny size (--tiny, smoke runs) is built in memory; its transfer
-network is compiled to `transfer.pt2` (lordkit.export.aoti) and lowered to `transfer.pte` and
+network is compiled to `transfer.pt2` (lordkit.export.aoti; in the module's "cpu" form, and in the
+ONNX form as `transfer.onnx-form.pt2`) and lowered to `transfer.pte` and
 `transfer.int8.pte` (lordkit.export.executorch_export) in a temporary dir (or --work-dir), and each
-is timed from Python at every batch size: warm-up calls, then the median of timed calls. Figures
+is timed from Python at every batch size: warm-up calls, then the median of timed calls, the
+backends taking turns call by call (a busy machine slows them alike). Figures
 are printed, never judged, and appended as one JSON line to benchmarks/results/export_formats.jsonl
 (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR for smoke runs). Needs the train and executorch
 extras and a C++ compiler (AOTInductor compiles C++):
@@ -28,17 +30,23 @@ from typing import Any, Callable
 import torch
 
 
-def median_seconds(fn: Callable[[], Any], warmup: int, iters: int, max_time: float) -> float:
-    """Median wall time of one call after `warmup` calls, over `iters` calls or `max_time` seconds."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
+def median_seconds(fns: dict[str, Callable[[], Any]], warmup: int, iters: int, max_time: float) -> dict[str, float]:
+    """Median wall time of one call of each function after `warmup` calls each, the functions timed in
+    turn (one call each per round, so a busy machine slows them alike), over `iters` rounds or about
+    `max_time` seconds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     t_end = time.perf_counter() + max_time
-    while len(times) < iters and (not times or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        if time.perf_counter() > t_end:
+            break
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--max-time", type=float, default=10.0, help="seconds of timing per row at most")
+    ap.add_argument("--max-time", type=float, default=30.0, help="seconds of timing per batch size, about")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 .pte")
     ap.add_argument("--work-dir", type=Path, default=None, help="write the files here and keep them")
     args = ap.parse_args(argv)
@@ -74,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     pt2 = export_aoti(net, example, work / "transfer.pt2")
     files["aoti"] = {"file": pt2.name, "seconds_to_make": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    pt2_onnx = export_aoti(net, example, work / "transfer.onnx-form.pt2", form="onnx")
+    files["aoti_onnx_form"] = {"file": pt2_onnx.name, "seconds_to_make": time.perf_counter() - t0}
     max_batch = max(max(batch_sizes), 2)
     t0 = time.perf_counter()
     pte = export_executorch(net, example, work / file_name("transfer"), max_batch=max_batch)
@@ -88,21 +99,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for entry in files.values():
         entry["bytes"] = (work / entry["file"]).stat().st_size
     files["aoti"]["max_abs_err"] = aoti_parity(net, pt2, example, batch_sizes, tolerance=None)
+    files["aoti_onnx_form"]["max_abs_err"] = aoti_parity(net, pt2_onnx, example, batch_sizes, tolerance=None)
     files["executorch"]["max_abs_err"] = executorch_parity(net, pte, example, batch_sizes, tolerance=None)
     if "executorch_int8" in files:
         files["executorch_int8"]["max_abs_err"] = executorch_parity(net, work / files["executorch_int8"]["file"],
                                                                     example, batch_sizes, tolerance=None)
 
     # Time them.
-    runners: dict[str, Callable[..., Any]] = {"eager": net, "aoti": load_aoti(pt2), "executorch": load_executorch(pte)}
+    runners: dict[str, Callable[..., Any]] = {"eager": net, "aoti": load_aoti(pt2), "aoti_onnx_form": load_aoti(pt2_onnx),
+                                              "executorch": load_executorch(pte)}
     if "executorch_int8" in files:
         runners["executorch_int8"] = load_executorch(work / files["executorch_int8"]["file"])
     rows = []
     for batch in batch_sizes:
         x = tuple(torch.rand(batch, cfg.channels, cfg.img_size, cfg.img_size, generator=gen) for _ in range(2))
-        for backend, run in runners.items():
-            with torch.inference_mode():
-                seconds = median_seconds(lambda: run(*x), args.warmup, args.iters, args.max_time)
+        with torch.inference_mode():
+            medians = median_seconds({name: (lambda run=run: run(*x)) for name, run in runners.items()},
+                                     args.warmup, args.iters, args.max_time)
+        for backend, seconds in medians.items():
             rows.append({"backend": backend, "batch": batch, "latency_ms": seconds * 1e3, "img_per_sec": batch / seconds})
 
     # Print.
@@ -110,12 +124,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"transfer network, {cfg.img_size} px x {cfg.channels}, {'tiny' if args.tiny else 'reference'} size; "
           f"{cpu_model()}, torch threads {torch.get_num_threads()}; eager in the {form_of(net)} form")
-    print(f"{'backend':<16}{'batch':>6}{'latency ms':>12}{'images/s':>10}")
+    print(f"{'backend':<18}{'batch':>6}{'latency ms':>12}{'images/s':>10}")
     for r in rows:
-        print(f"{r['backend']:<16}{r['batch']:>6}{r['latency_ms']:>12.2f}{r['img_per_sec']:>10.1f}")
+        print(f"{r['backend']:<18}{r['batch']:>6}{r['latency_ms']:>12.2f}{r['img_per_sec']:>10.1f}")
     for name, entry in files.items():
         errs = ", ".join(f"B={b}: {e:.1e}" for b, e in entry["max_abs_err"].items())
-        print(f"{entry['file']:<20}{entry['bytes'] / 1e6:>8.2f} MB  made in {entry['seconds_to_make']:.1f} s;"
+        print(f"{entry['file']:<24}{entry['bytes'] / 1e6:>8.2f} MB  made in {entry['seconds_to_make']:.1f} s;"
               f"  max abs error vs eager {errs}")
     print(f"files in {work}")
     figures = {"img_size": cfg.img_size, "channels": cfg.channels, "tiny": args.tiny, "rows": rows, "files": files,

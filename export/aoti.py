@@ -82,15 +82,20 @@ def export_program(module: nn.Module, example_inputs: tuple[Tensor, ...], dynami
 
 def export_aoti(module: nn.Module, example_inputs: tuple[Tensor, ...], path: str | Path, dynamic_batch: bool = True,
                 device: str | torch.device = "cpu", *, metadata: Mapping[str, str] | None = None,
-                max_batch: int = MAX_BATCH, inductor_configs: Mapping[str, Any] | None = None) -> Path:
+                max_batch: int = MAX_BATCH, inductor_configs: Mapping[str, Any] | None = None,
+                form: str | None = None) -> Path:
     """Compile `module` with AOTInductor into the package `path` (a `.pt2` file, written atomically).
 
     example_inputs: one tensor per forward argument, batch >= 2 when dynamic_batch (axis 0 then runs
     from 1 to max_batch; otherwise the package takes exactly the example shapes). device: where the
     package runs ("cpu" or "cuda"; the module and inputs are moved there for the export). metadata:
     strings stored in the package (lordkit.export_format.metadata: network, version, manifest),
-    readable from Python (`load_aoti(path).get_metadata()`) and C++ (`get_metadata()`). Returns `path`.
+    readable from Python (`load_aoti(path).get_metadata()`) and C++ (`get_metadata()`). form: None
+    exports the form the module holds ("cpu" on the CPU); "onnx" exports the ONNX form
+    (lordkit.models.export_form) and gives the module its own form back afterwards. Returns `path`.
     """
+    if form not in (None, "onnx"):
+        raise ValueError(f"form must be None (the module's own) or 'onnx', got {form!r}")
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"an AOTInductor package is a {SUFFIX} file, got {path.name}")
@@ -100,7 +105,9 @@ def export_aoti(module: nn.Module, example_inputs: tuple[Tensor, ...], path: str
     configs = dict(inductor_configs or {})
     if metadata:
         configs["aot_inductor.metadata"] = {str(k): str(v) for k, v in metadata.items()}
-    with torch.no_grad():
+    from lordkit.models import export_form
+
+    with torch.no_grad(), (export_form(module) if form == "onnx" else contextlib.nullcontext()):
         program = export_program(module, example_inputs, dynamic_batch, max_batch)
         buf = io.BytesIO()  # the package names its inner directory after a file name: compile in memory
         with quiet():
