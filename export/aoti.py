@@ -7,15 +7,17 @@ loads it in Python; C++ loads the same file with `torch::inductor::AOTIModelPack
 (examples/aoti). `aoti_parity` runs the gate every exported file passes: max abs error against the
 eager module on fresh random inputs at several batch sizes.
 
-Which form: the module is exported in the form it holds (lordkit.models: "cpu" on the CPU, i.e.
-channels-last, each upsampling + 3x3 conv as one transposed convolution, AdaIN as group_norm). That
-form exports and compiles as it is; nothing is switched to the ONNX form.
+Which form: by default the module is exported in the form it holds (lordkit.models: "cpu" on the
+CPU, i.e. channels-last, each upsampling + 3x3 conv as one transposed convolution, AdaIN as
+group_norm); that form exports, compiles and matches eager as it is. `form="onnx"` exports the ONNX
+form instead (NCHW, F.interpolate, elementwise AdaIN, which Inductor fuses itself);
+benchmarks/export_formats.py times both.
 
 What a package ties itself to: the libtorch it runs on (the package's code calls libtorch's C shim;
 use the torch version that compiled it) and the CPU's instruction sets (Inductor vectorises for the
 compiling machine: a package compiled on an AVX-512 machine needs AVX-512; pass
-inductor_configs={"cpp.simdlen": 256} to target AVX2). Compiling takes about a minute per network on
-two cores (a C++ compiler must be installed: Inductor calls it).
+inductor_configs={"cpp.simdlen": 256} to target AVX2). Compiling takes a quarter of a minute to a minute per
+network on two cores (a C++ compiler must be installed: Inductor calls it).
 """
 
 from __future__ import annotations

@@ -134,6 +134,8 @@ def test_refuses_bad_arguments(exported, tmp_path):
         export_aoti(nets["content_encoder"], example_inputs(manifest, "content_encoder", batch=1), tmp_path / "x.pt2")
     with pytest.raises(ValueError, match=r"\.pt2"):
         export_aoti(nets["content_encoder"], (torch.rand(2, 3, SIZE, SIZE),), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="form"):
+        export_aoti(nets["content_encoder"], (torch.rand(2, 3, SIZE, SIZE),), tmp_path / "x.pt2", form="nchw")
     assert not list(tmp_path.iterdir())
 
 
