@@ -19,7 +19,8 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Write ONNX files (plain and onnxruntime-optimised).")] = True,
     torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript", help="Write frozen TorchScript .pt files.")] = True,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write half-precision ONNX files with float32 inputs and outputs.")] = False,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (13 to 20).")] = 17,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (18 to 20; 13 to 20 with --onnx-exporter legacy).")] = 18,
+    onnx_exporter: Annotated[str, typer.Option("--onnx-exporter", help="torch.onnx exporter: torch.export, or legacy (TorchScript-based).")] = "torch.export",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export dir (default: <base-dir>/exports/<model name>).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX files (onnxruntime static quantization calibrated on training images).")] = False,
     calibration_data: Annotated[Optional[str], typer.Option("--calibration-data", help="Dataset for --int8 calibration (default: the model's training data).")] = None,
@@ -28,15 +29,16 @@ def export(
     """Export content/class encoders, generator and transfer; check each file against PyTorch."""
     from lordkit.console import out_console
     from lordkit.errors import LordkitError
-    from lordkit.export.exporter import check_opset, check_out_dir, export_model, parity_table
+    from lordkit.export.exporter import check_onnx_exporter, check_opset, check_out_dir, export_model, parity_table
 
     base = get_base(ctx)
     src = model_dir(base, model_name)
     dst = out.expanduser() if out is not None else export_dir(base, model_name)
     if int8 and not onnx:
         raise LordkitError("--int8 quantizes the ONNX files; it needs --onnx")
+    check_onnx_exporter(onnx_exporter)
     if onnx:
-        check_opset(opset)  # before loading anything: a bad opset is a typo, not a late export failure
+        check_opset(opset, onnx_exporter)  # before loading anything: a bad opset is a typo, not a late export failure
     recover_tree(dst, depth=1)  # what a killed export to this dir left beside it (also outside the base dir)
     check_out_dir(dst, force)
     finish = None
@@ -51,7 +53,7 @@ def export(
             return quantize_export(staged, calibration, calibration_source=calibration_name, shown_dir=dst)
 
     manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
-                            show=False, progress=True, finish=finish)
+                            show=False, progress=True, finish=finish, onnx_exporter=onnx_exporter)
     out_console.print(parity_table(manifest["parity"]))
     n_files = len(manifest["sha256"]) + 1
     say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'})")

@@ -3,18 +3,22 @@
 Every network goes through the same steps (`export_network`): eval(), reference outputs under
 inference_mode, then one function per format (`FORMAT_EXPORTERS`: `export_onnx_files`,
 `export_torchscript_file`) writes its files with a dynamic batch axis, and every file passes the same
-gate (`check_file`): onnx.checker and metadata for ONNX files, then numeric parity against
-onnxruntime (CPU) or the reloaded TorchScript module on fresh random inputs. The export dir is
+gate (`check_file`): onnx.checker, metadata and opset for ONNX files, then numeric parity against
+onnxruntime (CPU) or the reloaded TorchScript module on fresh random inputs. ONNX files come from
+torch.onnx's torch.export-based exporter (`ONNX_EXPORTERS`: "torch.export", the default) or its
+TorchScript-based one ("legacy"); the manifest records which, with the torch version. The export dir is
 built under a temporary name and renamed into place only when every file has passed, so a failed
 export leaves nothing behind. The file layout and manifest are specified in docs/export-format.md.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import re
 import time
@@ -39,15 +43,27 @@ from lordkit.modeldir import (DATA_RECORD, load_amortized, load_class_bank, load
                               record_class_names)
 from lordkit.models import AmortizedModel, eager_networks, export_form
 
-MIN_OPSET = 13  # Resize with scales and every op the networks use have their current form from 13 on
-MAX_OPSET = 20  # the newest opset torch's TorchScript-based ONNX exporter writes
+ONNX_EXPORTERS = fmt.ONNX_EXPORTERS  # ("torch.export", "legacy"): torch.onnx.export with dynamo=True / False
+DEFAULT_ONNX_EXPORTER = "torch.export"
+# Opsets each ONNX exporter writes, as (lowest, highest). 13: Resize with scales and every op the networks
+# use have their current form from 13 on. 18: the lowest opset the torch.export-based exporter has ops for
+# (below it, its version converter fails on ReduceMean's axes and Reshape). 20: the newest opset the
+# TorchScript-based exporter writes and onnxruntime 1.17 (the oldest the runtime supports) reads.
+OPSETS = {"torch.export": (18, 20), "legacy": (13, 20)}
+MIN_OPSET = min(lo for lo, _ in OPSETS.values())
+MAX_OPSET = max(hi for _, hi in OPSETS.values())
+DEFAULT_OPSET = 18
 FP32_TOL = 1e-4
 FP16_TOL = 1e-2
 BATCH_SIZES = (1, 3, 8)
 EXPORT_BATCH = 2  # example batch for tracing: not 1, so no size-1 axis gets specialised away
 PARITY_SEED = 20260101  # parity inputs are seeded (reproducible) and never the tracing inputs
 ORT_PROVIDERS = ["CPUExecutionProvider"]
-ADAIN_SCOPE = re.compile(r"/adain_conv_layers\.\d+/")  # ONNX node names carry the module path
+# AdaIN's module path: adain_conv_layers.N.norm (lordkit.models.AdaINConvBlock's `norm`). The
+# torch.export-based exporter keeps module paths in each node's metadata (NAME_SCOPES); the
+# TorchScript-based one puts them in node names (/generator/adain_conv_layers.0/norm/ReduceMean).
+ADAIN_SCOPE = re.compile(r"(^|[./])adain_conv_layers\.\d+[./]norm([./]|$)")
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # e.g. "['', 'generator', 'generator.adain_conv_layers.0', ...]"
 
 
 @dataclass
@@ -95,30 +111,117 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _export_onnx(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, opset: int) -> None:
-    """torch.onnx.export (TorchScript-based: onnxscript is not a dependency) with a dynamic batch axis."""
+# Loggers that the torch.export-based exporter's steps write warnings to (torch's own, with their own
+# handlers: "torchvision is not installed", dynamic-shape notes; onnxscript's optimiser and converter).
+_EXPORT_LOGGERS = ("torch", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """_quiet, and the exporter's loggers at ERROR for the block; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with _quiet():
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _example_inputs(net: Network, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)  # a private stream: the caller's global RNG is left alone
-    example = tuple(torch.rand(tensor_shape(n, cfg, EXPORT_BATCH), generator=gen) for n in net.inputs)
-    with _quiet(), export_form(module):
+    return tuple(torch.rand(tensor_shape(n, cfg, EXPORT_BATCH), generator=gen) for n in net.inputs)
+
+
+def _export_onnx(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, opset: int,
+                 exporter: str = DEFAULT_ONNX_EXPORTER) -> None:
+    """torch.onnx.export of `module` in its exportable form to one self-contained file at `path`,
+    with a dynamic batch axis, by the chosen exporter (ONNX_EXPORTERS)."""
+    with export_form(module):
+        if exporter == "legacy":
+            _export_onnx_legacy(module, net, cfg, path, opset)
+        else:
+            _export_onnx_torch_export(module, net, cfg, path, opset)
+
+
+def _export_onnx_legacy(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, opset: int) -> None:
+    """The TorchScript-based exporter (dynamo=False): traces the module."""
+    with _quiet():
         torch.onnx.export(
-            module, example, str(path), input_names=list(net.inputs), output_names=list(net.outputs),
-            dynamic_axes={n: {0: "batch"} for n in net.inputs + net.outputs}, opset_version=opset,
-            do_constant_folding=True, dynamo=False)
+            module, _example_inputs(net, cfg), str(path), input_names=list(net.inputs),
+            output_names=list(net.outputs), dynamic_axes={n: {0: "batch"} for n in net.inputs + net.outputs},
+            opset_version=opset, do_constant_folding=True, dynamo=False)
+
+
+def _export_onnx_torch_export(module: nn.Module, net: Network, cfg: ModelConfig, path: Path, opset: int) -> None:
+    """The torch.export-based exporter (dynamo=True, onnxscript's op library and optimiser): a graph
+    captured by torch.export with the batch axis a symbolic dimension, so nothing is specialised to
+    the example's batch. Weights are kept inside the file (no external data), and each node's
+    metadata is cut to its module path (`_keep_module_paths`)."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_logs():
+        program = torch.onnx.export(
+            module, _example_inputs(net, cfg), None, input_names=list(net.inputs),
+            output_names=list(net.outputs), dynamic_shapes=tuple({0: batch} for _ in net.inputs),
+            opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False)
+        model = program.model_proto
+    _keep_module_paths(model.graph)
+    onnx.save(model, str(path))
+
+
+def _keep_module_paths(graph) -> None:
+    """Drop every node's metadata but its module path (NAME_SCOPES): the exporter also records the
+    Python stack trace (source paths of the machine that exported) and the FX node of every op."""
+    for node in graph.node:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key == NAME_SCOPES]
+        del node.metadata_props[:]
+        for key, value in keep:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def _module_paths(node) -> list[str]:
+    """The module paths a node came from: its NAME_SCOPES metadata (torch.export-based exporter),
+    else its name (TorchScript-based exporter)."""
+    for p in node.metadata_props:
+        if p.key == NAME_SCOPES:
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return [p.value]
+            return [str(x) for x in scopes] if isinstance(scopes, (list, tuple)) else [str(scopes)]
+    return [node.name]
+
+
+def _is_adain(node) -> bool:
+    return any(ADAIN_SCOPE.search(path) for path in _module_paths(node))
 
 
 def _convert_fp16(src: Path, dst: Path) -> None:
     """Half-precision copy of an fp32 ONNX file, float32 at the inputs and outputs, AdaIN kept in float32.
 
     Converting the graph, not tracing a .half() model: PyTorch's fp16 convolutions on CPU take
-    minutes at real sizes. AdaIN nodes are found by their scope name (adain_conv_layers.N, outside
-    its conv) and stay float32 as in lordkit.models.adain: its variance would overflow fp16 easily.
+    minutes at real sizes. AdaIN nodes are found by their module path (adain_conv_layers.N.norm,
+    `_is_adain`) and stay float32 as in lordkit.models.adain: its variance would overflow fp16 easily.
     """
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
-    adain = [n.name for n in model.graph.node
-             if ADAIN_SCOPE.search(n.name) and n.op_type not in ("Conv", "Resize", "LeakyRelu")]
+    adain = [n.name for n in model.graph.node if _is_adain(n)]
+    # AdaIN's statistics are its only ReduceMeans: one left out of the list would be computed in fp16.
+    stray = [n.name for n in model.graph.node if n.op_type == "ReduceMean" and n.name not in adain]
+    if stray or len(set(adain)) != len(adain):
+        raise LordkitError(f"{src.name}: cannot tell the AdaIN nodes by their module path "
+                           f"({stray[0] if stray else 'node names repeat'}); fp16 needs them kept in float32")
+    # The converter retypes value_info entries but not the float32 initializers that AdaIN keeps: the
+    # torch.export-based exporter's value_info (types of initializers too) would then contradict them.
+    del model.graph.value_info[:]
     with _quiet():
         half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
                                         node_block_list=adain)
@@ -210,16 +313,24 @@ def _export_torchscript(module: nn.Module, path: Path, extra: str) -> None:
 
 
 def _check_onnx(path: Path, props: dict[str, str]) -> None:
+    """onnx.checker, one file (no external data), the metadata stamped on it and the manifest's opset."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
         raise LordkitError(f"onnx.checker rejected {path.name}: {str(e).splitlines()[0]}") from None
-    got = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    model = onnx.load(str(path), load_external_data=False)
+    got = {p.key: p.value for p in model.metadata_props}
     missing = [k for k, v in props.items() if got.get(k) != v]
     if missing:
         raise LordkitError(f"{path.name} lost its metadata ({', '.join(missing)})")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise LordkitError(f"{path.name} keeps weights in another file; an export's ONNX files are self-contained")
+    want = json.loads(props[fmt.META_MANIFEST]).get("opset")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if want is not None and opset != want:
+        raise LordkitError(f"{path.name} has opset {opset}, not the {want} asked for")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,9 +422,20 @@ def _file_table(onnx: bool, torchscript: bool, fp16: bool) -> dict[str, dict[str
             for name, (inputs, outputs) in fmt.NETWORK_IO.items()}
 
 
-def check_opset(opset: int) -> int:
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LordkitError(f"--opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
+def check_onnx_exporter(exporter: str) -> str:
+    if exporter not in ONNX_EXPORTERS:
+        raise LordkitError(f"unknown --onnx-exporter {exporter!r}; use one of: {', '.join(ONNX_EXPORTERS)}")
+    return exporter
+
+
+def check_opset(opset: int, exporter: str = DEFAULT_ONNX_EXPORTER) -> int:
+    """The opset as an int, within what `exporter` writes (OPSETS); LordkitError naming the range."""
+    lo, hi = OPSETS[check_onnx_exporter(exporter)]
+    if not isinstance(opset, int) or isinstance(opset, bool) or not lo <= opset <= hi:
+        other = [f"{a} to {b} with --onnx-exporter {e}" for e, (a, b) in OPSETS.items() if e != exporter]
+        hint = f" ({'; '.join(other)})" if isinstance(opset, int) and any(
+            a <= opset <= b for e, (a, b) in OPSETS.items()) else ""
+        raise LordkitError(f"--opset must be an integer from {lo} to {hi}, got {opset!r}{hint}")
     return opset
 
 
@@ -343,22 +465,33 @@ def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
 
 
 def check_export_options(onnx: bool, torchscript: bool, fp16: bool, opset: int,
-                         batch_sizes: Sequence[int]) -> tuple[int, ...]:
+                         batch_sizes: Sequence[int], onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> tuple[int, ...]:
     """Refuse contradictory options before any work; returns the parity batch sizes as ints."""
     if not (onnx or torchscript):
         raise LordkitError("nothing to export: pass --onnx, --torchscript or both")
     if fp16 and not onnx:
         raise LordkitError("--fp16 makes half-precision ONNX files; it needs --onnx")
     if onnx:
-        check_opset(opset)
+        check_opset(opset, onnx_exporter)
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if not batch_sizes or min(batch_sizes) < 1:
         raise LordkitError(f"batch sizes must be >= 1, got {batch_sizes}")
     return batch_sizes
 
 
+def exporter_versions(onnx: bool, onnx_exporter: str) -> dict[str, Any]:
+    """The manifest's record of what wrote the files: the ONNX exporter and the versions behind it."""
+    onnxscript_version = None
+    if onnx and onnx_exporter == "torch.export":
+        import onnxscript
+
+        onnxscript_version = onnxscript.__version__
+    return {"onnx_exporter": onnx_exporter if onnx else None, "torch_version": torch.__version__,
+            "onnxscript_version": onnxscript_version}
+
+
 def manifest_fields(model_dir: Path, mc: ModelConfig, *, onnx: bool, torchscript: bool, fp16: bool,
-                    opset: int) -> dict[str, Any]:
+                    opset: int, onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> dict[str, Any]:
     """The manifest without hashes and parity, from the model's config and data record; LordkitError
     naming the data record where it cannot go into a manifest."""
     data = load_data_record(model_dir)
@@ -372,6 +505,7 @@ def manifest_fields(model_dir: Path, mc: ModelConfig, *, onnx: bool, torchscript
         "face_template": face_template,
         "face_points": data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None),
         "opset": opset if onnx else None,
+        **exporter_versions(onnx, onnx_exporter),
         "models": _file_table(onnx, torchscript, fp16),
         "class_bank": fmt.CLASS_BANK,
     }
@@ -393,6 +527,7 @@ class ExportJob:
     opset: int
     fp16: bool
     meta_json: str  # the manifest without hashes and parity, stamped on every file
+    onnx_exporter: str = DEFAULT_ONNX_EXPORTER  # one of ONNX_EXPORTERS
 
     def props(self, name: str) -> dict[str, str]:
         """The metadata stamped on every file of network `name`."""
@@ -412,7 +547,7 @@ def export_onnx_files(net: Network, files: dict[str, str], job: ExportJob) -> li
     """ONNX: export, stamp metadata, optimise; with fp16 also the half-precision copy."""
     plain, opt = job.tmp / files["onnx"], job.tmp / files["onnx_opt"]
     with job.writing(plain):
-        _export_onnx(net.module, net, job.cfg, plain, job.opset)
+        _export_onnx(net.module, net, job.cfg, plain, job.opset, job.onnx_exporter)
         write_metadata(plain, job.props(net.name))
     with job.writing(opt):
         _optimise_onnx(plain, opt)
@@ -470,13 +605,15 @@ def export_network(net: Network, formats: Sequence[str], job: ExportJob, batch_s
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = True, torchscript: bool = True,
-                 fp16: bool = False, opset: int = 17, force: bool = False,
+                 fp16: bool = False, opset: int = DEFAULT_OPSET, force: bool = False,
                  batch_sizes: Sequence[int] = BATCH_SIZES, show: bool = True,
                  progress: bool | None = None,
-                 finish: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
+                 finish: Callable[[Path], dict[str, Any]] | None = None,
+                 onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> dict[str, Any]:
     """Export a model dir's amortized networks to `out_dir` (written atomically); returns the manifest.
 
-    onnx / torchscript choose the formats; fp16 adds *.fp16.onnx; opset is the ONNX opset; force
+    onnx / torchscript choose the formats; fp16 adds *.fp16.onnx; opset is the ONNX opset (OPSETS);
+    onnx_exporter is torch.onnx's "torch.export"-based exporter or its TorchScript-based "legacy" one; force
     replaces an existing `out_dir`; batch_sizes are the parity batch sizes; show prints the parity
     table on the (stderr) console; progress shows a progress bar (default: as show); finish, given
     the complete staged dir before it takes the name, adds files to it (the int8 copies) and returns
@@ -485,7 +622,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     """
     t_start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    batch_sizes = check_export_options(onnx, torchscript, fp16, opset, batch_sizes)
+    batch_sizes = check_export_options(onnx, torchscript, fp16, opset, batch_sizes, onnx_exporter)
     formats = [name for name, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
     check_out_dir(out_dir, force)  # before the slow part; staged_dir checks existence again
 
@@ -493,7 +630,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     cfg = load_config(model_dir)
     model = load_amortized(model_dir, cfg).eval()
     bank = load_class_bank(model_dir, cfg.model)
-    meta = manifest_fields(model_dir, cfg.model, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset)
+    meta = manifest_fields(model_dir, cfg.model, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset,
+                           onnx_exporter=onnx_exporter)
 
     rng = np.random.default_rng(PARITY_SEED)
     parity: list[dict[str, Any]] = []
@@ -501,7 +639,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     with staged_dir(out_dir, force=force, what="export") as tmp, torch.no_grad(), \
             (make_progress(transient=True) if (show if progress is None else progress)
              else contextlib.nullcontext()) as bar:
-        job = ExportJob(tmp, out_dir, cfg.model, opset, fp16, json.dumps(meta))
+        job = ExportJob(tmp, out_dir, cfg.model, opset, fp16, json.dumps(meta), onnx_exporter)
         task = bar.add_task("export", total=len(nets), unit="net") if bar else None
         with job.writing(tmp / fmt.CLASS_BANK):
             buf = io.BytesIO()

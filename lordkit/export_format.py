@@ -35,6 +35,12 @@ FILE_SUFFIXES = {
     "torchscript": ".pt",  # frozen TorchScript
 }
 
+# What wrote an export's ONNX files (manifest field `onnx_exporter`): torch.onnx's torch.export-based
+# exporter or its TorchScript-based one. Manifests written before the field existed lack it: their
+# ONNX files came from the TorchScript-based exporter.
+ONNX_EXPORTERS = ("torch.export", "legacy")
+ONNX_EXPORTER_BEFORE = "legacy"
+
 # Metadata every ONNX file carries (metadata_props) and TorchScript files carry as an extra file.
 META_FORMAT = "lordkit.format"
 META_NETWORK = "lordkit.model"
@@ -74,6 +80,15 @@ def tensor_shape(name: str, batch: int, img_size: int, channels: int, content_di
     raise ValueError(f"unknown tensor name {name!r}")
 
 
+def onnx_exporter(manifest: dict) -> str | None:
+    """The exporter that wrote a manifest's ONNX files (ONNX_EXPORTERS), None when it lists none;
+    "legacy" for manifests from before the field."""
+    if not any(kind.startswith("onnx") for entry in manifest.get("models", {}).values()
+               for kind in entry.get("files", {})):
+        return None
+    return manifest.get("onnx_exporter") or ONNX_EXPORTER_BEFORE
+
+
 def sha256_file(path: Path) -> str:
     """The digest the manifest records for every file (and the runtime checks)."""
     h = hashlib.sha256()
@@ -97,7 +112,8 @@ MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KB; class names of a millio
 SHA256_HEX_LEN = 64
 TENSOR_ELEMENT_TYPE = "tensor(float)"  # every network input and output, also in fp16 and int8 files
 # Optional fields that hold text or null when present.
-OPTIONAL_TEXT = ("model_name", "lordkit_version", "created", "dataset_id", "face_points")
+OPTIONAL_TEXT = ("model_name", "lordkit_version", "created", "dataset_id", "face_points", "torch_version",
+                 "onnxscript_version")
 
 
 def _is_int(x: object) -> bool:
@@ -151,6 +167,8 @@ def manifest_problem(m: object) -> str | None:
             return f"{key} must be text or null, got {m[key]!r}"
     if m.get("opset") is not None and (not _is_int(m["opset"]) or m["opset"] < 1):
         return f"opset must be a positive integer or null, got {m['opset']!r}"
+    if m.get("onnx_exporter") is not None and m["onnx_exporter"] not in ONNX_EXPORTERS:
+        return f"onnx_exporter must be one of {', '.join(ONNX_EXPORTERS)} or null, got {m['onnx_exporter']!r}"
 
     names = m["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):

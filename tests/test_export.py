@@ -59,7 +59,9 @@ def test_manifest_files_and_hashes(exported):
     _, out, man = exported
     assert man["format"] == "lordkit-export/1" and man["model_name"] == "faces"
     assert (man["img_size"], man["channels"], man["content_dim"], man["class_dim"]) == (32, 3, 8, 8)
-    assert man["class_names"] == ["ann", "bob", "cid"] and man["opset"] == 17
+    assert man["class_names"] == ["ann", "bob", "cid"] and man["opset"] == 18
+    assert man["onnx_exporter"] == "torch.export" and man["torch_version"] == torch.__version__
+    assert man["onnxscript_version"]
     assert man["face_template"] == TEMPLATE and man["face_points"] == "eyes_nose_mouth"
     assert set(man["models"]) == set(NETS)
     listed = {f for m in man["models"].values() for f in m["files"].values()} | {man["class_bank"]}
@@ -101,6 +103,11 @@ def test_onnx_checks_runs_and_matches(exported, name, kind):
         assert t.type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
     halves = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert bool(halves) == (kind == "onnx_fp16")
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [man["opset"]]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)  # one file
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # types agree everywhere, fp16 too
+    # Node metadata is the module path only: no stack traces naming the exporting machine's files.
+    assert {p.key for n in proto.graph.node for p in n.metadata_props} <= {exporter.NAME_SCOPES}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3, 8):
         feed = inputs(man, name, batch)
@@ -108,6 +115,39 @@ def test_onnx_checks_runs_and_matches(exported, name, kind):
         want = reference(model, name, feed)
         assert got.shape == want.shape and np.isfinite(got).all()
         assert np.abs(got - want).max() < KINDS[kind], (name, kind, batch)
+
+
+def float32_reduce_means(path):
+    """Whether each ReduceMean (AdaIN's statistics) of an ONNX file reads a float32 tensor."""
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.input]}
+    return [types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in proto.graph.node if n.op_type == "ReduceMean"]
+
+
+@pytest.mark.parametrize("name", ["generator", "transfer"])
+def test_fp16_keeps_adain_in_float32(exported, name):
+    # AdaIN's nodes are found by the module path in their metadata (torch.export-based exporter).
+    _, out, man = exported
+    plain = onnx.load(str(out / man["models"][name]["files"]["onnx"]))
+    adain = [n for n in plain.graph.node if exporter._is_adain(n)]
+    assert {"ReduceMean", "Sub", "Sqrt"} <= {n.op_type for n in adain}
+    assert not {"Conv", "Resize", "LeakyRelu", "Gemm"} & {n.op_type for n in adain}
+    checks = float32_reduce_means(out / man["models"][name]["files"]["onnx_fp16"])
+    assert len(checks) == 2 * 2 and all(checks)  # mean and variance of each of the tiny model's 2 AdaIN layers
+
+
+def test_manifest_exporter_fields(exported):
+    from lordkit import export_format as fmt
+
+    _, _, man = exported
+    assert fmt.manifest_problem(man) is None and fmt.onnx_exporter(man) == "torch.export"
+    older = {k: v for k, v in man.items() if k not in ("onnx_exporter", "torch_version", "onnxscript_version")}
+    assert fmt.manifest_problem(older) is None and fmt.onnx_exporter(older) == "legacy"  # written before the field
+    assert "onnx_exporter must be one of torch.export, legacy" in fmt.manifest_problem({**man, "onnx_exporter": "x"})
+    assert "torch_version must be text" in fmt.manifest_problem({**man, "torch_version": 2})
+    no_onnx = {**man, "models": {n: {**m, "files": {"torchscript": m["files"]["torchscript"]}}
+                                 for n, m in man["models"].items()}}
+    assert fmt.onnx_exporter({**no_onnx, "onnx_exporter": None}) is None
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -153,8 +193,8 @@ def test_parity_failure_names_model_and_leaves_nothing(tmp_path, monkeypatch):
     model = make_model_dir(tmp_path / "m")
     real = exporter._export_onnx
 
-    def perturbed(module, net, cfg, path, opset):
-        real(module, net, cfg, path, opset)
+    def perturbed(module, net, cfg, path, opset, onnx_exporter):
+        real(module, net, cfg, path, opset, onnx_exporter)
         if net.name == "content_encoder":  # shift one weight: the graph stays valid, the numbers do not
             proto = onnx.load(str(path))
             w = next(t for t in proto.graph.initializer if len(t.dims) > 1)
@@ -193,16 +233,30 @@ def test_cli_export(cli, base):
     assert not list(alt.glob("*.onnx")) and (alt / "generator.pt").is_file()
     man = json.loads((alt / "manifest.json").read_text())
     assert man["opset"] is None and {r["backend"] for r in man["parity"]} == {"torchscript-cpu"}
-    r = cli("export", "--model-name", "tiny", "--no-torchscript", "--opset", "18", "--out", alt, "--force")
+    # The TorchScript-based exporter on request, at an opset only it writes; its fp16 files keep AdaIN in
+    # float32 too (found by node name there).
+    r = cli("export", "--model-name", "tiny", "--no-torchscript", "--onnx-exporter", "legacy", "--opset", "17",
+            "--fp16", "--out", alt, "--force")
     assert r.exit_code == 0, r.output
     man = json.loads((alt / "manifest.json").read_text())
-    assert man["opset"] == 18 and not list(alt.glob("*.pt"))
+    assert man["opset"] == 17 and not list(alt.glob("*.pt"))
+    assert (man["onnx_exporter"], man["onnxscript_version"]) == ("legacy", None)
+    assert {p.key: p.value for p in onnx.load(str(alt / "generator.onnx")).metadata_props}["lordkit.model"] == "generator"
+    assert [o.version for o in onnx.load(str(alt / "generator.onnx")).opset_import] == [17]
+    checks = float32_reduce_means(alt / "generator.fp16.onnx")
+    assert len(checks) == 4 and all(checks)
 
 
 BAD_INPUTS = [  # (arguments, expected error line); {base} and {tmp} are filled in
     (["--model-name", "nope"], "error: model not found"),
     (["--model-name", "../x"], "error: invalid model name '../x'"),
-    (["--model-name", "tiny", "--opset", "9"], "error: --opset must be an integer from 13 to 20, got 9"),
+    (["--model-name", "tiny", "--opset", "9"], "error: --opset must be an integer from 18 to 20, got 9"),
+    (["--model-name", "tiny", "--opset", "17"],
+     "error: --opset must be an integer from 18 to 20, got 17 (13 to 20 with --onnx-exporter legacy)"),
+    (["--model-name", "tiny", "--onnx-exporter", "legacy", "--opset", "12"],
+     "error: --opset must be an integer from 13 to 20, got 12"),
+    (["--model-name", "tiny", "--onnx-exporter", "dynamo"],
+     "error: unknown --onnx-exporter 'dynamo'; use one of: torch.export, legacy"),
     (["--model-name", "tiny", "--no-onnx", "--no-torchscript"], "nothing to export"),
     (["--model-name", "tiny", "--no-onnx", "--fp16"], "error: --fp16 makes half-precision ONNX files; it needs --onnx"),
     (["--model-name", "tiny", "--int8", "--no-onnx"], "error: --int8 quantizes the ONNX files; it needs --onnx"),

@@ -85,7 +85,10 @@ EXPORT_CASES = [
     ("out-exists", _an_export, ["-o", "{tmp}/done"], ["already exists", "--force"]),
     ("out-read-only", _read_only, ["-o", "{tmp}/ro/sub/x"], ["cannot write", "no permission", "ro"]),
     # Numbers out of range and options that contradict each other.
-    ("opset-low", _nothing, ["--opset", "12"], ["--opset", "13 to 20", "12"]),
+    ("opset-low", _nothing, ["--opset", "12"], ["--opset", "18 to 20", "12"]),
+    ("opset-legacy-only", _nothing, ["--opset", "17"], ["--opset", "18 to 20", "17", "--onnx-exporter legacy"]),
+    ("legacy-opset-low", _nothing, ["--onnx-exporter", "legacy", "--opset", "12"], ["--opset", "13 to 20", "12"]),
+    ("onnx-exporter", _nothing, ["--onnx-exporter", "dynamo"], ["--onnx-exporter", "'dynamo'", "torch.export"]),
     ("opset-high", _nothing, ["--opset", "21"], ["--opset", "21"]),
     ("fp16-no-onnx", _nothing, ["--no-onnx", "--fp16"], ["--fp16", "--onnx"]),
     ("int8-bad-data-name", _nothing, ["--int8", "--calibration-data", "../x"], ["invalid data name"]),
