@@ -49,20 +49,21 @@ def build(work: Path, cfg, exporters: list[str], int8: bool, log: Callable[[str]
     from lordkit.export.quantize import quantize_export, smooth_noise_images
     from lordkit.modeldir import write_random_model
 
+    exports = {e: work / f"export-{e}" for e in exporters}
+    if (work / "model").is_dir() and all((out / "manifest.json").is_file() for out in exports.values()):
+        log(f"reusing the model and exports in {work}")  # a --work-dir kept from an earlier run
+        return work / "model", exports
     model_dir = write_random_model(work / "model", LordConfig(model=cfg), seed=0, force=True)
     calibration = smooth_noise_images(N_CALIBRATION_IMGS, cfg.img_size, cfg.channels)
-    exports = {}
-    for exporter in exporters:
-        out = work / f"export-{exporter}"
+    for exporter, out in exports.items():
         t0 = time.perf_counter()
         export_model(model_dir, out, torchscript=False, batch_sizes=(1, 8), show=False, progress=False,
-                     onnx_exporter=exporter)
+                     onnx_exporter=exporter, force=True)
         log(f"exported with {exporter} in {time.perf_counter() - t0:.1f} s")
         if int8:
             t0 = time.perf_counter()
-            quantize_export(out, calibration, calibration_source="smooth random images (benchmark)")
+            quantize_export(out, calibration, calibration_source="smooth random images (benchmark)", force=True)
             log(f"quantized the {exporter} export in {time.perf_counter() - t0:.1f} s")
-        exports[exporter] = out
     return model_dir, exports
 
 
