@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,12 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures = {"img_size": cfg.img_size, "channels": cfg.channels, "tiny": args.tiny, "rows": rows, "files": files,
                "torch_threads": torch.get_num_threads(), "eager_form": form_of(net),
                "executorch_max_batch": max_batch}
-    results_module = Path(__file__).resolve().parent / "_results.py"
-    if results_module.is_file():
-        sys.path.insert(0, str(results_module.parent))
-        from _results import append_result
+    from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 
-        print(f"appended to {append_result('export_formats', figures, args=args)}")
+    print(f"appended to {append_result('export_formats', figures, args=args)}")
     return figures
 
 
