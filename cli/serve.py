@@ -29,9 +29,10 @@ def serve(
     max_batch: Annotated[str, typer.Option("--max-batch", metavar="N", help="Rows per onnxruntime call at most, per network.")] = "32",
     max_wait_ms: Annotated[str, typer.Option("--max-wait-ms", metavar="MS", help="How long a queued row waits for others to share its call.")] = "5",
     workers: Annotated[str, typer.Option("--workers", metavar="N", help="Worker processes, each with its own model.")] = "1",
+    backend: Annotated[str, typer.Option("--backend", help="Engine: onnxruntime, openvino (same ONNX files, CPU) or torch (the export's .pt2 packages, export --aoti).")] = "onnxruntime",
     provider: Annotated[str, typer.Option("--provider", help="auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[Optional[str], typer.Option("--threads", metavar="N", help="onnxruntime intra-op threads per process (default: cores / workers).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="Which ONNX files run: fp32, fp16 or int8 (export --fp16 / --int8 writes them).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8 ONNX files (export --fp16 / --int8 writes them); openvino: fp32, bf16 or int8.")] = "fp32",
     queue: Annotated[str, typer.Option("--queue", metavar="N", help="Requests in flight at most; more get 503 with Retry-After.")] = "128",
     timeout_s: Annotated[str, typer.Option("--timeout-s", metavar="S", help="Per request, from arrival to response; then 504.")] = "30",
     max_body_mb: Annotated[str, typer.Option("--max-body-mb", metavar="M", help="Largest request body; above it 413.")] = "16",
@@ -53,7 +54,7 @@ def serve(
     settings = Settings(
         export=model, host=host, port=_number(port, "--port"), max_batch=_number(max_batch, "--max-batch"),
         max_wait_ms=_number(max_wait_ms, "--max-wait-ms", float), workers=_number(workers, "--workers"),
-        provider=provider, threads=_number(threads, "--threads") if threads is not None else None,
+        backend=backend, provider=provider, threads=_number(threads, "--threads") if threads is not None else None,
         precision=precision, queue=_number(queue, "--queue"), timeout_s=_number(timeout_s, "--timeout-s", float),
         max_body_mb=_number(max_body_mb, "--max-body-mb", float),
         max_image_mp=_number(max_image_mp, "--max-image-mp", float), max_pairs=_number(max_pairs, "--max-pairs"),
@@ -64,8 +65,10 @@ def serve(
     ).check()
     # Names are checked before the export is resolved and hashed, the port before the model loads.
     from lordkit.runtime import Preparer, resolve_export, select_device
+    from lordkit.runtime.backends import check_precision
 
     select_device(settings.provider, None)
+    check_precision(settings.backend, settings.precision)
     Preparer(8, 3, landmarks=settings.landmarks, detector=settings.detector)
     export = resolve_export(model, get_base(ctx))
     if not export.is_dir():

@@ -51,9 +51,10 @@ def transfer(
     class_ids: Annotated[Optional[list[str]], typer.Option("--class-id", metavar="N", help="Class id of the training set (row of the class bank), repeatable.")] = None,
     class_names: Annotated[Optional[list[str]], typer.Option("--class-name", help="Class name of the training set, repeatable.")] = None,
     batch_size: Annotated[str, typer.Option("--batch-size", metavar="N", help="Images or pairs per onnxruntime call.")] = "32",
+    backend: Annotated[str, typer.Option("--backend", help="Engine: onnxruntime, openvino (same ONNX files, CPU) or torch (the export's .pt2 packages, export --aoti).")] = "onnxruntime",
     provider: Annotated[str, typer.Option("--provider", help="auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[Optional[str], typer.Option("--threads", metavar="N", help="onnxruntime intra-op threads (default: one per core).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="Which ONNX files run: fp32, fp16 or int8 (export --fp16 / --int8 writes them).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8 ONNX files (export --fp16 / --int8 writes them); openvino: fp32, bf16 or int8.")] = "fp32",
     no_align: Annotated[bool, typer.Option("--no-align", help="Face models: the photos are crops aligned already.")] = False,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Face models: every face of each photo, not only the largest.")] = False,
     paste_back: Annotated[bool, typer.Option("--paste-back", help="Face models: write the whole photo with the generated face pasted in.")] = False,
@@ -101,7 +102,7 @@ def transfer(
         check_input_file(path, "image")
     _check_writable(out)
 
-    t = Transfer(resolve_export(model, get_base(ctx)), provider=provider, threads=n_threads, batch_size=n_batch,
+    t = Transfer(resolve_export(model, get_base(ctx)), backend=backend, provider=provider, threads=n_threads, batch_size=n_batch,
                  precision=precision, align=not no_align, landmarks=landmarks, detector=detector,
                  alpha_background=alpha_background)
     if any(videos):

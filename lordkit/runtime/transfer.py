@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lordkit.errors import BadInput
-from lordkit.export_format import RUNTIME_NETWORKS
 from lordkit.runtime.align import EYE_WEIGHT, Prepared, Preparer, paste_back
-from lordkit.runtime.bundle import PRECISIONS, Bundle
+from lordkit.runtime.bundle import Bundle
 from lordkit.runtime.images import to_model_input, to_uint8_image
 from lordkit.runtime.job import PhotoGroups, TransferJob, chunks, pair_codes, pair_of
-from lordkit.runtime.session import Device, OrtModel, check_contract, open_models, select_device
+from lordkit.runtime.backends import check_backend, check_precision, open_backend
+from lordkit.runtime.session import Device, select_device
 
 ImageLike = Any  # a Prepared, an (H, W[, C]) array, or a path (str / Path)
 ClassLike = Any  # a class id (int), a class name (str), a Prepared, an array, or an image path
@@ -76,6 +76,8 @@ class Transfer:
     """Run a lordkit export: encode contents and classes, generate every pair, paste faces back.
 
     export: an export dir (or an open Bundle).
+    backend: "onnxruntime" (default), "openvino" (the same ONNX files on OpenVINO's CPU plugin) or
+        "torch" (the export's AOTInductor .pt2 packages; needs torch). See lordkit.runtime.backends.
     provider: "auto" (CUDA when onnxruntime offers it, else CPU), "cpu", "cuda" or "cuda:N"; CUDA
         asked for but missing gives a warning and CPU.
     threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
@@ -92,7 +94,8 @@ class Transfer:
     warn: called with one line per warning (default: `warning: ...` on stderr).
     """
 
-    def __init__(self, export: str | os.PathLike | Bundle, *, provider: str = "auto", threads: int | None = None,
+    def __init__(self, export: str | os.PathLike | Bundle, *, backend: str = "onnxruntime", provider: str = "auto",
+                 threads: int | None = None,
                  batch_size: int = 32, io_binding: bool | None = None, precision: str = "fp32",
                  optimized: bool = True, verify: str = "all", align: bool = True, landmarks: str | Path = "68",
                  detector: str = "hog", eye_weight: float = EYE_WEIGHT, alpha_background: str = "white",
@@ -102,18 +105,18 @@ class Transfer:
         self.batch_size = int(batch_size)
         self.warn = warn or (lambda message: None)
         # Cheap checks of names first, then the export (hashing), then the sessions (slowest).
-        device = select_device(provider, self.warn)
-        if precision not in PRECISIONS:
-            raise BadInput(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+        self.backend = check_backend(backend)
+        if self.backend == "onnxruntime":
+            select_device(provider)  # an unknown provider name fails before the export is hashed (no warning twice)
+        check_precision(self.backend, precision)
         self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify)
         b = self.bundle
         self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
                                  landmarks=landmarks, detector=detector, eye_weight=eye_weight,
                                  alpha_background=alpha_background, warn=self.warn)
-        paths = {n: b.model_path(n, precision, optimized) for n in RUNTIME_NETWORKS}
-        self.models: dict[str, OrtModel] = open_models(paths, device, threads, io_binding, self.warn)
-        for name, model in self.models.items():  # metadata can be copied onto any graph: check the graph too
-            check_contract(model, name, b.img_size, b.channels, b.content_dim, b.class_dim)
+        self.models: dict[str, Any] = open_backend(b, self.backend, provider=provider, precision=precision,
+                                                   optimized=optimized, threads=threads, io_binding=io_binding,
+                                                   warn=self.warn)
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class Transfer:
         return paste_back(prepared, generated, photo)
 
     def __repr__(self) -> str:
-        return (f"Transfer({self.bundle.path}, device={self.device}, io_binding={self.io_binding}, "
+        return (f"Transfer({self.bundle.path}, backend={self.backend}, device={self.device}, io_binding={self.io_binding}, "
                 f"batch_size={self.batch_size})")
 
 

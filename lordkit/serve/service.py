@@ -127,8 +127,8 @@ class Service:
 
         self.settings = settings
         self._sink = threading.local()  # warnings of the request this thread is preparing
-        self.transfer = Transfer(settings.export, provider=settings.provider, threads=settings.onnx_threads,
-                                 batch_size=settings.max_batch, precision=settings.precision, landmarks=settings.landmarks,
+        self.transfer = Transfer(settings.export, backend=settings.backend, provider=settings.provider,
+                                 threads=settings.onnx_threads, batch_size=settings.max_batch, precision=settings.precision, landmarks=settings.landmarks,
                                  detector=settings.detector, warn=self._warn)
         t = self.transfer
         if t.is_face:

@@ -8,10 +8,14 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from lordkit.errors import LordkitError
-from lordkit.runtime.bundle import PRECISIONS
+from lordkit.runtime.backends import BACKENDS, PRECISIONS
 
 ENV_SETTINGS = "LORDKIT_SERVE_SETTINGS"  # worker processes read their settings from here
 MAX_IMAGE_MP = 100.0  # the runtime refuses images above 100 MP whatever the server allows
+
+
+def _one_of(names) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Settings:
     max_batch: int = 32  # rows per onnxruntime call at most, per network
     max_wait_ms: float = 5.0  # how long the first queued row waits for others to share its call
     workers: int = 1  # uvicorn worker processes, each with its own model
+    backend: str = "onnxruntime"  # onnxruntime, openvino or torch (lordkit.runtime.backends)
     provider: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None  # onnxruntime intra-op threads per process (None: cores / workers)
     precision: str = "fp32"  # which ONNX files run: fp32, fp16 or int8
@@ -48,7 +53,9 @@ class Settings:
         need(0 <= self.max_wait_ms <= 10_000, "--max-wait-ms", "from 0 to 10000", self.max_wait_ms)
         need(self.workers >= 1, "--workers", ">= 1", self.workers)
         need(self.threads is None or self.threads >= 1, "--threads", ">= 1", self.threads)
-        need(self.precision in PRECISIONS, "--precision", f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}",
+        need(self.backend in BACKENDS, "--backend", _one_of(BACKENDS), repr(self.backend))
+        with_backend = "" if self.backend == BACKENDS[0] else f" with --backend {self.backend}"
+        need(self.precision in PRECISIONS[self.backend], "--precision", _one_of(PRECISIONS[self.backend]) + with_backend,
              repr(self.precision))
         need(self.queue >= 1, "--queue", ">= 1", self.queue)
         need(self.timeout_s > 0, "--timeout-s", "> 0", self.timeout_s)
