@@ -193,19 +193,26 @@ def check_contract(model: OrtModel, network: str, img_size: int, channels: int, 
 
     Metadata can be copied onto any graph; this catches such a file before it runs.
     """
-    inputs, outputs = fmt.NETWORK_IO[network]
-    name = model.path.name
-    got_in = [i.name for i in model.session.get_inputs()]
-    got_out = [o.name for o in model.session.get_outputs()]
-    if sorted(got_in) != sorted(inputs) or got_out != list(outputs):
+    check_io(model.path.name, network, [(i.name, i.type, list(i.shape)) for i in model.session.get_inputs()],
+             [(o.name, o.type, list(o.shape)) for o in model.session.get_outputs()],
+             img_size, channels, content_dim, class_dim)
+
+
+def check_io(name: str, network: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],
+             img_size: int, channels: int, content_dim: int, class_dim: int) -> None:
+    """check_contract for any engine: `inputs` / `outputs` are (name, onnxruntime-style element type
+    such as "tensor(float)", shape with an int per fixed dim and anything else for a dynamic one)."""
+    want_in, want_out = fmt.NETWORK_IO[network]
+    got_in = [i[0] for i in inputs]
+    got_out = [o[0] for o in outputs]
+    if sorted(got_in) != sorted(want_in) or got_out != list(want_out):
         raise LordkitError(f"not a lordkit export: {name} has inputs {got_in} and outputs {got_out}, "
-                           f"expected {list(inputs)} and {list(outputs)} for the {network} network")
-    for arg in [*model.session.get_inputs(), *model.session.get_outputs()]:
-        want = fmt.tensor_shape(arg.name, -1, img_size, channels, content_dim, class_dim)
-        shape = list(arg.shape)
+                           f"expected {list(want_in)} and {list(want_out)} for the {network} network")
+    for arg_name, arg_type, shape in [*inputs, *outputs]:
+        want = fmt.tensor_shape(arg_name, -1, img_size, channels, content_dim, class_dim)
         fixed_ok = all(not isinstance(d, int) or d == w for d, w in zip(shape[1:], want[1:]))
         batch_ok = bool(shape) and not isinstance(shape[0], int)  # B is a dynamic axis in every export
-        if arg.type != fmt.TENSOR_ELEMENT_TYPE or len(shape) != len(want) or not fixed_ok or not batch_ok:
+        if arg_type != fmt.TENSOR_ELEMENT_TYPE or len(shape) != len(want) or not fixed_ok or not batch_ok:
             expected = "[batch, " + ", ".join(map(str, want[1:])) + "]"
-            raise LordkitError(f"not a lordkit export: {name} has {arg.name} {arg.type} {_dims(shape)}, "
+            raise LordkitError(f"not a lordkit export: {name} has {arg_name} {arg_type} {_dims(shape)}, "
                                f"expected {fmt.TENSOR_ELEMENT_TYPE} {expected} (the manifest's sizes)")
