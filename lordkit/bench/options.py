@@ -26,6 +26,10 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "ort-cuda-fp16": ("onnxruntime CUDA, .fp16.onnx, IO binding", "fp16", "ort"),
     "fp16": ("onnxruntime CPU, .fp16.onnx", "fp16", "ort"),
     "int8": ("onnxruntime CPU, .int8.onnx (export.quantize)", "int8", "ort"),
+    # The openvino extra: the same ONNX files on OpenVINO's CPU plugin (lordkit.runtime.openvino).
+    "ov-cpu": ("OpenVINO CPU, plain .onnx, f32 inference hint (--backend openvino)", "fp32", "openvino"),
+    "ov-bf16": ("OpenVINO CPU, plain .onnx computed in bf16 (CPUs with AVX-512 BF16 / AMX)", "bf16", "openvino"),
+    "ov-int8": ("OpenVINO CPU, .int8.onnx (export.quantize)", "int8", "openvino"),
 }
 DEFAULT_BACKENDS = ("reference", "eager", "torchscript", "ort-cpu", "ort-cpu-opt", "ort-cuda", "fp16", "int8", "compile")
 CUDA_EXTRA_BACKENDS = ("torch-fp16", "torch-bf16", "ort-cuda-fp16")  # added to the default on a CUDA torch device

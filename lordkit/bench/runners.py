@@ -27,6 +27,10 @@ MISSING_FILE_HINTS = {"onnx_fp16": "re-export with --fp16", "onnx_int8": "quanti
                       "onnx_opt": "re-export with --onnx", "onnx": "re-export with --onnx"}
 
 
+# The precision each OpenVINO row runs (lordkit.runtime.openvino: its file and inference hint).
+OV_PRECISIONS = {"ov-cpu": "fp32", "ov-bf16": "bf16", "ov-int8": "int8"}
+
+
 def make_inputs(network: str, batch: int, img_size: int, channels: int, content_dim: int, class_dim: int,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs as the exporter's parity check draws them: images uniform in [0, 1], codes N(0, 1)."""
@@ -124,6 +128,32 @@ def _torch_runner(module, device_name: str, dtype_name: str = "fp32", *, compile
 
 
 
+def _openvino_runner(path: Path, precision: str, threads: int) -> Runner:
+    """One ONNX file compiled by OpenVINO's CPU plugin as lordkit.runtime.openvino compiles it."""
+    if not has_module("openvino"):
+        raise Unavailable("openvino is not installed (pip install 'lordkit[openvino]')")
+    from lordkit.errors import Unsupported
+    from lordkit.runtime.openvino import compile_file, new_core
+
+    try:
+        core = new_core(precision)
+    except Unsupported as e:  # bf16 on a CPU without it
+        raise Unavailable(str(e)) from None
+    t0 = time.perf_counter()
+    compiled = compile_file(core, path, precision, threads)
+    open_s = time.perf_counter() - t0
+    request = compiled.create_infer_request()
+
+    def prepare(inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+        # Inputs read in place, the output copied into a new array: what the runtime's model does per call.
+        return lambda: request.infer(inputs, share_inputs=True)
+
+    return Runner(prepare, lambda: None, "cpu", path.name, open_s,
+                  info={"inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                        "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+                        "streams": compiled.get_property("NUM_STREAMS"), "threads": threads})
+
+
 class Sources:
     """Where each backend's network comes from: the export's files and (optionally) the model dir."""
 
@@ -197,6 +227,10 @@ class Sources:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location=self.torch_device)
             return _torch_runner(module, self.torch_device, file=path.name, open_s=time.perf_counter() - t0)
+        if backend in OV_PRECISIONS:
+            precision = OV_PRECISIONS[backend]
+            return _openvino_runner(self.file(network, "onnx_int8" if precision == "int8" else "onnx"), precision,
+                                    self.threads)
         import onnxruntime as ort
 
         if backend in ("ort-cuda", "ort-cuda-fp16"):
