@@ -207,3 +207,23 @@ def test_module_imports_no_torch():
     code = "import sys, lordkit.runtime.openvino; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_rows(export, monkeypatch):
+    from lordkit.bench import results_table, run_benchmark
+    from lordkit.bench import runners
+
+    kw = dict(batch_sizes=[1, 3], networks=["generator"], threads=1, warmup=1, iters=3, max_time_s=0.5, align=False,
+              matmul_n=64)
+    result = run_benchmark(export, backends=["ort-cpu", "ov-cpu", "ov-bf16", "ov-int8"], **kw)
+    rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
+    assert rows[("ov-cpu", 3)]["status"] == "ok" and rows[("ov-cpu", 3)]["file"] == "generator.onnx"
+    assert rows[("ov-int8", 1)]["status"] == "ok" and rows[("ov-int8", 1)]["file"] == "generator.int8.onnx"
+    assert rows[("ov-cpu", 1)]["inference_precision"] == "f32"
+    assert rows[("ov-bf16", 1)]["status"] in ("ok", "missing")  # missing on CPUs without bf16, with the reason
+    results_table(result)  # the table takes the rows of the new engine
+    # Without the module every OpenVINO row is reported missing with one line saying how to install it.
+    monkeypatch.setattr(runners, "has_module", lambda name: name != "openvino")
+    result = run_benchmark(export, backends=["ov-cpu"], **kw)
+    assert {r["status"] for r in result["rows"]} == {"missing"}
+    assert all(r["reason"] == "openvino is not installed (pip install 'lordkit[openvino]')" for r in result["rows"])

@@ -100,9 +100,9 @@ class OpenVinoModel:
             raise ValueError(f"{self.path.name}: missing inputs {sorted(missing)}")
         arrays = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names}
         with self._lock:
-            self._request.infer(arrays)
-            # The output tensor is the request's own buffer, reused by the next call: copy it out.
-            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            # share_inputs: OpenVINO reads the numpy arrays in place; outputs come back as new arrays
+            # (share_outputs off), not views of the request's buffers that the next call overwrites.
+            return self._request.infer(arrays, share_inputs=True)[0]
 
 
 def has_bf16(core: Any) -> bool:
