@@ -21,7 +21,7 @@ def bench(
     img_size: Annotated[Optional[str], typer.Option("--img-size", metavar="N", help="Image size of the random model (default 64).")] = None,
     channels: Annotated[Optional[str], typer.Option("--channels", metavar="N", help="Channels of the random model (default 3).")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32,128",
-    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: eager, torchscript, compile, torch-fp16, torch-bf16, ort-cpu, ort-cpu-opt, ort-cuda, ort-cuda-fp16, fp16, int8, ov-cpu, ov-bf16, ov-int8 (OpenVINO: the openvino extra) (default: eager,torchscript,ort-cpu,ort-cpu-opt,ort-cuda,fp16,int8,compile; + half-precision torch on CUDA).")] = None,
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: eager, torchscript, aoti, compile, torch-fp16, torch-bf16, ort-cpu, ort-cpu-opt, ort-cuda, ort-cuda-fp16, fp16, int8, ov-cpu, ov-bf16, ov-int8 (OpenVINO: the openvino extra) (default: eager,torchscript,aoti,ort-cpu,ort-cpu-opt,ort-cuda,fp16,int8,compile; + half-precision torch on CUDA).")] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated networks.")] = "content_encoder,class_encoder,generator,transfer",
     threads: Annotated[Optional[str], typer.Option("--threads", metavar="N", help="Intra-op threads of every engine (default: physical cores).")] = None,
     warmup: Annotated[str, typer.Option("--warmup", metavar="N", help="Untimed calls before timing.")] = "3",

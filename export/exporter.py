@@ -1,10 +1,11 @@
-"""Export a trained model dir to ONNX and TorchScript, verified against the eager model.
+"""Export a trained model dir to ONNX, TorchScript, AOTInductor and ExecuTorch, verified against the eager model.
 
 Every network goes through the same steps (`export_network`): eval(), reference outputs under
 inference_mode, then one function per format (`FORMAT_EXPORTERS`: `export_onnx_files`,
-`export_torchscript_file`) writes its files with a dynamic batch axis, and every file passes the same
-gate (`check_file`): onnx.checker, metadata and opset for ONNX files, then numeric parity against
-onnxruntime (CPU) or the reloaded TorchScript module on fresh random inputs. ONNX files come from
+`export_torchscript_file`, `export_aoti_file`, `export_executorch_file`) writes its files with a
+dynamic batch axis, and every file passes the same gate (`check_file`): onnx.checker, metadata and
+opset for ONNX files, then numeric parity against onnxruntime (CPU), the reloaded TorchScript module,
+the loaded AOTInductor package or ExecuTorch's Python runtime on fresh random inputs. ONNX files come from
 torch.onnx's torch.export-based exporter (`ONNX_EXPORTERS`: "torch.export", the default) or its
 TorchScript-based one ("legacy"); the manifest records which, with the torch version. The export dir is
 built under a temporary name and renamed into place only when every file has passed, so a failed
@@ -338,12 +339,26 @@ def _check_onnx(path: Path, props: dict[str, str]) -> None:
 
 
 class _Runner:
-    """Runs one exported file on numpy inputs: an onnxruntime session or a reloaded TorchScript module."""
+    """Runs one exported file on numpy inputs: an onnxruntime session, a reloaded TorchScript module,
+    an AOTInductor package (on the device it was compiled for) or an ExecuTorch program."""
 
     def __init__(self, path: Path, net: Network):
         self.path = path
         self.net = net
-        if path.suffix == ".onnx":
+        self.device = torch.device("cpu")
+        if path.suffix == ".pt2":
+            from lordkit.export.aoti import load_aoti
+
+            self.module = load_aoti(path)
+            device = json.loads(self.module.get_metadata().get(fmt.META_MANIFEST, "{}")).get("aoti_device") or "cpu"
+            self.device = torch.device(device)
+            self.backend = f"aoti-{device}"
+        elif path.suffix == ".pte":
+            from lordkit.export.executorch_export import load_executorch
+
+            self.backend = "executorch-cpu"
+            self.module = load_executorch(path)
+        elif path.suffix == ".onnx":
             import onnxruntime as ort
 
             self.backend = "onnxruntime-cpu"
@@ -362,7 +377,9 @@ class _Runner:
         if self.backend.startswith("onnxruntime"):
             return self.session.run([self.net.outputs[0]], dict(zip(self.net.inputs, inputs)))[0]
         with torch.inference_mode():
-            return self.module(*(torch.from_numpy(x) for x in inputs)).numpy()
+            out = self.module(*(torch.from_numpy(x).to(self.device) for x in inputs))
+            out = out[0] if isinstance(out, (list, tuple)) else out  # an AOTInductor package returns a list
+            return out.cpu().numpy()
 
 
 def check_parity(path: Path, net: Network, references: dict[int, tuple[list[np.ndarray], np.ndarray]],
@@ -413,10 +430,19 @@ def parity_table(rows: Sequence[dict[str, Any]]):
 # The export.
 
 
-def _file_table(onnx: bool, torchscript: bool, fp16: bool) -> dict[str, dict[str, Any]]:
+# The formats `lordkit export` writes, in the order it writes them (FORMAT_EXPORTERS), and the
+# manifest `files` kinds each adds (onnx_fp16 and executorch_int8 only when asked for).
+FORMATS = ("onnx", "torchscript", "aoti", "executorch")
+
+
+def file_kinds(formats: Sequence[str], fp16: bool = False, executorch_int8: bool = False) -> list[str]:
+    kinds = {"onnx": ["onnx", "onnx_opt"] + (["onnx_fp16"] if fp16 else []), "torchscript": ["torchscript"],
+             "aoti": ["aoti"], "executorch": ["executorch"] + (["executorch_int8"] if executorch_int8 else [])}
+    return [k for f in formats for k in kinds[f]]
+
+
+def _file_table(kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
     """models section of the manifest: inputs, outputs and files of each network."""
-    kinds = (["onnx", "onnx_opt"] if onnx else []) + (["onnx_fp16"] if onnx and fp16 else []) + (
-        ["torchscript"] if torchscript else [])
     return {name: {"inputs": list(inputs), "outputs": list(outputs),
                    "files": {kind: fmt.file_name(name, kind) for kind in kinds}}
             for name, (inputs, outputs) in fmt.NETWORK_IO.items()}
@@ -464,11 +490,41 @@ def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
     return out_dir
 
 
+def check_aoti_device(device: str | None) -> str:
+    """Where AOTInductor packages are compiled for: "cpu", "cuda", or None = CUDA when torch has a GPU."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in fmt.AOTI_DEVICES:
+        raise LordkitError(f"unknown --aoti-device {device!r}; use one of: {', '.join(fmt.AOTI_DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LordkitError("--aoti-device cuda needs a GPU that torch can use; this torch sees none")
+    return device
+
+
+def check_compiler() -> None:
+    """AOTInductor compiles C++: refuse before the export when no compiler is on PATH."""
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(n) for n in names):
+        raise LordkitError(f"--aoti compiles C++ and finds no compiler ({' / '.join(names)} on PATH); "
+                           "install g++ (e.g. apt-get install g++) or set CXX")
+
+
 def check_export_options(onnx: bool, torchscript: bool, fp16: bool, opset: int,
-                         batch_sizes: Sequence[int], onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> tuple[int, ...]:
+                         batch_sizes: Sequence[int], onnx_exporter: str = DEFAULT_ONNX_EXPORTER, *,
+                         aoti: bool = False, executorch: bool = False) -> tuple[int, ...]:
     """Refuse contradictory options before any work; returns the parity batch sizes as ints."""
-    if not (onnx or torchscript):
-        raise LordkitError("nothing to export: pass --onnx, --torchscript or both")
+    if not (onnx or torchscript or aoti or executorch):
+        raise LordkitError("nothing to export: pass --onnx, --torchscript, --aoti or --executorch")
+    if aoti:
+        check_compiler()
+    if executorch:
+        from lordkit.export.executorch_export import check_executorch
+
+        reason = check_executorch()
+        if reason:
+            raise LordkitError(reason)
     if fp16 and not onnx:
         raise LordkitError("--fp16 makes half-precision ONNX files; it needs --onnx")
     if onnx:
@@ -490,8 +546,9 @@ def exporter_versions(onnx: bool, onnx_exporter: str) -> dict[str, Any]:
             "onnxscript_version": onnxscript_version}
 
 
-def manifest_fields(model_dir: Path, mc: ModelConfig, *, onnx: bool, torchscript: bool, fp16: bool,
-                    opset: int, onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> dict[str, Any]:
+def manifest_fields(model_dir: Path, mc: ModelConfig, *, formats: Sequence[str], fp16: bool,
+                    opset: int, onnx_exporter: str = DEFAULT_ONNX_EXPORTER, aoti_device: str | None = None,
+                    executorch_int8: bool = False) -> dict[str, Any]:
     """The manifest without hashes and parity, from the model's config and data record; LordkitError
     naming the data record where it cannot go into a manifest."""
     data = load_data_record(model_dir)
@@ -504,9 +561,10 @@ def manifest_fields(model_dir: Path, mc: ModelConfig, *, onnx: bool, torchscript
         "class_names": record_class_names(model_dir, data, mc.n_classes), "dataset_id": data.get("dataset_id"),
         "face_template": face_template,
         "face_points": data.get("face_points") or (fmt.FACE_POINTS_DEFAULT if face_template else None),
-        "opset": opset if onnx else None,
-        **exporter_versions(onnx, onnx_exporter),
-        "models": _file_table(onnx, torchscript, fp16),
+        "opset": opset if "onnx" in formats else None,
+        **exporter_versions("onnx" in formats, onnx_exporter),
+        "aoti_device": aoti_device if "aoti" in formats else None,
+        "models": _file_table(file_kinds(formats, fp16, executorch_int8)),
         "class_bank": fmt.CLASS_BANK,
     }
     # The data record's fields go into the manifest unchanged: check them as a reader of the export will.
@@ -528,6 +586,8 @@ class ExportJob:
     fp16: bool
     meta_json: str  # the manifest without hashes and parity, stamped on every file
     onnx_exporter: str = DEFAULT_ONNX_EXPORTER  # one of ONNX_EXPORTERS
+    aoti_device: str = "cpu"  # where the AOTInductor packages run
+    executorch_max_batch: int = 8  # the ExecuTorch programs' batch bound
 
     def props(self, name: str) -> dict[str, str]:
         """The metadata stamped on every file of network `name`."""
@@ -568,7 +628,30 @@ def export_torchscript_file(net: Network, files: dict[str, str], job: ExportJob)
     return [(ts, FP32_TOL)]
 
 
-FORMAT_EXPORTERS: dict[str, FileExporter] = {"onnx": export_onnx_files, "torchscript": export_torchscript_file}
+def export_aoti_file(net: Network, files: dict[str, str], job: ExportJob) -> list[tuple[Path, float]]:
+    """AOTInductor: torch.export, compile to a .pt2 package for `job.aoti_device`, metadata inside."""
+    from lordkit.export.aoti import export_aoti
+
+    path = job.tmp / files["aoti"]
+    module = copy.deepcopy(net.module) if job.aoti_device != "cpu" else net.module  # the CPU copy stays the reference
+    with job.writing(path):
+        export_aoti(module, _example_inputs(net, job.cfg), path, device=job.aoti_device, metadata=job.props(net.name))
+    return [(path, FP32_TOL)]
+
+
+def export_executorch_file(net: Network, files: dict[str, str], job: ExportJob) -> list[tuple[Path, float]]:
+    """ExecuTorch: torch.export, lower to XNNPACK, a .pte program with the metadata as a constant method."""
+    from lordkit.export.executorch_export import export_executorch
+
+    path = job.tmp / files["executorch"]
+    with job.writing(path):
+        export_executorch(net.module, _example_inputs(net, job.cfg), path, metadata=job.props(net.name),
+                          max_batch=job.executorch_max_batch)
+    return [(path, FP32_TOL)]
+
+
+FORMAT_EXPORTERS: dict[str, FileExporter] = {"onnx": export_onnx_files, "torchscript": export_torchscript_file,
+                                             "aoti": export_aoti_file, "executorch": export_executorch_file}
 
 
 def reference_outputs(net: Network, cfg: ModelConfig, batch_sizes: Sequence[int],
@@ -609,10 +692,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
                  batch_sizes: Sequence[int] = BATCH_SIZES, show: bool = True,
                  progress: bool | None = None,
                  finish: Callable[[Path], dict[str, Any]] | None = None,
-                 onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> dict[str, Any]:
+                 onnx_exporter: str = DEFAULT_ONNX_EXPORTER, aoti: bool = False, aoti_device: str | None = None,
+                 executorch: bool = False) -> dict[str, Any]:
     """Export a model dir's amortized networks to `out_dir` (written atomically); returns the manifest.
 
-    onnx / torchscript choose the formats; fp16 adds *.fp16.onnx; opset is the ONNX opset (OPSETS);
+    onnx / torchscript / aoti / executorch choose the formats (aoti_device: "cpu", "cuda", or None =
+    CUDA when torch has a GPU); fp16 adds *.fp16.onnx; opset is the ONNX opset (OPSETS);
     onnx_exporter is torch.onnx's "torch.export"-based exporter or its TorchScript-based "legacy" one; force
     replaces an existing `out_dir`; batch_sizes are the parity batch sizes; show prints the parity
     table on the (stderr) console; progress shows a progress bar (default: as show); finish, given
@@ -622,16 +707,19 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     """
     t_start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    batch_sizes = check_export_options(onnx, torchscript, fp16, opset, batch_sizes, onnx_exporter)
-    formats = [name for name, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
+    batch_sizes = check_export_options(onnx, torchscript, fp16, opset, batch_sizes, onnx_exporter,
+                                       aoti=aoti, executorch=executorch)
+    chosen = {"onnx": onnx, "torchscript": torchscript, "aoti": aoti, "executorch": executorch}
+    formats = [name for name in FORMATS if chosen[name]]
+    aoti_device = check_aoti_device(aoti_device) if aoti else None
     check_out_dir(out_dir, force)  # before the slow part; staged_dir checks existence again
 
     # Load the model and the class bank; check the data record as the manifest's fields.
     cfg = load_config(model_dir)
     model = load_amortized(model_dir, cfg).eval()
     bank = load_class_bank(model_dir, cfg.model)
-    meta = manifest_fields(model_dir, cfg.model, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset,
-                           onnx_exporter=onnx_exporter)
+    meta = manifest_fields(model_dir, cfg.model, formats=formats, fp16=fp16, opset=opset,
+                           onnx_exporter=onnx_exporter, aoti_device=aoti_device)
 
     rng = np.random.default_rng(PARITY_SEED)
     parity: list[dict[str, Any]] = []
@@ -639,7 +727,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, onnx: bool = Tru
     with staged_dir(out_dir, force=force, what="export") as tmp, torch.no_grad(), \
             (make_progress(transient=True) if (show if progress is None else progress)
              else contextlib.nullcontext()) as bar:
-        job = ExportJob(tmp, out_dir, cfg.model, opset, fp16, json.dumps(meta), onnx_exporter)
+        job = ExportJob(tmp, out_dir, cfg.model, opset, fp16, json.dumps(meta), onnx_exporter,
+                        aoti_device or "cpu", max(8, *batch_sizes))
         task = bar.add_task("export", total=len(nets), unit="net") if bar else None
         with job.writing(tmp / fmt.CLASS_BANK):
             buf = io.BytesIO()

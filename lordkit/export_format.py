@@ -33,7 +33,13 @@ FILE_SUFFIXES = {
     "onnx_fp16": ".fp16.onnx",  # half precision inside, float32 inputs and outputs
     "onnx_int8": ".int8.onnx",  # static int8 quantization (lordkit export --int8)
     "torchscript": ".pt",  # frozen TorchScript
+    "aoti": ".pt2",  # AOTInductor package (lordkit export --aoti): compiled code + weights for libtorch
+    "executorch": ".pte",  # ExecuTorch program, XNNPACK-delegated (lordkit export --executorch)
+    "executorch_int8": ".int8.pte",  # the same with int8 convolutions and linears (--executorch --int8)
 }
+# Where an export's AOTInductor packages run (manifest field `aoti_device`): their code is compiled
+# for one device kind.
+AOTI_DEVICES = ("cpu", "cuda")
 
 # What wrote an export's ONNX files (manifest field `onnx_exporter`): torch.onnx's torch.export-based
 # exporter or its TorchScript-based one. Manifests written before the field existed lack it: their
@@ -169,6 +175,8 @@ def manifest_problem(m: object) -> str | None:
         return f"opset must be a positive integer or null, got {m['opset']!r}"
     if m.get("onnx_exporter") is not None and m["onnx_exporter"] not in ONNX_EXPORTERS:
         return f"onnx_exporter must be one of {', '.join(ONNX_EXPORTERS)} or null, got {m['onnx_exporter']!r}"
+    if m.get("aoti_device") is not None and m["aoti_device"] not in AOTI_DEVICES:
+        return f"aoti_device must be one of {', '.join(AOTI_DEVICES)} or null, got {m['aoti_device']!r}"
 
     names = m["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):

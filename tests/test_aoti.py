@@ -1,8 +1,8 @@
 """AOTInductor packages (lordkit.export.aoti) and examples/aoti, the C++ program that runs them.
 
-A tiny untrained model (tests/factories.py) is exported to ONNX and TorchScript, then each of its four
-networks is compiled to `<network>.pt2` beside them (about half a minute each on two cores: Inductor
-compiles C++). Each package runs in Python against the eager network; the C++ program is built once
+A tiny untrained model (tests/factories.py) is exported to ONNX, TorchScript and `<network>.pt2`
+packages (`lordkit export --aoti`: about half a minute per network on two cores, Inductor compiles
+C++). Each package runs in Python against the eager network; the C++ program is built once
 per module and its float32 .npy output is compared with lordkit.runtime.Transfer (onnxruntime) and
 the eager transfer network. Skipped when torch, a C++ compiler, cmake or a build tool is missing.
 """
@@ -81,19 +81,16 @@ def exported(tmp_path_factory):
     pytest.importorskip("torch", reason="torch (the train extra) is not installed")
     from factories import make_export, make_model_dir
 
-    from lordkit.export.aoti import export_aoti, file_name
     from lordkit.models import eager_networks
     from lordkit.modeldir import load_amortized
 
     root = tmp_path_factory.mktemp("aoti")
     model_dir = make_model_dir(root / "model", img_size=SIZE, channels=CHANNELS)
-    export = make_export(model_dir, root / "export")
+    t0 = time.perf_counter()
+    export = make_export(model_dir, root / "export", aoti=True)  # lordkit export --aoti
+    print(f"\nexported with four .pt2 packages in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     manifest = json.loads((export / "manifest.json").read_text())
     nets = eager_networks(load_amortized(model_dir))
-    for name, net in nets.items():
-        t0 = time.perf_counter()
-        export_aoti(net, example_inputs(manifest, name), export / file_name(name), metadata=stamp(manifest, name))
-        print(f"\n{name}.pt2 compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return export, nets, manifest
 
 
@@ -106,6 +103,94 @@ def test_package_matches_eager(exported, name):
     errors = aoti_parity(nets[name], export / file_name(name), example_inputs(manifest, name), (1, 8))
     assert set(errors) == {1, 8} and max(errors.values()) < TOL, errors
     print(f"\n{name}.pt2 ({form_of(nets[name])} form): max abs error {errors}", file=sys.stderr)
+
+
+def test_export_lists_packages_with_parity(exported):
+    export, _, manifest = exported
+    assert manifest["aoti_device"] == "cpu"
+    for name, entry in manifest["models"].items():
+        file = entry["files"]["aoti"]
+        assert file == f"{name}.pt2" and file in manifest["sha256"]
+        rows = [r for r in manifest["parity"] if r["file"] == file]
+        assert {r["batch"] for r in rows} == {1, 3, 8} and all(r["backend"] == "aoti-cpu" for r in rows)
+        assert max(r["max_abs_err"] for r in rows) < TOL
+
+
+def test_torch_backend_matches_onnxruntime(exported):
+    from lordkit.runtime import Transfer
+
+    export, _, _ = exported
+    rng = np.random.default_rng(3)
+    images = [rng.random((SIZE, SIZE, CHANNELS), dtype=np.float32) for _ in range(3)]
+    classes = [0, 2, images[1]]  # class-bank rows and a class image
+    got = Transfer(export, backend="torch", threads=1).transfer(images, classes)
+    want = Transfer(export, threads=1).transfer(images, classes)
+    assert got.shape == (3, 3, SIZE, SIZE, CHANNELS)
+    assert float(np.abs(got - want).max()) < TOL
+
+
+def test_cli_transfer_on_the_torch_backend(exported, cli, tmp_path):
+    export, _, _ = exported
+    import cv2
+
+    rng = np.random.default_rng(4)
+    content = tmp_path / "content.png"
+    cv2.imwrite(str(content), rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8))
+    out = tmp_path / "out.png"
+    result = cli("transfer", content, "-m", export, "--class-id", "1", "--backend", "torch", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out)).shape == (SIZE, SIZE, CHANNELS)
+
+
+def test_torch_backend_refusals(exported, tmp_path, cli):
+    from conftest import one_line_error
+
+    from lordkit.errors import BadInput, Unsupported
+    from lordkit.runtime import Transfer
+
+    export, _, manifest = exported
+    assert "unknown --aoti-device 'tpu'; use one of: cpu, cuda" in one_line_error(
+        cli("export", "--model-name", "m", "--aoti", "--aoti-device", "tpu"))
+    import cv2
+
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((SIZE, SIZE, CHANNELS), np.uint8))
+    assert "the torch backend runs fp32, not fp16" in one_line_error(
+        cli("transfer", image, "-m", export, "--class-id", "0", "--backend", "torch", "--precision", "fp16",
+            "-o", tmp_path / "out.png"))
+    assert not (tmp_path / "out.png").exists()
+    with pytest.raises(Unsupported, match="compiled for the CPU"):
+        Transfer(export, backend="torch", provider="cuda")
+    with pytest.raises(BadInput, match="runs fp32, not int8"):
+        Transfer(export, backend="torch", precision="int8")
+    with pytest.raises(BadInput, match="unknown backend 'tflite'"):
+        Transfer(export, backend="tflite")
+    # The same export without its packages: the torch backend names the option that writes them.
+    bare = tmp_path / "bare"
+    shutil.copytree(export, bare)
+    for entry in manifest["models"].values():
+        (bare / entry["files"]["aoti"]).unlink()
+    m = json.loads((bare / "manifest.json").read_text())
+    for entry in m["models"].values():
+        del m["sha256"][entry["files"].pop("aoti")]
+    (bare / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Unsupported, match="re-export with --aoti"):
+        Transfer(bare, backend="torch")
+    Transfer(bare, threads=1)  # onnxruntime still runs it
+
+
+def test_bench_times_the_packages_beside_the_other_engines(exported):
+    from lordkit import bench
+
+    export, _, _ = exported
+    result = bench.run_benchmark(export, None, backends=["torchscript", "aoti", "ort-cpu"], networks=["generator"],
+                                 batch_sizes=(1, 2), warmup=1, iters=2, max_time_s=5.0, threads=1, matmul_n=128,
+                                 align=False)
+    rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(b, n) for b in ("torchscript", "aoti", "ort-cpu") for n in (1, 2)}
+    for (backend, _), r in rows.items():
+        assert r["status"] == "ok" and r["img_per_sec"] > 0, (backend, r.get("reason"))
+    assert rows[("aoti", 2)]["file"] == "generator.pt2"
 
 
 def test_package_carries_metadata(exported):

@@ -94,20 +94,16 @@ def exported(tmp_path_factory):
         pytest.skip(reason)
     from factories import make_export, make_model_dir
 
-    from lordkit.export.executorch_export import export_executorch, file_name
     from lordkit.models import eager_networks
     from lordkit.modeldir import load_amortized
 
     root = tmp_path_factory.mktemp("executorch")
     model_dir = make_model_dir(root / "model", img_size=SIZE, channels=CHANNELS)
-    export = make_export(model_dir, root / "export")
+    t0 = time.perf_counter()
+    export = make_export(model_dir, root / "export", executorch=True)  # lordkit export --executorch
+    print(f"\nexported with four .pte programs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     manifest = json.loads((export / "manifest.json").read_text())
     nets = eager_networks(load_amortized(model_dir))
-    for name, net in nets.items():
-        t0 = time.perf_counter()
-        export_executorch(net, example_inputs(manifest, name), export / file_name(name),
-                          metadata=stamp(manifest, name))
-        print(f"\n{name}.pte lowered in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return export, nets, manifest
 
 
@@ -119,6 +115,16 @@ def test_program_matches_eager(exported, name):
     errors = executorch_parity(nets[name], export / file_name(name), example_inputs(manifest, name), (1, 8))
     assert set(errors) == {1, 8} and max(errors.values()) < TOL, errors
     print(f"\n{name}.pte (onnx form): max abs error {errors}", file=sys.stderr)
+
+
+def test_export_lists_programs_with_parity(exported):
+    export, _, manifest = exported
+    for name, entry in manifest["models"].items():
+        file = entry["files"]["executorch"]
+        assert file == f"{name}.pte" and file in manifest["sha256"]
+        rows = [r for r in manifest["parity"] if r["file"] == file]
+        assert {r["batch"] for r in rows} == {1, 3, 8} and all(r["backend"] == "executorch-cpu" for r in rows)
+        assert max(r["max_abs_err"] for r in rows) < TOL
 
 
 def test_program_carries_metadata_and_batch_bound(exported):

@@ -17,6 +17,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
                   "torch"),
     "eager": ("PyTorch nn.Module from the model dir, fp32 (the x eager baseline)", "fp32", "torch"),
     "torchscript": ("the export's frozen TorchScript .pt, fp32", "fp32", "torch"),
+    "aoti": ("the export's AOTInductor .pt2 package (compiled ahead of time; export --aoti), fp32", "fp32", "torch"),
     "compile": ("torch.compile of the eager module, one compile per shape (not timed)", "fp32", "torch"),
     "torch-fp16": ("the eager module cast to float16 (.half())", "fp16", "torch"),
     "torch-bf16": ("the eager module cast to bfloat16", "bf16", "torch"),
@@ -31,7 +32,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "ov-bf16": ("OpenVINO CPU, plain .onnx computed in bf16 (CPUs with AVX-512 BF16 / AMX)", "bf16", "openvino"),
     "ov-int8": ("OpenVINO CPU, .int8.onnx (export.quantize)", "int8", "openvino"),
 }
-DEFAULT_BACKENDS = ("reference", "eager", "torchscript", "ort-cpu", "ort-cpu-opt", "ort-cuda", "fp16", "int8", "compile")
+DEFAULT_BACKENDS = ("reference", "eager", "torchscript", "aoti", "ort-cpu", "ort-cpu-opt", "ort-cuda", "fp16", "int8", "compile")
 CUDA_EXTRA_BACKENDS = ("torch-fp16", "torch-bf16", "ort-cuda-fp16")  # added to the default on a CUDA torch device
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 

@@ -14,7 +14,7 @@ COLOURS = {
     "reference": "#98df8a", "eager": "#282828", "torchscript": "#1f77b4", "compile": "#e377c2", "torch-fp16": "#7f7f7f",
     "torch-bf16": "#bcbd22", "ort-cpu": "#ff7f0e", "ort-cpu-opt": "#2ca02c", "ort-cuda": "#d62728",
     "ort-cuda-fp16": "#8c564b", "fp16": "#17becf", "int8": "#9467bd",
-    "ov-cpu": "#6b6ecf", "ov-bf16": "#b5cf6b", "ov-int8": "#843c39",
+    "ov-cpu": "#6b6ecf", "ov-bf16": "#b5cf6b", "ov-int8": "#843c39", "aoti": "#aec7e8",
 }
 PANEL_IN = (5.6, 3.3)  # width, height of one chart in inches (at 100 dpi)
 LEGEND_COLUMNS = 6

@@ -1,5 +1,5 @@
 """Backends opened for timing: seeded inputs per network, the Runner of one backend and network
-(onnxruntime, TorchScript, eager PyTorch and its compiled / half-precision forms), where each
+(onnxruntime, TorchScript, AOTInductor packages, eager PyTorch and its compiled / half-precision forms), where each
 backend's network comes from (Sources: the export's files, the model dir's eager modules), and the
 check that a model dir is the one an export was made from."""
 
@@ -24,7 +24,7 @@ ORT_FILES = {"ort-cpu": "onnx", "ort-cpu-opt": "onnx_opt", "fp16": "onnx_fp16", 
 # How to get a file an export lacks.
 MISSING_FILE_HINTS = {"onnx_fp16": "re-export with --fp16", "onnx_int8": "quantize it: lordkit export --int8 "
                       "(lordkit.export.quantize.quantize_export)", "torchscript": "re-export with --torchscript",
-                      "onnx_opt": "re-export with --onnx", "onnx": "re-export with --onnx"}
+                      "onnx_opt": "re-export with --onnx", "onnx": "re-export with --onnx", "aoti": "re-export with --aoti"}
 
 
 # The precision each OpenVINO row runs (lordkit.runtime.openvino: its file and inference hint).
@@ -128,6 +128,30 @@ def _torch_runner(module, device_name: str, dtype_name: str = "fp32", *, compile
 
 
 
+def _aoti_runner(path: Path, device_name: str) -> Runner:
+    """An AOTInductor package on the device it was compiled for (inputs copied there once per batch shape)."""
+    import torch
+
+    from lordkit.export.aoti import load_aoti
+
+    device = torch.device(device_name)
+    t0 = time.perf_counter()
+    package = load_aoti(path)
+    open_s = time.perf_counter() - t0
+
+    def prepare(inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+        args = [torch.from_numpy(x).to(device) for x in inputs.values()]
+
+        def step() -> Any:
+            with torch.inference_mode():
+                return package(*args)
+
+        return step
+
+    return Runner(prepare, _torch_sync(device), str(device), path.name, open_s,
+                  info={"threads": torch.get_num_threads() if device.type == "cpu" else None})
+
+
 def _openvino_runner(path: Path, precision: str, threads: int) -> Runner:
     """One ONNX file compiled by OpenVINO's CPU plugin as lordkit.runtime.openvino compiles it."""
     if not has_module("openvino"):
@@ -227,6 +251,16 @@ class Sources:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location=self.torch_device)
             return _torch_runner(module, self.torch_device, file=path.name, open_s=time.perf_counter() - t0)
+        if backend == "aoti":
+            if not has_module("torch"):
+                raise Unavailable("torch is not installed")
+            import torch
+
+            path = self.file(network, "aoti")
+            device = self.manifest.get("aoti_device") or "cpu"
+            if device == "cuda" and not torch.cuda.is_available():
+                raise Unavailable(f"{path.name} was compiled for CUDA and torch sees no GPU")
+            return _aoti_runner(path, device)
         if backend in OV_PRECISIONS:
             precision = OV_PRECISIONS[backend]
             return _openvino_runner(self.file(network, "onnx_int8" if precision == "int8" else "onnx"), precision,

@@ -223,9 +223,10 @@ class Bundle:
     verify: "all" (default) hashes every file the manifest lists when the bundle opens; "used"
     hashes a file only when the runtime asks for it (faster start with big .pt files beside the
     ONNX ones); "none" only checks that the files exist. ONNX metadata is checked in every mode.
+    needs: the file kind every network the runtime runs must have: "onnx", or "aoti" (the torch backend).
     """
 
-    def __init__(self, path: str | os.PathLike, verify: str = "all"):
+    def __init__(self, path: str | os.PathLike, verify: str = "all", needs: str = "onnx"):
         if verify not in VERIFY_MODES:
             raise LordkitError(f"unknown verify mode {verify!r}; use one of: {', '.join(VERIFY_MODES)}")
         self.path = Path(path)  # a link to the export dir is fine; links inside it are not
@@ -254,8 +255,11 @@ class Bundle:
         sha = m["sha256"]
         for name in sha:
             self._check_regular(name)
-        for network in RUNTIME_NETWORKS:
-            self._files(network)  # each network the runtime runs must have ONNX files
+        for network in RUNTIME_NETWORKS:  # each network the runtime runs must have files of the kind it needs
+            if needs == "onnx":
+                self._files(network)
+            else:
+                self.file_path(network, needs)
         if verify == "all":
             self._hash(list(sha))
         for name in sha:
@@ -399,6 +403,16 @@ class Bundle:
             name = files["onnx_opt"] if optimized and "onnx_opt" in files else files["onnx"]
         else:
             raise BadInput(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+        return self._checked(name)
+
+    def file_path(self, network: str, kind: str) -> Path:
+        """The export's file of another kind than ONNX ("aoti", "executorch", "torchscript"), hashed
+        like the rest; Unsupported when the export has none."""
+        entry = self.manifest["models"].get(network)
+        name = (entry or {}).get("files", {}).get(kind)
+        if not name:
+            flag = {"aoti": "--aoti", "executorch": "--executorch", "torchscript": "--torchscript"}.get(kind, kind)
+            raise Unsupported(f"export {self.path} has no {kind} file for {network}; re-export with {flag}")
         return self._checked(name)
 
     def _checked(self, name: str) -> Path:

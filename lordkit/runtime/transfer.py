@@ -109,7 +109,8 @@ class Transfer:
         if self.backend == "onnxruntime":
             select_device(provider)  # an unknown provider name fails before the export is hashed (no warning twice)
         check_precision(self.backend, precision)
-        self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify)
+        needs = "aoti" if self.backend == "torch" else "onnx"
+        self.bundle = export if isinstance(export, Bundle) else Bundle(export, verify=verify, needs=needs)
         b = self.bundle
         self.preparer = Preparer(b.img_size, b.channels, b.face_template, b.face_points, align=align,
                                  landmarks=landmarks, detector=detector, eye_weight=eye_weight,
