@@ -77,8 +77,19 @@ def test_the_library_never_imports_the_command_line(path):
                                              "lordkit.serve", "lordkit.client"),
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_runtime_and_export_contract_are_torch_free(path):
-    assert imported_from("torch", path) == []
+    if path != REPO / "lordkit" / "runtime" / "torch_backend.py":  # --backend torch runs torch's package loader
+        assert imported_from("torch", path) == []
     assert imported_from("lordkit.export", path) == []  # the exporter is above the runtime
+
+
+def test_the_torch_backend_imports_torch_only_when_it_opens_an_export():
+    import subprocess
+    import sys
+
+    code = ("import sys, lordkit.runtime, lordkit.runtime.backends, lordkit.runtime.torch_backend; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("*.py")), ids=lambda p: p.name)

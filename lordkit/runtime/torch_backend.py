@@ -2,7 +2,8 @@
 
 Each package is the network compiled ahead of time to native code (CPU, or CUDA kernels when it was
 exported on a GPU; the manifest's `aoti_device` says which), loaded with torch's package loader.
-Unlike the other backends this one needs torch (the `train` extra). A package runs on the device it
+Unlike the other backends this one needs torch (the `train` extra), imported only when it opens an
+export: the runtime stays importable without torch. A package runs on the device it
 was compiled for: a CUDA package with `provider="cpu"`, or on a machine where torch sees no GPU, is
 refused with one line.
 """
@@ -43,6 +44,27 @@ def _device(bundle, provider: str) -> Device:
     return Device("cpu")
 
 
+def _load(path: Path, device_index: int):
+    """torch's loader for an AOTInductor package, its notices silenced, its errors one line."""
+    import logging
+    import warnings
+
+    import torch
+
+    logger = logging.getLogger("torch._inductor.package")  # "outdated pt2 file" before it refuses one
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch._inductor.aoti_load_package(str(path), device_index=device_index)
+    except Exception as e:  # torch raises RuntimeError or zipfile errors on a broken package
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LordkitError(f"cannot load AOTInductor package {path}: {first}") from None
+    finally:
+        logger.setLevel(level)
+
+
 class AotiModel:
     """One network's AOTInductor package: named float32 numpy inputs in, its output as float32 numpy."""
 
@@ -51,14 +73,12 @@ class AotiModel:
     def __init__(self, path: Path, network: str, device: Device):
         import torch
 
-        from lordkit.export.aoti import load_aoti
-
         self.path = Path(path)
         self.device = device
         self.input_names = list(fmt.NETWORK_IO[network][0])
         self._torch = torch
         self._device = torch.device(str(device))
-        self._package = load_aoti(self.path, device_index=device.device_id if device.kind == "cuda" else -1)
+        self._package = _load(self.path, device.device_id if device.kind == "cuda" else -1)
         meta = self._package.get_metadata()  # the strings lordkit export stamped on the package
         if meta.get(fmt.META_FORMAT) != fmt.FORMAT:
             raise LordkitError(f"not a lordkit export: {self.path.name} came from another tool (no lordkit metadata)")
