@@ -222,8 +222,10 @@ export function resizeArea(src, sw, sh, cn, dw, dh) {
 }
 
 export async function decodeImage(blob, name) {
-  // A file -> {rgb: Uint8ClampedArray (H*W*3), width, height}; EXIF orientation applied, transparency
-  // composited onto white, no colour management (OpenCV applies none).
+  // A file -> {rgb: Uint8ClampedArray (H*W*3), width, height, png}; EXIF orientation applied,
+  // transparency composited onto white, no colour management (OpenCV applies none).
+  const head = new Uint8Array(await blob.slice(0, 8).arrayBuffer());
+  const png = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a].every((v, i) => head[i] === v);
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, {colorSpaceConversion: 'none', premultiplyAlpha: 'none', imageOrientation: 'from-image'});
@@ -240,29 +242,40 @@ export async function decodeImage(blob, name) {
   const rgba = ctx.getImageData(0, 0, width, height).data;
   const rgb = new Uint8ClampedArray(width * height * 3);
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) { rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2]; }
-  return {rgb, width, height};
+  return {rgb, width, height, png};
 }
 
-export function squareResize({rgb, width, height}, size, channels, name = 'image') {
-  // As lordkit.runtime: refuse images smaller than the model's input, shrink a photo above 4096 px,
-  // take the centred largest square, INTER_AREA to size x size, then the model's channels.
+export function toGrey(rgb, png) {
+  // RGB -> one channel as the Python runtime reads colour files for a grey model: OpenCV's grey
+  // decoder, which for PNG is libpng's rgb_to_gray (0.299, 0.587 in 1/32768, truncated; grey pixels
+  // kept) and for other formats cvtColor's fixed-point weights (a JPEG's own luma differs by +-1).
+  const n = rgb.length / 3, out = new Uint8ClampedArray(n);
+  for (let i = 0; i < n; i++) {
+    const r = rgb[3 * i], g = rgb[3 * i + 1], b = rgb[3 * i + 2];
+    if (png) out[i] = (r === g && g === b) ? r : (r * 9797 + g * 19234 + b * 3737) >>> 15;
+    else out[i] = (r * 4899 + g * 9617 + b * 1868 + 8192) >> 14;
+  }
+  return out;
+}
+
+export function squareResize({rgb, width, height, png = false}, size, channels, name = 'image') {
+  // As lordkit.runtime: refuse images smaller than the model's input, convert to the model's channels,
+  // shrink a photo above 4096 px, take the centred largest square, INTER_AREA to size x size.
   if (Math.min(width, height) < size) {
     throw new LordkitWebError(`${name} is ${width}x${height} px, smaller than this model's ${size}x${size} input; use an image at least ${size} px on its shorter side`);
   }
-  let w = width, h = height, px = rgb;
+  const cn = channels;
+  let w = width, h = height, px = cn === 1 ? toGrey(rgb, png) : rgb;
   if (Math.max(w, h) > WORK_MAX_SIDE) {
     const scale = Math.min(1, Math.max(WORK_MAX_SIDE / Math.max(w, h), size / Math.min(w, h)));
     const nw = Math.max(1, Math.round(w * scale)), nh = Math.max(1, Math.round(h * scale));
-    px = resizeArea(px, w, h, 3, nw, nh); w = nw; h = nh;
+    px = resizeArea(px, w, h, cn, nw, nh); w = nw; h = nh;
   }
   const s = Math.min(w, h), top = Math.floor((h - s) / 2), left = Math.floor((w - s) / 2);
-  let sq = new Uint8ClampedArray(s * s * 3);
-  for (let y = 0; y < s; y++) sq.set(px.subarray(((top + y) * w + left) * 3, ((top + y) * w + left + s) * 3), y * s * 3);
-  if (s !== size) sq = resizeArea(sq, s, s, 3, size, size);
-  if (channels === 3) return sq;
-  const grey = new Uint8ClampedArray(size * size); // cv2.COLOR_RGB2GRAY's fixed-point weights
-  for (let i = 0; i < size * size; i++) grey[i] = (sq[3 * i] * 4899 + sq[3 * i + 1] * 9617 + sq[3 * i + 2] * 1868 + 8192) >> 14;
-  return grey;
+  let sq = new Uint8ClampedArray(s * s * cn);
+  for (let y = 0; y < s; y++) sq.set(px.subarray(((top + y) * w + left) * cn, ((top + y) * w + left + s) * cn), y * s * cn);
+  if (s !== size) sq = resizeArea(sq, s, s, cn, size, size);
+  return sq;
 }
 
 export async function prepareImage(blob, ex, name = blob.name || 'image') {
