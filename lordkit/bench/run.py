@@ -4,11 +4,11 @@ CPU share and face alignment; returns the result dict."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -75,16 +75,7 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
 
     dims = dict(img_size=bundle.img_size, channels=bundle.channels, content_dim=bundle.content_dim,
                 class_dim=bundle.class_dim)
-    model_dir_path = Path(model_dir) if model_dir is not None else None
-    note = None
-    if model_dir_path is not None and any(b in TORCH_BACKENDS for b in backends):
-        if not has_module("torch"):
-            note = "torch is not installed"
-        else:
-            note = check_model_dir(model_dir_path, export_dir, manifest, threads)
-        if note:
-            log(f"warning: {note}; eager rows are reported missing")
-            model_dir_path = None
+    model_dir_path, note = _eager_source(model_dir, export_dir, manifest, backends, threads, log)
 
     result: dict[str, Any] = {
         "format": FORMAT, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -98,22 +89,10 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
         "backends": {b: BACKENDS[b][0] for b in backends},
     }
 
-    # FLOPs per image from the plain ONNX graphs (counted at batch 1 and 2: the per-image count must agree).
-    flops: dict[str, Any] = {}
-    for network in networks:
-        name = (manifest["models"].get(network, {}).get("files") or {}).get("onnx")
-        if not name or not has_module("onnx"):
-            flops[network] = None
-            continue
-        c1, c2 = count_flops(export_dir / name, 1), count_flops(export_dir / name, 2)
-        flops[network] = {"per_image": c2["flops"] / 2, "by_op_per_image": {k: v / 2 for k, v in c2["by_op"].items()},
-                          "batch1": c1["flops"], "uncounted": c2["uncounted"]}
-    result["flops"] = flops
-
-    def measure_matmul() -> dict[str, Any]:
-        return matmul_rate(threads, n=matmul_n, torch_device=torch_device if needs_torch else None,
-                           use_torch=has_module("torch") and (needs_torch or torch_device == "cpu"))
-
+    result["flops"] = flops = _flops(export_dir, manifest, networks)
+    measure_matmul = functools.partial(matmul_rate, threads, n=matmul_n,
+                                       torch_device=torch_device if needs_torch else None,
+                                       use_torch=has_module("torch") and (needs_torch or torch_device == "cpu"))
     log("measuring the matrix-multiply rate")
     result["matmul"] = measure_matmul()
     result["env"]["load_average_start"] = load_average()
@@ -121,14 +100,7 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
 
     sources = Sources(export_dir, manifest, model_dir_path, threads, torch_device, io_binding, note)
     rows: list[dict[str, Any]] = []
-    total = len(networks) * len(backends) * len(batch_sizes)
-    bar_cm = _progress(total) if progress else contextlib.nullcontext((None, None))
-    with bar_cm as (bar, task):
-
-        def advance(what: str) -> None:
-            if bar is not None:
-                bar.update(task, advance=1, description=what)
-
+    with _Progress(len(networks) * len(backends) * len(batch_sizes), progress) as advance:
         for network in networks:
             feeds = {b: make_inputs(network, b, **dims, seed=seed) for b in batch_sizes}
             for backend in backends:
@@ -151,13 +123,55 @@ def run_benchmark(export_dir: str | Path, model_dir: str | Path | None = None, *
     return result
 
 
-@contextlib.contextmanager
-def _progress(total: int) -> Iterator[tuple[Any, Any]]:
-    from lordkit.console import make_progress
+def _eager_source(model_dir: str | Path | None, export_dir: Path, manifest: dict[str, Any], backends: Sequence[str],
+                  threads: int, log: Callable[[str], None]) -> tuple[Path | None, str | None]:
+    """The model dir the eager rows load, or None with the reason (logged) when it cannot serve them."""
+    path = Path(model_dir) if model_dir is not None else None
+    if path is None or not any(b in TORCH_BACKENDS for b in backends):
+        return path, None
+    note = "torch is not installed" if not has_module("torch") else check_model_dir(path, export_dir, manifest, threads)
+    if note:
+        log(f"warning: {note}; eager rows are reported missing")
+        return None, note
+    return path, None
 
-    with make_progress(transient=True) as bar:
-        task = bar.add_task("bench", total=total, unit="row")
-        yield bar, task
+
+def _flops(export_dir: Path, manifest: dict[str, Any], networks: Sequence[str]) -> dict[str, Any]:
+    """FLOPs per image from the plain ONNX graphs (counted at batch 1 and 2: the per-image count must agree)."""
+    flops: dict[str, Any] = {}
+    for network in networks:
+        name = (manifest["models"].get(network, {}).get("files") or {}).get("onnx")
+        if not name or not has_module("onnx"):
+            flops[network] = None
+            continue
+        c1, c2 = count_flops(export_dir / name, 1), count_flops(export_dir / name, 2)
+        flops[network] = {"per_image": c2["flops"] / 2, "by_op_per_image": {k: v / 2 for k, v in c2["by_op"].items()},
+                          "batch1": c1["flops"], "uncounted": c2["uncounted"]}
+    return flops
+
+
+class _Progress:
+    """A progress bar over the rows (or nothing); the context value is the call that advances it."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show = total, show
+        self.bar = self.task = None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if self.show:
+            from lordkit.console import make_progress
+
+            self.bar = make_progress(transient=True).__enter__()
+            self.task = self.bar.add_task("bench", total=self.total, unit="row")
+        return self.advance
+
+    def advance(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=what)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def _row(network: str, backend: str, batch: int, **kw: Any) -> dict[str, Any]:
