@@ -32,6 +32,7 @@ appends to DIR/train_throughput.jsonl instead).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -244,8 +245,7 @@ def lordkit_run(stage: str, ds: Dataset, model_dir: Path, cfg: LordConfig, vgg_f
     return [r["loss"] for r in read_metrics(model_dir) if r["stage"] == stage]
 
 
-def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
-    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -260,12 +260,53 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. model.adain_dim=128")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args(argv)
-    stages = args.stages.split(",")
-    if any(s not in ("latent", "amortized") for s in stages):
+    if any(s not in ("latent", "amortized") for s in args.stages.split(",")):
         ap.error(f"--stages takes latent and/or amortized, got {args.stages!r}")
     if args.warmup < 1 or args.window < 0 or args.steps < (args.window or args.warmup):
         ap.error("--warmup must be >= 1, --window >= 0 and --steps at least one window")
+    return args
 
+
+class LatentReference:
+    """The reference loop's stage-1 row; keeps the networks it trained, which start its stage 2."""
+
+    def __init__(self, ds: Dataset, cfg: LordConfig, vgg_file: Path, device: torch.device, n_steps: int):
+        self.ds, self.cfg, self.vgg_file, self.device, self.n_steps = ds, cfg, vgg_file, device, n_steps
+        self.nets: RefLatent | None = None
+
+    def __call__(self, on_step: Callable[[int], None]) -> list[float]:
+        losses, self.nets = reference_latent(self.ds, self.cfg, self.vgg_file, self.device, self.n_steps, on_step)
+        return losses
+
+
+def stage_row(got: dict, window: int, bf16: bool) -> dict:
+    """One stage's figures from the conductor's timings of its rows."""
+    row = {"reference_img_per_sec": got["reference"]["img_per_sec"],
+           "reference_loss_last": float(np.mean(got["reference"]["result"][-window:])),
+           "lordkit_img_per_sec": got["lordkit"]["img_per_sec"],
+           "lordkit_loss_last": float(got["lordkit"]["result"][-1]),
+           "timed_windows": got["reference"]["windows"]}
+    row["speedup"] = row["lordkit_img_per_sec"] / row["reference_img_per_sec"]
+    if bf16:
+        row["lordkit_bf16_img_per_sec"] = got["lordkit_bf16"]["img_per_sec"]
+        row["lordkit_bf16_loss_last"] = float(got["lordkit_bf16"]["result"][-1])
+        row["bf16_speedup"] = row["lordkit_bf16_img_per_sec"] / row["reference_img_per_sec"]
+    return row
+
+
+def print_row(stage: str, row: dict, n_steps: int) -> None:
+    extra = ""
+    if "bf16_speedup" in row:
+        extra = (f"  bf16 {row['lordkit_bf16_img_per_sec']:8.1f} img/s x{row['bf16_speedup']:.2f} "
+                 f"loss {row['lordkit_bf16_loss_last']:.4f}")
+    print(f"{stage:>9}: reference {row['reference_img_per_sec']:8.1f} img/s  lordkit "
+          f"{row['lordkit_img_per_sec']:8.1f} img/s  x{row['speedup']:.2f}   loss after {n_steps} steps: "
+          f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}{extra}", flush=True)
+
+
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
+    args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     window = args.window or args.warmup
@@ -288,52 +329,31 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
         cfg = cfg.replace(model=dict(n_imgs=len(ds), n_classes=16))
         latent_ref = None
         conductor = Interleaved(device, args.batch_size, args.warmup, window)
-        for stage in stages:
+        dirs = {"lordkit": tmp / "model", "lordkit_bf16": tmp / "model-bf16"}
+        for stage in args.stages.split(","):
             if stage == "amortized":
                 if latent_ref is None:
                     _, latent_ref = reference_latent(ds, cfg, vgg_file, device, 1, lambda step: None)
                 if not weights_path(tmp / "model", "latent").exists():
                     train_latent(ds, tmp / "model", cfg, device=str(device), vgg_weights=str(vgg_file),
                                  show_progress=False, tensorboard=False)
-            dirs = {"lordkit": tmp / "model", "lordkit_bf16": tmp / "model-bf16"}
-            if stage == "amortized" and args.cpu_bf16:
-                dirs["lordkit_bf16"].mkdir(exist_ok=True)
-                for src, dst in zip(stage1_files(tmp / "model"), stage1_files(dirs["lordkit_bf16"])):
-                    dst.write_bytes(src.read_bytes())
-            ref_nets: dict[str, RefLatent] = {}
-            if stage == "latent":
-                def ref_row(on_step: Callable[[int], None]) -> list[float]:
-                    losses, ref_nets["latent"] = reference_latent(ds, cfg, vgg_file, device, n_steps, on_step)
-                    return losses
-            else:
-                ref_row = lambda on_step: reference_amortized(ds, cfg, latent_ref, vgg_file, device, n_steps, on_step)
-            rows = {"reference": ref_row,
-                    "lordkit": lambda on_step: lordkit_run(stage, ds, dirs["lordkit"], cfg, vgg_file, str(device),
-                                                           on_step, args.compile)}
+                if args.cpu_bf16:
+                    dirs["lordkit_bf16"].mkdir(exist_ok=True)
+                    for src, dst in zip(stage1_files(tmp / "model"), stage1_files(dirs["lordkit_bf16"])):
+                        dst.write_bytes(src.read_bytes())
+            reference = (LatentReference(ds, cfg, vgg_file, device, n_steps) if stage == "latent" else
+                         functools.partial(reference_amortized, ds, cfg, latent_ref, vgg_file, device, n_steps))
+            rows = {"reference": reference,
+                    "lordkit": functools.partial(lordkit_run, stage, ds, dirs["lordkit"], cfg, vgg_file, str(device),
+                                                 compile=args.compile)}
             if args.cpu_bf16:
-                rows["lordkit_bf16"] = lambda on_step: lordkit_run(stage, ds, dirs["lordkit_bf16"], cfg, vgg_file,
-                                                                   str(device), on_step, args.compile, True)
+                rows["lordkit_bf16"] = functools.partial(lordkit_run, stage, ds, dirs["lordkit_bf16"], cfg, vgg_file,
+                                                         str(device), compile=args.compile, cpu_bf16=True)
             got = conductor.run(rows)
             if stage == "latent":  # the reference's stage-1 networks start its stage 2
-                latent_ref = ref_nets["latent"]
-            row = {"reference_img_per_sec": got["reference"]["img_per_sec"],
-                   "reference_loss_last": float(np.mean(got["reference"]["result"][-window:])),
-                   "lordkit_img_per_sec": got["lordkit"]["img_per_sec"],
-                   "lordkit_loss_last": float(got["lordkit"]["result"][-1]),
-                   "timed_windows": got["reference"]["windows"]}
-            row["speedup"] = row["lordkit_img_per_sec"] / row["reference_img_per_sec"]
-            extra = ""
-            if args.cpu_bf16:
-                row["lordkit_bf16_img_per_sec"] = got["lordkit_bf16"]["img_per_sec"]
-                row["lordkit_bf16_loss_last"] = float(got["lordkit_bf16"]["result"][-1])
-                row["bf16_speedup"] = row["lordkit_bf16_img_per_sec"] / row["reference_img_per_sec"]
-                extra = (f"  bf16 {row['lordkit_bf16_img_per_sec']:8.1f} img/s x{row['bf16_speedup']:.2f} "
-                         f"loss {row['lordkit_bf16_loss_last']:.4f}")
-            results["stages"][stage] = row
-            print(f"{stage:>9}: reference {row['reference_img_per_sec']:8.1f} img/s  lordkit "
-                  f"{row['lordkit_img_per_sec']:8.1f} img/s  x{row['speedup']:.2f}   loss after {n_steps} steps: "
-                  f"reference {row['reference_loss_last']:.4f}  lordkit {row['lordkit_loss_last']:.4f}{extra}",
-                  flush=True)
+                latent_ref = reference.nets
+            results["stages"][stage] = row = stage_row(got, window, args.cpu_bf16)
+            print_row(stage, row, n_steps)
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     if record:

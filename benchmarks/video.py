@@ -144,27 +144,14 @@ def track(preparer, frames, smooth: bool = True):
     return out, tracker.n_detections
 
 
-def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
-    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=300, help="frames of the throughput videos")
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep the random export here (default: temporary)")
-    ap.add_argument("--no-int8", action="store_true", help="(b) with the float32 files only")
-    args = ap.parse_args(argv)
-
+def nonface_throughput(export: Path, work: Path, n_frames: int) -> dict:
+    """(a) Non-face video frames/s against the runtime's batched images/s on the same frames."""
     from lordkit.imaging import square_resize
     from lordkit.runtime import Transfer
     from lordkit.runtime.video import transfer_video, video_input
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="lordkit-video-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    export = work / "export" if (work / "export" / "manifest.json").exists() else build_export(work)
-    result = {"cpu": cpu_model(), "time": datetime.now().isoformat(timespec="seconds"), "frames": args.frames}
-    print(f"CPU: {result['cpu']}")
-
-    # (a) Non-face throughput vs the runtime's batched images/s.
     t = Transfer(export, provider="cpu", batch_size=32, align=False, warn=None)
-    frames = moving_bar(args.frames)
+    frames = moving_bar(n_frames)
     src = write_video(work / "bar.mp4", frames)
     inputs = [square_resize(f, 64, 3) for f in frames]
     t.transfer(inputs[:64], [0])  # warm-up
@@ -180,41 +167,48 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
     a = {"runtime_img_per_s": float(np.median(runtime)), "video_frames_per_s": float(np.median(video)),
          "stage_busy_s": r.stage_seconds}
     a["ratio"] = a["video_frames_per_s"] / a["runtime_img_per_s"]
-    result["a_nonface"] = a
+    return a
 
-    # (b) Faces: tracking vs detecting on every frame.
+
+def face_runs(t, src: Path, work: Path) -> dict:
+    """Face video frames/s, tracking (detect every 10th frame) against detecting on every frame."""
+    from lordkit.runtime.video import transfer_video, video_input
+
+    out = {}
+    for label, every in (("tracking", 10), ("detect_every_frame", 1)):
+        runs = [transfer_video(t, video_input(str(src)), t.class_codes([0]), [work / f"face_{label}{k}.mp4"],
+                               detect_every=every) for k in range(2)]
+        out[label] = {"frames_per_s": float(np.median([r.frames_per_s for r in runs])),
+                      "detections": runs[0].n_detections, "frames": runs[0].n_frames,
+                      "stage_busy_s": runs[0].stage_seconds}
+    out["ratio"] = out["tracking"]["frames_per_s"] / out["detect_every_frame"]["frames_per_s"]
+    return out
+
+
+def face_throughput(export: Path, work: Path, n_frames: int, int8: bool):
+    """(b) Faces: tracking vs detecting on every frame, float32 files and (int8) the int8 ones.
+    Returns the figures and the float32 Transfer (its preparer serves (c) and (d))."""
+    from lordkit.runtime import Transfer
+
     astro = clip_photo("astronaut")
-    offsets = path_offsets(args.frames // 2)
     face_frames = [cv2.resize(shifted(astro, d)[0:384, 64:448], (256, 256), interpolation=cv2.INTER_AREA)
-                   for d in offsets]
-    fsrc = write_video(work / "face.mp4", face_frames)
+                   for d in path_offsets(n_frames // 2)]
+    src = write_video(work / "face.mp4", face_frames)
     tf = Transfer(export, provider="cpu", batch_size=32, warn=None)
-
-    def face_runs(t) -> dict:
-        out = {}
-        for label, every in (("tracking", 10), ("detect_every_frame", 1)):
-            runs = [transfer_video(t, video_input(str(fsrc)), t.class_codes([0]), [work / f"face_{label}{k}.mp4"],
-                                   detect_every=every) for k in range(2)]
-            out[label] = {"frames_per_s": float(np.median([r.frames_per_s for r in runs])),
-                          "detections": runs[0].n_detections, "frames": runs[0].n_frames,
-                          "stage_busy_s": runs[0].stage_seconds}
-        out["ratio"] = out["tracking"]["frames_per_s"] / out["detect_every_frame"]["frames_per_s"]
-        return out
-
-    b = face_runs(tf)
-    if not args.no_int8:
+    b = face_runs(tf, src, work)
+    if int8:
         from lordkit.export.quantize import quantize_export
 
         if not (export / "generator.int8.onnx").exists():
             crops = np.stack([tf.prepare(f)[0].image for f in face_frames[::max(1, len(face_frames) // 32)]])
             quantize_export(export, crops, batch_size=8)
-        b["int8"] = face_runs(Transfer(export, provider="cpu", batch_size=32, precision="int8", warn=None))
-    result["b_face"] = b
+        b["int8"] = face_runs(Transfer(export, provider="cpu", batch_size=32, precision="int8", warn=None), src, work)
+    return b, tf
 
-    # (c) Jitter on still photos with per-frame JPEG noise; (d) following a known path.
-    size = tf.img_size
+
+def jitter_and_path(preparer, size: int, n: int) -> tuple[dict, dict]:
+    """(c) Jitter on still photos with per-frame JPEG noise; (d) error following a known path."""
     c, d = {}, {}
-    n = min(100, args.frames)
     for clip in ("astronaut", "turned"):
         photo = clip_photo(clip)
         for quality in (90, 60):
@@ -222,13 +216,13 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
                         for k in range(n)]  # alternate encodings: the noise changes every frame
             row = {}
             for smooth in (True, False):
-                found, _ = track(tf.preparer, frames_c, smooth)
+                found, _ = track(preparer, frames_c, smooth)
                 pts = np.stack([corners(f.matrix, size) for f in found if f is not None])
                 step = np.linalg.norm(np.diff(pts, axis=0), axis=2)  # (n - 1, 4) px
                 row["smoothed" if smooth else "raw"] = float(np.sqrt((step ** 2).mean()))
             c[f"{clip}_q{quality}"] = row
         frames_d = [jpeg(shifted(photo, o), 90) for o in path_offsets(n)]
-        found, detections = track(tf.preparer, frames_d, True)
+        found, detections = track(preparer, frames_d, True)
         true = path_offsets(n) - path_offsets(n)[0]
         got = np.stack([centre(f.matrix, size) for f in found])
         raw = np.stack([centre(f.raw_matrix, size) for f in found])
@@ -237,12 +231,11 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
         d[clip] = {"max_px": float(err.max()), "rms_px": float(np.sqrt((err ** 2).mean())),
                    "raw_max_px": float(err_raw.max()), "raw_rms_px": float(np.sqrt((err_raw ** 2).mean())),
                    "detections": detections, "frames": n}
-    result["c_jitter_rms_px"] = c
-    result["d_path_error"] = d
+    return c, d
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"video-{datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+
+def report(result: dict) -> None:
+    a, b, c, d = result["a_nonface"], result["b_face"], result["c_jitter_rms_px"], result["d_path_error"]
     print(f"(a) non-face 64 px, batch 32: video {a['video_frames_per_s']:.1f} frames/s vs runtime "
           f"{a['runtime_img_per_s']:.1f} img/s = {a['ratio']:.0%}")
     print(f"(b) face video 256 px: tracking {b['tracking']['frames_per_s']:.1f} frames/s "
@@ -256,6 +249,29 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
         f"{k} smoothed {v['smoothed']:.2f} raw {v['raw']:.2f}" for k, v in c.items()))
     print("(d) path error (px): " + "; ".join(
         f"{k} max {v['max_px']:.2f} rms {v['rms_px']:.2f} (raw max {v['raw_max_px']:.2f})" for k, v in d.items()))
+
+
+def main(argv: list[str] | None = None, *, record: bool = False) -> dict:
+    """Run the benchmark; `record`: also append the figures to the result file (what the script does)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=300, help="frames of the throughput videos")
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep the random export here (default: temporary)")
+    ap.add_argument("--no-int8", action="store_true", help="(b) with the float32 files only")
+    args = ap.parse_args(argv)
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="lordkit-video-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    export = work / "export" if (work / "export" / "manifest.json").exists() else build_export(work)
+    result = {"cpu": cpu_model(), "time": datetime.now().isoformat(timespec="seconds"), "frames": args.frames}
+    print(f"CPU: {result['cpu']}")
+    result["a_nonface"] = nonface_throughput(export, work, args.frames)
+    result["b_face"], tf = face_throughput(export, work, args.frames, not args.no_int8)
+    result["c_jitter_rms_px"], result["d_path_error"] = jitter_and_path(tf.preparer, tf.img_size,
+                                                                        min(100, args.frames))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"video-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
     print(f"wrote {path}")
     if record:
         from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
