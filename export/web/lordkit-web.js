@@ -233,16 +233,19 @@ export async function decodeImage(blob, name) {
     throw new LordkitWebError(`${name} is not an image file (the browser cannot decode it)`);
   }
   const {width, height} = bitmap;
-  const canvas = new OffscreenCanvas(width, height);
-  const ctx = canvas.getContext('2d', {willReadFrequently: true});
-  ctx.fillStyle = '#ffffff';
-  ctx.fillRect(0, 0, width, height);
-  ctx.drawImage(bitmap, 0, 0);
+  const draw = (background) => {
+    const ctx = new OffscreenCanvas(width, height).getContext('2d', {willReadFrequently: true});
+    if (background) { ctx.fillStyle = background; ctx.fillRect(0, 0, width, height); }
+    ctx.drawImage(bitmap, 0, 0);
+    return ctx.getImageData(0, 0, width, height).data;
+  };
+  let rgba = draw(null), transparent = false;
+  for (let i = 3; i < rgba.length; i += 4) if (rgba[i] < 255) { transparent = true; break; }
+  if (transparent) rgba = draw('#ffffff'); // composited onto white, as the Python runtime does
   bitmap.close();
-  const rgba = ctx.getImageData(0, 0, width, height).data;
   const rgb = new Uint8ClampedArray(width * height * 3);
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) { rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2]; }
-  return {rgb, width, height, png};
+  return {rgb, width, height, png: png && !transparent}; // a composited PNG is converted as a decoded array
 }
 
 export function toGrey(rgb, png) {
