@@ -11,10 +11,12 @@
 #   1. latency: the random reference-size model (LordConfig defaults, 64 px) exported once, then eager
 #      fp32 vs TorchScript fp32 vs .half() fp16 vs bfloat16 at batch 1, 8, 32, 128 on CUDA, every network
 #      (benchmarks/latency.py -> bench-gpu.json / .png);
-#   2. torch.compile of the generator at batch 8 and 128 beside eager (compile time reported apart);
-#   3. training throughput, reference-equivalent loop vs lordkit's, both stages, reduced step count
+#   2. the AOTInductor packages compiled for CUDA (export --aoti) beside eager and TorchScript, every
+#      network (bench-gpu-aoti.json);
+#   3. torch.compile of the generator at batch 8 and 128 beside eager (compile time reported apart);
+#   4. training throughput, reference-equivalent loop vs lordkit's, both stages, reduced step count
 #      (benchmarks/train_throughput.py -> train_throughput.json);
-#   4. with more than one GPU: 1 vs N processes (benchmarks/ddp_throughput.py -> ddp_throughput.json).
+#   5. with more than one GPU: 1 vs N processes (benchmarks/ddp_throughput.py -> ddp_throughput.json).
 # steps.json records each step's exit status and seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +65,8 @@ step() {
 if ((SMOKE)); then
   DEVICE=cpu
   N_GPUS=0
-  LAT=(--tiny --img-size 32 --batch-sizes 1,2 --iters 2 --warmup 1 --max-time 5 --threads 1)
+  TIMING=(--batch-sizes 1,2 --iters 2 --warmup 1 --max-time 5 --threads 1)
+  LAT=(--tiny --img-size 32 "${TIMING[@]}")
   COMPILE_BATCHES=2
   TRAIN=(--device cpu --img-size 32 --batch-size 4 --steps 2 --warmup 1 --set model.n_adain_layers=2
     --set model.content_dim=8 --set model.class_dim=8 --set model.adain_dim=16 --set model.gen_last_dim=8
@@ -77,7 +80,8 @@ else
     exit 2
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$RES/nvidia-smi.csv" 2>/dev/null || true
-  LAT=(--batch-sizes 1,8,32,128 --iters 50 --warmup 5 --max-time 10)
+  TIMING=(--batch-sizes 1,8,32,128 --iters 50 --warmup 5 --max-time 10)
+  LAT=("${TIMING[@]}")
   COMPILE_BATCHES=8,128
   TRAIN=(--device cuda --steps 20 --warmup 5)
   DDP=(--procs "1,$N_GPUS" --device auto --img-size 64 --set model.adain_dim=256)
@@ -88,15 +92,25 @@ fi
 step latency 230 $PY benchmarks/latency.py "${LAT[@]}" --device "$DEVICE" --work-dir "$WORK/model" \
   --backends eager,torchscript,torch-fp16,torch-bf16 --no-align --out "$RES" --name bench-gpu
 
-# 2. torch.compile (compile time excluded from the latency, reported per shape).
+# 2. The AOTInductor packages compiled for the GPU (lordkit export --aoti --aoti-device cuda) beside eager
+#    and TorchScript, from the same model dir.
+AOTI_DEVICE=cuda
+((SMOKE)) && AOTI_DEVICE=cpu
+step aoti_export 200 $PY -c "import sys; from lordkit.export.exporter import export_model as e; \
+e(sys.argv[1], sys.argv[2], aoti=True, aoti_device=sys.argv[3], batch_sizes=(2,), show=False)" \
+  "$WORK/model/model" "$WORK/aoti" "$AOTI_DEVICE"
+step aoti 60 $PY benchmarks/latency.py "${TIMING[@]}" --device "$DEVICE" --model "$WORK/aoti" --model-dir "$WORK/model/model" \
+  --backends eager,torchscript,aoti --no-align --out "$RES" --name bench-gpu-aoti
+
+# 3. torch.compile (compile time excluded from the latency, reported per shape).
 step compile 120 $PY benchmarks/latency.py "${LAT[@]}" --device "$DEVICE" --work-dir "$WORK/model" \
   --backends eager,compile --models generator --batch-sizes "$COMPILE_BATCHES" --no-align --out "$RES" \
   --name bench-gpu-compile
 
-# 3. Training throughput, reduced step count.
+# 4. Training throughput, reduced step count.
 step train_throughput 130 $PY benchmarks/train_throughput.py "${TRAIN[@]}" --out "$RES/train_throughput.json"
 
-# 4. Data-parallel scaling, only with several GPUs (and in the smoke run, on CPU processes).
+# 5. Data-parallel scaling, only with several GPUs (and in the smoke run, on CPU processes).
 if ((N_GPUS > 1 || SMOKE)); then
   step ddp_throughput 90 $PY benchmarks/ddp_throughput.py "${DDP[@]}" --out "$RES/ddp_throughput.json"
 fi
