@@ -26,7 +26,7 @@ def export(
     aoti_device: Annotated[Optional[str], typer.Option("--aoti-device", help="Device the .pt2 packages are compiled for: cpu or cuda (default: cuda when torch sees a GPU).")] = None,
     executorch: Annotated[bool, typer.Option("--executorch", help="Also write ExecuTorch programs (<network>.pte, XNNPACK; pip install 'lordkit[executorch]').")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export dir (default: <base-dir>/exports/<model name>).")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX files (onnxruntime static quantization calibrated on training images).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 ONNX files (onnxruntime static quantization calibrated on training images); with --executorch also int8 .pte programs.")] = False,
     calibration_data: Annotated[Optional[str], typer.Option("--calibration-data", help="Dataset for --int8 calibration (default: the model's training data).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export dir.")] = False,
     web: Annotated[bool, typer.Option("--web", help="Also write web/, a page that runs the export in a browser (onnxruntime-web); on an existing export without --force, adds only web/.")] = False,
@@ -64,14 +64,18 @@ def export(
     check_out_dir(dst, force)
     finish = None
     if int8:
-        from lordkit.export.quantize import quantize_export
+        from lordkit.export.quantize import quantize_executorch, quantize_export
         from lordkit.modeldir import load_config
 
         load_config(src)  # a missing model is named before its calibration data
         calibration, calibration_name = _calibration(base, src, calibration_data)
 
         def finish(staged: Path) -> dict:  # int8 files join the export before it takes its name
-            return quantize_export(staged, calibration, calibration_source=calibration_name, shown_dir=dst)
+            manifest = quantize_export(staged, calibration, calibration_source=calibration_name, shown_dir=dst)
+            if executorch:
+                manifest = quantize_executorch(staged, calibration, src, calibration_source=calibration_name,
+                                               shown_dir=dst)
+            return manifest
 
     manifest = export_model(src, dst, onnx=onnx, torchscript=torchscript, fp16=fp16, opset=opset, force=force,
                             show=False, progress=True, finish=finish, onnx_exporter=onnx_exporter,

@@ -168,7 +168,8 @@ def psnr_db(test: np.ndarray, reference: np.ndarray, peak: float) -> float:
     return float("inf") if mse == 0.0 else 10.0 * np.log10(peak**2 / mse)
 
 
-def quality_row(network: str, int8_file: str, fp32_file: str, got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+def quality_row(network: str, int8_file: str, fp32_file: str, got: np.ndarray, ref: np.ndarray,
+                backend: str = "onnxruntime-cpu") -> dict[str, Any]:
     """PSNR of the int8 output against float32: peak 1 for images (their value range), the float32
     outputs' range for codes; psnr_range_db always takes the float32 outputs' range (stricter when a
     model's images do not span [0, 1], e.g. an untrained one's); plus max abs and relative L2 error."""
@@ -176,7 +177,7 @@ def quality_row(network: str, int8_file: str, fp32_file: str, got: np.ndarray, r
     spread = float(ref.max() - ref.min()) or 1.0
     peak = 1.0 if is_image else spread
     diff = got.astype(np.float64) - ref.astype(np.float64)
-    return {"model": network, "file": int8_file, "reference": fp32_file, "backend": "onnxruntime-cpu",
+    return {"model": network, "file": int8_file, "reference": fp32_file, "backend": backend,
             "n_images": int(len(ref)), "psnr_db": psnr_db(got, ref, peak), "psnr_peak": peak,
             "psnr_range_db": psnr_db(got, ref, spread),
             "max_abs_err": float(np.abs(diff).max()),
@@ -272,12 +273,7 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
     if existing and not force:
         raise LordkitError(f"{export_dir / existing[0]} already exists; pass --force to replace the int8 files")
 
-    # Calibration and held-out images.
-    img_size, channels = int(manifest["img_size"]), int(manifest["channels"])
-    images = _calibration_array(calibration, img_size, channels, n_calibration + n_holdout, seed)
-    n_hold = min(n_holdout, max(1, len(images) // 4))
-    order = np.random.default_rng(seed + 1).permutation(len(images))
-    hold, cal = images[np.sort(order[:n_hold])], images[np.sort(order[n_hold:])]
+    cal, hold = _split(calibration, manifest, n_calibration, n_holdout, seed)
     feeds = _feeds(export_dir, files, models, cal, hold, batch_size, threads)
 
     quality: list[dict[str, Any]] = []
@@ -322,6 +318,87 @@ def quantize_export(export_dir: str | os.PathLike, calibration: Any, models: Seq
         from lordkit.console import console
 
         console.print(quality_table(quality))
+    return manifest
+
+
+def _split(calibration: Any, manifest: dict[str, Any], n_calibration: int, n_holdout: int,
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration and held-out images (uint8 NHWC at the export's size), drawn seeded: at most
+    `n_holdout` (and a quarter) held out, at most `n_calibration` of the rest calibrate."""
+    img_size, channels = int(manifest["img_size"]), int(manifest["channels"])
+    images = _calibration_array(calibration, img_size, channels, n_calibration + n_holdout, seed)
+    n_hold = min(n_holdout, max(1, len(images) // 4))
+    order = np.random.default_rng(seed + 1).permutation(len(images))
+    return images[np.sort(order[n_hold:])], images[np.sort(order[:n_hold])]
+
+
+def quantize_executorch(export_dir: str | os.PathLike, calibration: Any, model_dir: str | os.PathLike,
+                        models: Sequence[str] = NETWORKS, *, n_calibration: int = 64, n_holdout: int = 16,
+                        batch_size: int = 4, seed: int = 0, threads: int | None = None,
+                        calibration_source: str | None = None,
+                        shown_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write `<network>.int8.pte` (ExecuTorch's own int8 flow: XNNPACK quantizer, pt2e) for each of
+    `models` into an export dir that has the float32 ONNX and .pte files, calibrated on the same
+    images and inputs as `quantize_export`; records them in the manifest with a quality row each
+    (against the float32 ONNX outputs on held-out images). Images out of an int8 program must stay
+    within INT8_TOL (max abs) of float32 on those images, or nothing is recorded and LordkitError
+    names the network. Returns the updated manifest. model_dir: the model the export was made from
+    (ExecuTorch quantizes the eager modules)."""
+    import torch
+
+    from lordkit.export.executorch_export import INT8_TOL, export_executorch, load_executorch
+    from lordkit.export_format import MANIFEST, NETWORK_IO, file_name, sha256_file
+    from lordkit.fsutil import atomic_write_json, read_json
+    from lordkit.modeldir import load_amortized
+    from lordkit.models import eager_networks
+    from lordkit.runtime.bundle import Bundle, onnx_metadata
+
+    export_dir = Path(export_dir)
+    shown = Path(shown_dir) if shown_dir is not None else export_dir
+    manifest = Bundle(export_dir, verify="none").manifest
+    files = {name: dict((manifest["models"].get(name) or {}).get("files") or {}) for name in NETWORKS}
+    missing = [n for n in models if "executorch" not in files[n]]
+    if missing:
+        raise LordkitError(f"export {export_dir} has no ExecuTorch program for {missing[0]}; export with --executorch")
+    cal, hold = _split(calibration, manifest, n_calibration, n_holdout, seed)
+    feeds = _feeds(export_dir, files, models, cal, hold, batch_size, threads)
+    nets = eager_networks(load_amortized(Path(model_dir)).eval())
+    quality, written = [], {}
+    for network in models:
+        inputs = NETWORK_IO[network][0]
+        batches = [tuple(torch.from_numpy(b[n]) for n in inputs) for b in feeds[network].calibration]
+        example = tuple(torch.cat([x[:1], x[:1]]) for x in batches[0])  # batch 2: the batch axis stays dynamic
+        max_batch = load_executorch(export_dir / files[network]["executorch"]).max_batch() or 8
+        target = export_dir / file_name(network, "executorch_int8")
+        with writing(shown / target.name):
+            export_executorch(nets[network], example, target, quantize="int8", max_batch=max_batch,
+                              metadata=onnx_metadata(export_dir / files[network]["onnx"]), calibration=batches)
+        written[network] = target
+        program = load_executorch(target)
+        got = np.concatenate([program(*(torch.from_numpy(b[n]) for n in inputs)).numpy()
+                              for b in feeds[network].holdout])
+        ref = _run(_session(export_dir / files[network]["onnx"], threads), feeds[network].holdout)
+        row = quality_row(network, target.name, files[network]["onnx"], got, ref, backend="executorch-cpu")
+        quality.append(row)
+        if ref.ndim == 4 and not row["max_abs_err"] < INT8_TOL:
+            for path in written.values():
+                path.unlink(missing_ok=True)
+            raise LordkitError(f"{target.name}: int8 images are {row['max_abs_err']:.3g} from float32 on held-out "
+                               f"images (bound {INT8_TOL:g}); keep the float32 .pte files")
+
+    manifest = read_json(export_dir / MANIFEST, "export manifest")
+    for network, path in written.items():
+        manifest["models"][network]["files"]["executorch_int8"] = path.name
+        manifest["sha256"][path.name] = sha256_file(path)
+    manifest["executorch_int8"] = {
+        "quantizer": "XNNPACKQuantizer, symmetric int8, weights per channel (torchao pt2e)",
+        "calibration": {"n_images": int(len(cal)), "n_holdout": int(len(hold)), "seed": seed,
+                        "source": calibration_source or str(getattr(calibration, "path", "array"))},
+        "image_bound": INT8_TOL}
+    names = {p.name for p in written.values()}
+    manifest["quality"] = [q for q in manifest.get("quality") or [] if q.get("file") not in names] + quality
+    with writing(shown / MANIFEST):
+        atomic_write_json(export_dir / MANIFEST, manifest)
     return manifest
 
 

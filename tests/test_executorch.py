@@ -166,6 +166,43 @@ def test_int8_holds_its_bound(exported, tmp_path):
     assert path.stat().st_size < (export / file_name("transfer")).stat().st_size
 
 
+def test_int8_programs_join_an_export(exported, tmp_path):
+    """lordkit export --executorch --int8: every network's .int8.pte calibrated on images, recorded in
+    the manifest with a quality row, images within INT8_TOL of float32 on held-out images."""
+    import shutil
+
+    from lordkit.export.executorch_export import INT8_TOL, load_executorch
+    from lordkit.export.quantize import quantize_executorch, smooth_noise_images
+    from lordkit.runtime import Bundle
+
+    export, _, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    manifest = quantize_executorch(copy, smooth_noise_images(24, SIZE, CHANNELS), export.parent / "model",
+                                   calibration_source="smooth noise")
+    Bundle(copy)  # every file hashed against the rewritten manifest
+    rows = {q["model"]: q for q in manifest["quality"] if q["backend"] == "executorch-cpu"}
+    assert set(rows) == set(manifest["models"])
+    for name, entry in manifest["models"].items():
+        assert entry["files"]["executorch_int8"] == f"{name}.int8.pte" and f"{name}.int8.pte" in manifest["sha256"]
+    assert rows["transfer"]["max_abs_err"] < INT8_TOL and rows["generator"]["max_abs_err"] < INT8_TOL
+    assert load_executorch(copy / "transfer.int8.pte").metadata()["lordkit.model"] == "transfer"
+    assert manifest["executorch_int8"]["calibration"]["source"] == "smooth noise"
+    print("\n" + ", ".join(f"{n}.int8.pte max abs err {r['max_abs_err']:.3g}" for n, r in rows.items()), file=sys.stderr)
+
+
+def test_int8_programs_need_the_float32_ones(tmp_path):
+    from factories import make_export, make_model_dir
+
+    from lordkit.errors import LordkitError
+    from lordkit.export.quantize import quantize_executorch, smooth_noise_images
+
+    model = make_model_dir(tmp_path / "model", img_size=SIZE, channels=CHANNELS)
+    export = make_export(model, tmp_path / "export", torchscript=False)
+    with pytest.raises(LordkitError, match="no ExecuTorch program for content_encoder; export with --executorch"):
+        quantize_executorch(export, smooth_noise_images(8, SIZE, CHANNELS), model)
+
+
 def test_refuses_bad_arguments(exported, tmp_path):
     from lordkit.export.executorch_export import export_executorch
 
