@@ -35,10 +35,18 @@ OPTIMIZED_FILE = False
 
 
 def _first_line(e: BaseException) -> str:
-    """OpenVINO's messages start with "Exception from src/...cpp:NN:" lines: keep the first line that says what."""
+    """OpenVINO's messages start with "Exception from src/...cpp:NN:" and "Check '...' failed at" lines:
+    keep the first line that says what (with the next one when it ends in a colon)."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    said = [ln for ln in lines if not ln.startswith(("Exception from", "Check '", "[ GENERAL_ERROR ]"))]
-    return (said or lines or [type(e).__name__])[0]
+    said = [ln for ln in lines if not ln.startswith(("Exception from", "Check '", "[ GENERAL_ERROR ]"))] or lines
+    if not said:
+        return type(e).__name__
+    text = said[0]
+    for more in said[1:]:
+        if not text.endswith(":"):
+            break
+        text += " " + more
+    return text
 
 
 def _import_openvino():
@@ -116,7 +124,12 @@ def compile_file(core: Any, path: Path, precision: str, threads: int | None) -> 
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        model = core.read_model(str(path))
+        # The ONNX frontend alone: core.read_model offers a file it cannot parse to every frontend in
+        # turn, and TensorFlow's logs its own parse errors on stderr.
+        from openvino.frontend import FrontEndManager
+
+        onnx = FrontEndManager().load_by_framework("onnx")
+        model = onnx.convert(onnx.load(str(path)))
         return core.compile_model(model, "CPU", config)
     except Exception as e:  # OpenVINO raises RuntimeError / its own types with multi-line messages
         raise LordkitError(f"OpenVINO cannot load {path}: {_first_line(e)}") from None
