@@ -140,7 +140,7 @@ def test_page_matches_python_runtime(browser, server, kind, request, tmp_path):
     assert np.abs(page - want).max() < 1e-4
 
 
-def test_bad_image_is_one_message(browser, server, tmp_path):
+def test_bad_image_is_one_message(browser, server, export, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     small = tmp_path / "small.png"
