@@ -51,6 +51,8 @@ def export(
     recover_tree(dst, depth=1)  # what a killed export to this dir left beside it (also outside the base dir)
     if web_runtime is not None and not web:
         raise LordkitError("--web-runtime gives the files for --web; add --web")
+    if web and not onnx:
+        raise LordkitError("--web runs the ONNX files in the browser; it needs --onnx")
     if web:
         from lordkit.export.web import add_web, runtime_dir
 

@@ -214,6 +214,8 @@ def test_cli_web_on_existing_export(cli, tmp_path, runtime):
     assert "does not hold the onnxruntime-web files" in err
     err = one_line_error(cli("export", "--model-name", "m", "--out", out, "--web-runtime", runtime))
     assert "--web-runtime" in err and "--web" in err
+    err = one_line_error(cli("export", "--model-name", "m", "--out", tmp_path / "y", "--web", "--no-onnx"))
+    assert "needs --onnx" in err
 
 
 def test_page_int8_matches_python_int8(browser, server, root, runtime):
