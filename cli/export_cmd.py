@@ -84,9 +84,11 @@ def export(
                             aoti=aoti, aoti_device=aoti_device, executorch=executorch)
     out_console.print(parity_table(manifest["parity"]))
     n_files = len(manifest["sha256"]) + 1
+    web_note = ""
     if web:
         add_web(dst, runtime=web_files)
-    say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'})")
+        web_note = "; web/: serve the export dir over HTTP and open web/"
+    say(f"exported {model_name}: {n_files} files in {dst} (manifest: {dst / 'manifest.json'}){web_note}")
 
 
 def _calibration(base: Path, src: Path, name: Optional[str]):
