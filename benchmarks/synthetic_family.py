@@ -135,7 +135,8 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
     row = {
         "variant": name, "opts": opts, "img_size": img_size, "n_train": len(train_ds), "n_test": len(test_ds),
         "epochs": [cfg.latent.n_epochs, cfg.amortized.n_epochs], "epoch_scale": factor,
-        "transfer_over_copy": ratio, "leakage": leak["accuracy"], "chance": leak["chance"],
+        "transfer_over_copy": ratio, "leakage": leak["accuracy"], "leakage_std": leak.get("accuracy_std"),
+        "chance": leak["chance"],
         "cycle_class_ratio": ev["cycle"]["class"]["ratio_to_baseline"] if ev.get("cycle") else None,
         "cycle_content_ratio": ev["cycle"]["content"]["ratio_to_baseline"] if ev.get("cycle") else None,
         "content_ratio": co["content_ratio"], "class_ratio": co["class_ratio"],
@@ -153,13 +154,14 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [f"# {header['preset']}{sets} on the synthetic family ({header['minutes']} min per variant"
              f"{', quick' if header['quick'] else ''})", "",
              f"{header['cpu']}, {header['threads']} torch threads, torch {header['torch']}.", "",
-             "| variant | transfer / copy (held out) | class from content (chance) | cycle class / content | "
+             "| variant | transfer / copy (held out) | class from content, 5-fold CV ± std (chance) | cycle class / content | "
              "collapse | epochs | minutes | passes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cyc = (f"{r['cycle_class_ratio']:.2f} / {r['cycle_content_ratio']:.2f}"
                if r["cycle_class_ratio"] is not None else "-")
-        lines.append(f"| {r['variant']} | {r['transfer_over_copy']:.2f} | {r['leakage']:.1%} ({r['chance']:.1%}) | "
+        std = f" ± {r['leakage_std']:.1%}" if r.get("leakage_std") is not None else ""
+        lines.append(f"| {r['variant']} | {r['transfer_over_copy']:.2f} | {r['leakage']:.1%}{std} ({r['chance']:.1%}) | "
                      f"{cyc} | {'yes' if r['collapsed'] else 'no'} | {r['epochs'][0]} + {r['epochs'][1]} | "
                      f"{r['minutes']:.1f} | {'yes' if r['passes'] else 'no'} |")
     lines += ["", f"Targets: transfer <= {TRANSFER_TARGET}x the copy, leakage <= chance + "

@@ -31,6 +31,9 @@ QUICK_CHANGES: dict[str, dict[str, Any]] = {
 # Pass marks from the demo's purpose: transfer error at most half the copy baseline's, leakage near chance.
 MAX_TRANSFER_RATIO = 0.5
 MAX_LEAK_ABOVE_CHANCE = 0.05
+# --time-budget covers both training stages: stage 1 gets this share, stage 2 whatever is left of the
+# budget when stage 1 ends (stage 1's plan ends it early rather than late, so stage 2 gets at least the rest).
+STAGE1_SHARE = 0.7
 
 
 class _Steps:
@@ -119,8 +122,12 @@ def demo(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Include the latency benchmark step.")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a training setting, e.g. --set latent.n_epochs=10.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the results of an earlier demo run.")] = False,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=f"Fit both training stages together to this much time (90s, 15m, 2h): stage 1 gets {STAGE1_SHARE:.0%}, stage 2 what is left when stage 1 ends. Generation, export, benchmark and evaluation come on top.")] = None,
 ) -> None:
     """Run the whole flow on the generated shapes set, offline on the CPU, and summarise it."""
+    from lordkit.training.budget import parse_duration
+
+    budget_s = parse_duration(time_budget) if time_budget is not None else None
     from lordkit.data.info import contact_sheet
     from lordkit.data.preprocess import preprocess
     from lordkit.data.sources import Options
@@ -152,9 +159,13 @@ def demo(
     sheet = contact_sheet(ds, full / "contact_sheet.png")
     steps.run("hold out 20% of the (shape, content) pairs", lambda: split_samples(ds, train, test, 0.2, force=force))
     train_ds, test_ds = Dataset(train), Dataset(test)
+    stages_start = time.monotonic()
     s1 = steps.run("stage 1: latent optimization", lambda: train_latent(
-        train_ds, mdir, cfg, data_name=train.name, force=force, **quiet))
-    s2 = steps.run("stage 2: encoders", lambda: train_amortized(train_ds, mdir, **quiet))
+        train_ds, mdir, cfg, data_name=train.name, force=force, budget_start=stages_start,
+        time_budget_s=budget_s * STAGE1_SHARE if budget_s else None, **quiet))
+    s2 = steps.run("stage 2: encoders", lambda: train_amortized(
+        train_ds, mdir, time_budget_s=budget_s - (time.monotonic() - stages_start) if budget_s else None, **quiet))
+    stages_s = time.monotonic() - stages_start
     manifest = steps.run("export ONNX + TorchScript, verified", lambda: export_model(
         mdir, edir, onnx=True, torchscript=True, force=force, show=True))
     grid_png = steps.run("transfer held-out contents into every class (torch-free runtime)",
@@ -186,10 +197,13 @@ def demo(
         "evaluation": ev["json"],
         "transfer_l1": tr.get("l1"), "baseline_l1": tr.get("baseline_l1"),
         "transfer_ratio_to_baseline": tr.get("l1_ratio_to_baseline"), "transfer_ok": transfer_ok,
-        "leakage_accuracy": leak["accuracy"], "leakage_chance": leak["chance"], "leakage_ok": leak_ok,
+        "leakage_accuracy": leak["accuracy"], "leakage_accuracy_std": leak.get("accuracy_std"),
+        "leakage_chance": leak["chance"], "leakage_ok": leak_ok,
         "stage1_loss": s1.get("rec", s1.get("loss")), "stage2_loss": s2.get("loss"),
         "parity_max_abs_err": max((r["max_abs_err"] for r in manifest.get("parity", [])), default=None),
         "seconds": steps.times, "quick": quick,
+        "time_budget_s": budget_s, "training_s": round(stages_s, 1),
+        "plans": {"latent": s1.get("plan"), "amortized": s2.get("plan")} if budget_s else None,
     }
     if bench_result is not None:
         summary["bench"] = [{"network": r["network"], "backend": r["backend"], "batch": r["batch"],
@@ -212,8 +226,12 @@ def demo(
         lines.append(("transfer error", f"L1 {tr['l1']:.4f} vs copy baseline {tr['baseline_l1']:.4f} "
                                          f"= {tr['l1_ratio_to_baseline']:.2f}x ({mark})"))
     mark = "ok" if leak_ok else f"more than {MAX_LEAK_ABOVE_CHANCE:.0%} above chance"
-    lines.append(("leakage", f"class from content codes {leak['accuracy']:.1%} vs chance {leak['chance']:.1%} ({mark})"))
+    lines.append(("leakage", f"class from content codes {leak['accuracy']:.1%} ± {leak.get('accuracy_std', 0):.1%} "
+                             f"(5-fold CV) vs chance {leak['chance']:.1%} ({mark})"))
     lines.append(("time", ", ".join(f"{k.split(':')[0]} {v:.0f}s" for k, v in steps.times.items())))
+    if budget_s:
+        lines.append(("time budget", f"both stages {stages_s:.0f}s of a {budget_s:.0f}s budget "
+                                     f"({s1['epochs']} + {s2['epochs']} epochs)"))
     for key, value in lines:
         say(f"{key:>15}: {value}")
     say(f"{'summary':>15}: {demo_path(mdir, 'summary.json')}")

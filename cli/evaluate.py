@@ -26,7 +26,9 @@ def results_table(r: dict) -> Table:
     for key, label in (("class_from_content", "class from content codes"), ("content_from_class", "content from class codes")):
         if key in r["leakage"]:
             v = r["leakage"][key]
-            t.add_row(f"leakage: {label}", f"{v['accuracy']:.1%}", f"chance {v['chance']:.1%}")
+            spread = f" ± {v['accuracy_std']:.1%}" if "accuracy_std" in v else ""
+            folds = f" ({v['n_folds']}-fold CV)" if "n_folds" in v else ""
+            t.add_row(f"leakage: {label}{folds}", f"{v['accuracy']:.1%}{spread}", f"chance {v['chance']:.1%}")
     tr = r.get("transfer")
     if tr:
         t.add_row("transfer L1 to the true image", f"{tr['l1']:.4f}", f"copy baseline {tr['baseline_l1']:.4f}")
@@ -38,6 +40,15 @@ def results_table(r: dict) -> Table:
             v = cy[key]
             t.add_row(f"cycle: {key} code distance", f"{v['distance']:.4f}",
                       f"unrelated images {v['baseline_distance']:.4f} ({v['ratio_to_baseline']:.2f}x)")
+    cc = r.get("class_check")
+    if cc:
+        t.add_row("independent classifier on real images", f"{cc['real_accuracy']:.1%} ± {cc['real_accuracy_std']:.1%}",
+                  f"{cc['n_folds']}-fold CV; chance {cc['chance']:.1%}")
+        t.add_row("transferred images seen in the target class", f"{cc['transferred_as_target_class']:.1%}",
+                  f"in the content's class {cc['transferred_as_content_class']:.1%}")
+        cs = cc["content_survival"]
+        t.add_row("content features kept (within-class corr.)", f"{cs['mean_corr']:.2f}",
+                  f"unrelated image of the class {cs['baseline_mean_corr']:.2f}")
     co = r.get("collapse")
     if co:
         state = "COLLAPSED" if co["collapsed"] else "no"

@@ -26,6 +26,42 @@ def _given(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+BUDGET_HELP = ("Fit the stage to this much time, counted from the command's start: 90s, 15m, 2h, 1h30m. The "
+               "first steps are timed, then the epochs (with the noise warm-up and sample cadence) are fitted; "
+               "the plan is printed and stored in config.json. A --resume keeps the plan.")
+
+
+def _budget(text: str | None, epochs: int | None, resume: bool) -> float | None:
+    """Seconds of --time-budget (None without one); refuses it next to --epochs, notes it on --resume."""
+    from lordkit.errors import LordkitError
+    from lordkit.training.budget import parse_duration
+
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if epochs is not None:
+        raise LordkitError("--epochs and --time-budget both set the number of epochs; give one of them")
+    if resume:
+        if _main_rank():
+            say("--resume keeps the plan the run was started with; --time-budget is not applied again")
+        return None
+    return seconds
+
+
+def _announcer(stage: str, preset_name: str | None = None):
+    """What the CLI says before training proper: the fitted plan, or the long-run note."""
+    from lordkit.training.budget import estimate_line, plan_line
+
+    def announce(info: dict[str, Any]) -> None:
+        if "n_epochs" in info:
+            say(plan_line(stage, info))
+            return
+        extra = " and --preset small trains a small model" if preset_name not in (None, "small") else ""
+        say(estimate_line(stage, info["total_steps"], info["step_s"], extra))
+
+    return announce
+
+
 def _amortized_settings(items: list[str]) -> dict[str, Any]:
     """`--set amortized.field=value` items as typed amortized field values (parsed by field type)."""
     from lordkit.config import LordConfig
@@ -58,8 +94,13 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Delete an existing model of that name and train anew.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
     stop_on_collapse: Annotated[Optional[bool], typer.Option("--stop-on-collapse", help="Stop with an error (exit 2, checkpoint kept) when the output stops depending on the content code or class (latent.stop_on_collapse).")] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=BUDGET_HELP)] = None,
 ) -> None:
     """Stage 1: learn a content code per image, a class code per class, and the generator."""
+    import time
+
+    started = time.monotonic()
+    budget_s = _budget(time_budget, epochs, resume)
     from lordkit.config import choose_preset, fit_to_images
     from lordkit.data.sources import dataset_ids
     from lordkit.data.store import Dataset
@@ -67,7 +108,7 @@ def train(
 
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
-    _, start, why = choose_preset(ds.meta.dataset_id, len(ds), preset, known=dataset_ids())
+    preset_name, start, why = choose_preset(ds.meta.dataset_id, len(ds), preset, known=dataset_ids())
     cfg = fit_to_images(start, ds.meta.img_size, ds.meta.channels).apply_overrides(set_ or [])
     cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
                       amortized=_given(loss=loss))
@@ -75,7 +116,8 @@ def train(
     if _main_rank() and not resume:  # a resume continues with the config it saved
         say(why)
     result = train_latent(ds, out, cfg, data_name=data_name, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
-                          resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
+                          resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard,
+                          time_budget_s=budget_s, budget_start=started, announce=_announcer("latent", preset_name))
     if _main_rank():
         say(f"stage 1 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
 
@@ -98,8 +140,13 @@ def train_encoders(
     force: Annotated[bool, typer.Option("--force", help="Train encoders anew even if they exist.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard when it is installed.")] = True,
     stop_on_collapse: Annotated[Optional[bool], typer.Option("--stop-on-collapse", help="Stop with an error (exit 2, checkpoint kept) when the output stops depending on the encoded content or class (amortized.stop_on_collapse).")] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=BUDGET_HELP)] = None,
 ) -> None:
     """Stage 2: train content and class encoders to the stage-1 codes (any new image can then be encoded)."""
+    import time
+
+    started = time.monotonic()
+    budget_s = _budget(time_budget, epochs, resume)
     from lordkit.data.store import Dataset
     from lordkit.training import train_amortized
 
@@ -109,7 +156,8 @@ def train_encoders(
                **_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse)}
     out = model_dir(base, model_name)
     result = train_amortized(ds, out, changes=changes, device=device, amp=amp, cpu_bf16=cpu_bf16, compile=compile_,
-                             resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard)
+                             resume=resume, force=force, vgg_weights=vgg_weights, tensorboard=tensorboard,
+                             time_budget_s=budget_s, budget_start=started, announce=_announcer("amortized"))
     if _main_rank():
         say(f"stage 2 done: {result['steps']} steps, loss {result.get('loss', float('nan')):.4f}; model in {out}")
 

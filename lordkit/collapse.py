@@ -77,6 +77,30 @@ def variation_ratios(generated: Tensor, real_spread: float) -> dict[str, float]:
     return {"content_ratio": content / denom, "class_ratio": cls / denom}
 
 
+PARTIAL_THRESHOLD = 0.05  # a code's output within this (over the real spread) of the zeroed code's = dead
+PARTIAL_WARN_FRACTION = 0.25  # warn (after the warm-up) when this share of the probed contents is dead
+
+
+def dead_fractions(generated: Tensor, zero_code_out: Tensor, real_spread: float,
+                   threshold: float = PARTIAL_THRESHOLD) -> dict[str, float]:
+    """A partial collapse: the share of content codes, and of classes, that the output ignores.
+
+    generated: (n_contents, n_classes, C, H, W) as in variation_ratios; zero_code_out: (n_classes, C,
+    H, W), each class drawn from an all-zero content code. A content code is dead when its images stay
+    within threshold * real_spread (mean absolute pixel difference, over the classes) of the zeroed
+    code's: the generator draws what it draws for no content. A class is dead when its images vary
+    with the content less than threshold * real_spread (per-pixel std across contents): in that class
+    everything comes out the same (often the background)."""
+    g, z = generated.float(), zero_code_out.float()
+    denom = max(float(real_spread), 1e-8)
+    from_zero = (g - z.unsqueeze(0)).abs().mean(dim=(2, 3, 4)).mean(dim=1) / denom  # (n_contents,)
+    out = {"dead_content_fraction": float((from_zero < threshold).float().mean())}
+    if g.shape[0] > 1:
+        within = g.std(dim=0, unbiased=False).mean(dim=(1, 2, 3)) / denom  # (n_classes,)
+        out["dead_class_fraction"] = float((within < threshold).float().mean())
+    return out
+
+
 def transfer_ratios(model: "AmortizedModel", content_imgs: Tensor, class_imgs: Tensor,
                     real_spread: float) -> dict[str, float]:
     """The variation ratios of every content image (Kc, C, H, W) transferred into every class image
@@ -129,7 +153,9 @@ class LatentProbe:
         kc, kk = len(self.contents), len(self.classes)
         tiled = params.repeat(kc, *[1] * (params.dim() - 1))  # every class for each content
         out = model.generator(content_code.repeat_interleave(kk, 0), tiled)  # (Kc*Kk, C, H, W)
-        return variation_ratios(out.reshape(kc, kk, *out.shape[1:]), self.real_spread)
+        zero = model.generator(torch.zeros_like(content_code[:1]).expand(kk, -1), params)  # (Kk, C, H, W)
+        grid = out.reshape(kc, kk, *out.shape[1:])
+        return {**variation_ratios(grid, self.real_spread), **dead_fractions(grid, zero, self.real_spread)}
 
 
 class EncoderProbe:
@@ -164,6 +190,7 @@ class CollapseWatch:
         self.stage, self.threshold, self.warmup_epochs = stage, threshold, warmup_epochs
         self.probe, self.stop = probe, stop
         self.event: dict[str, Any] | None = None
+        self.partial: dict[str, Any] | None = None  # the first partial collapse seen (dead codes or classes)
 
     @classmethod
     def for_stage(cls, stage: str, cfg: "LatentTrainConfig | AmortizedTrainConfig",
@@ -181,6 +208,20 @@ class CollapseWatch:
             return None
         self.event = {"epoch": epoch, "threshold": self.threshold, "below": low, **ratios}
         return self.event
+
+    def check_partial(self, ratios: dict[str, float], epoch: float) -> str | None:
+        """A one-time warning line when, after the warm-up, at least PARTIAL_WARN_FRACTION of the
+        probed content codes, or any probed class, is dead (dead_fractions); else None. A full
+        collapse (check) says more and takes precedence."""
+        if self.partial is not None or self.event is not None or epoch < self.warmup_epochs:
+            return None
+        codes, classes = ratios.get("dead_content_fraction", 0.0), ratios.get("dead_class_fraction", 0.0)
+        if codes < PARTIAL_WARN_FRACTION and classes <= 0:
+            return None
+        self.partial = {"epoch": epoch, "dead_content_fraction": codes, "dead_class_fraction": classes}
+        return (f"{self.stage} stage partly collapsed at epoch {epoch:.0f}: {codes:.0%} of the probed content codes "
+                f"give what a zeroed code gives and {classes:.0%} of the probed classes come out the same for every "
+                f"content (threshold {PARTIAL_THRESHOLD} of the data's spread); {COLLAPSE_HINTS.get(self.stage, '')}")
 
     def message(self) -> str:
         """One line: what collapsed, the numbers, and what to try."""

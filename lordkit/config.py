@@ -142,6 +142,9 @@ class LatentTrainConfig:
     collapse_threshold: float = 0.005  # 0 turns detection off
     collapse_warmup: float = 0.2  # fraction of n_epochs before a low ratio counts
     stop_on_collapse: bool = False  # stop with an error (exit 2, checkpoint kept) instead of a warning
+    # What --time-budget fitted (lordkit.training.budget): timings, epochs, expected end; {} without one.
+    # n_epochs, noise_warmup_epochs and sample_every_epochs above already hold the fitted values.
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_stage(self, "latent")
@@ -174,6 +177,7 @@ class AmortizedTrainConfig:
     collapse_threshold: float = 0.005  # as latent.collapse_threshold, probed through the encoders
     collapse_warmup: float = 0.2
     stop_on_collapse: bool = False
+    plan: dict[str, Any] = field(default_factory=dict)  # as latent.plan: what --time-budget fitted
 
     def __post_init__(self) -> None:
         _check_stage(self, "amortized")
@@ -194,6 +198,7 @@ def _check_stage(cfg: Any, section: str) -> None:
     _require(cfg.collapse_threshold >= 0, f"{section}.collapse_threshold must be >= 0, got {cfg.collapse_threshold}")
     _require(0 <= cfg.collapse_warmup <= 1,
              f"{section}.collapse_warmup must be a fraction of the epochs in [0, 1], got {cfg.collapse_warmup}")
+    _require(isinstance(cfg.plan, dict), f"{section}.plan must be an object, got {cfg.plan!r}")
 
 
 SECTIONS = {"model": ModelConfig, "latent": LatentTrainConfig, "amortized": AmortizedTrainConfig}
@@ -292,7 +297,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if item is not None:
         _require(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
         return tuple(_coerce(v, item, key) for v in value)
-    if tp is bool:
+    if typing.get_origin(tp) is dict:
+        _require(isinstance(value, dict), f"{key} must be an object, got {value!r}")
+    elif tp is bool:
         _require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
     elif tp is int:
         _require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
@@ -311,6 +318,8 @@ _FALSE = ("0", "false", "no", "off")
 
 def _parse(text: str, tp: Any, key: str) -> Any:
     """Parse an override's text by the field's type."""
+    if typing.get_origin(tp) is dict:
+        raise ConfigError(f"{key} is written by --time-budget and cannot be set")
     item = _tuple_item_type(tp)
     if item is not None:
         parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]

@@ -1,10 +1,11 @@
 """`lordkit evaluate`: how well a trained (amortized) model reconstructs, disentangles and transfers.
 
 1. Reconstruction: L1 and PSNR of generator(encoders(x)) against x.
-2. Leakage (the papers' disentanglement measure): a classifier is trained on the content codes of
-   part of the images to predict their class and scored on the held-out rest, next to chance
-   (the majority class of the held-out part). Where content labels exist, the same from class codes
-   to content. Near chance = the codes do not leak.
+2. Leakage (the papers' disentanglement measure): a classifier (an MLP) predicts the class from the
+   content codes, by stratified 5-fold cross-validation (fitted on four folds, scored on the fifth,
+   so every code is held out once): mean accuracy and its std over the folds, next to chance (the
+   majority class's share). Where content labels exist, the same from class codes to content.
+   Near chance = the codes do not leak.
 3. Content transfer against ground truth, where every (class, content) pair has a true image
    (synthetic: rendered; shapes3d, cars3d, smallnorb: looked up in the data): L1 and PSNR of
    generator(content(A), class(B)) against the true image of (class of B, content of A), next to
@@ -13,10 +14,16 @@
    encoded again, and its class code is compared with B's and its content code with A's (L2
    distance), next to the distances of unrelated images' codes (A's class code to B's, B's content
    code to A's). A ratio of 1 means the cycle lands no nearer than an unrelated image; 0 is exact.
-5. Collapse: how much the output changes with the content image at a fixed class image, and with
+5. Independent class check (class_check): a logistic regression on downsampled pixels, fitted on
+   the real images (its cross-validated accuracy on them reported), classifies transferred images;
+   how often it sees the target class, next to its accuracy on real images. Content survival:
+   simple per-image features (mean intensity, centroid, spread, edge density, per-channel means) of
+   the content image against the result, correlated within each target class, next to the same
+   correlation with an unrelated real image of that class.
+6. Collapse: how much the output changes with the content image at a fixed class image, and with
    the class at a fixed content, over the data's own pixel spread (lordkit.collapse), flagged below
    the config's amortized.collapse_threshold; and any collapse recorded during training (metrics.jsonl).
-6. A transfer grid PNG.
+7. A transfer grid PNG.
 """
 
 from __future__ import annotations
@@ -70,21 +77,45 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def leakage(codes: np.ndarray, labels: np.ndarray, seed: int = 0, test_fraction: float = 0.3,
-            n_steps: int = 300) -> dict[str, float]:
-    """Accuracy of an MLP predicting `labels` from `codes`, fit on one part and scored on the held-out
-    part, with the chance level (majority label of the held-out part) beside it."""
+N_FOLDS = 5  # leakage: stratified k-fold cross-validation over every evaluated code
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """The fold (0..k-1) of each item: each label's items shuffled (seeded) and dealt round-robin, the
+    dealing continued from label to label, so every fold gets its share of every label (up to one)
+    and the folds' sizes differ by at most one."""
     rng = np.random.default_rng(seed)
-    n = len(codes)
-    perm = rng.permutation(n)
-    n_test = max(1, int(round(n * test_fraction)))
-    test, train = perm[:n_test], perm[n_test:]
+    fold = np.empty(len(labels), np.int64)
+    start = 0
+    for value in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == value))
+        fold[rows] = (start + np.arange(len(rows))) % k
+        start = (start + len(rows)) % k
+    return fold
+
+
+def leakage(codes: np.ndarray, labels: np.ndarray, seed: int = 0, n_folds: int = N_FOLDS,
+            n_steps: int = 300) -> dict[str, Any]:
+    """How well `labels` can be predicted from `codes`, by stratified k-fold cross-validation: an MLP
+    is fitted on k-1 folds and scored on the held-out one, for each fold, so every code is held out
+    once. accuracy: the mean over folds (accuracy_std: their std); chance: the majority label's share
+    of all codes (what always guessing it scores on held-out folds, to within a code per fold)."""
     uniq, y = np.unique(labels, return_inverse=True)
-    chance = float(np.bincount(y[test]).max() / len(test))
-    if len(uniq) < 2 or len(train) < 2:
-        return {"accuracy": 1.0, "chance": chance, "n_train": int(len(train)), "n_test": int(len(test))}
+    n = len(codes)
+    chance = float(np.bincount(y).max() / n) if n else 0.0
+    k = max(2, min(n_folds, n))
+    folds = stratified_folds(y, k, seed)
+    base = {"chance": chance, "n_folds": k, "n_codes": int(n), "n_train": int(np.sum(folds != 0)),
+            "n_test": int(np.sum(folds == 0)), "method": f"stratified {k}-fold cross-validation, MLP"}
+    if len(uniq) < 2 or n < 4:
+        return {"accuracy": 1.0, "accuracy_std": 0.0, "fold_accuracies": [], **base}
+    accs = []
     with _single_thread():  # a small MLP: thread start-up and barriers cost more than they save
-        return _fit_and_score(codes, y, len(uniq), train, test, chance, seed, n_steps)
+        for f in range(k):
+            test, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+            accs.append(_fit_and_score(codes, y, len(uniq), train, test, seed + f, n_steps))
+    return {"accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+            "fold_accuracies": [round(a, 4) for a in accs], **base}
 
 
 @contextlib.contextmanager
@@ -98,7 +129,8 @@ def _single_thread() -> Iterator[None]:
 
 
 def _fit_and_score(codes: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
-                   chance: float, seed: int, n_steps: int) -> dict[str, float]:
+                   seed: int, n_steps: int) -> float:
+    """Held-out accuracy of an MLP fitted on codes[train] (standardised by the training part)."""
     torch.manual_seed(seed)
     x = torch.from_numpy(codes.astype(np.float32))
     mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
@@ -118,8 +150,7 @@ def _fit_and_score(codes: np.ndarray, y: np.ndarray, n_labels: int, train: np.nd
             opt.step()
     with torch.no_grad():
         pred = clf(x[torch.from_numpy(test)]).argmax(1)
-    acc = float((pred == yt[torch.from_numpy(test)]).float().mean())
-    return {"accuracy": acc, "chance": chance, "n_train": int(len(train)), "n_test": int(len(test))}
+    return float((pred == yt[torch.from_numpy(test)]).float().mean())
 
 
 class TruthLookup:
@@ -219,6 +250,141 @@ def cycle_score(model: AmortizedModel, ds: Dataset, device: torch.device, n_pair
     return result
 
 
+CHECK_SIZE = 8  # the independent class check sees images downsampled to this side
+
+
+def pixel_features(imgs: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 or [0, 1] float -> (N, CHECK_SIZE**2 * C) area-averaged pixels in [0, 1]."""
+    x = torch.from_numpy(np.asarray(imgs, np.float32)).permute(0, 3, 1, 2)
+    if np.asarray(imgs).dtype == np.uint8:
+        x = x / 255.0
+    return nn.functional.adaptive_avg_pool2d(x, CHECK_SIZE).flatten(1).numpy()
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int, n_steps: int = 100):
+    """A multinomial logistic regression (standardised inputs, L2 1e-3), fitted with L-BFGS; returns
+    predict(x) -> labels."""
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(x.astype(np.float32))
+    mean, std = xt.mean(0), xt.std(0).clamp_min(1e-3)
+    lin = nn.Linear(x.shape[1], n_labels)
+    yt = torch.from_numpy(y)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=n_steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(lin((xt - mean) / std), yt) + 1e-3 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return lin((torch.from_numpy(z.astype(np.float32)) - mean) / std).argmax(1).numpy()
+
+    return predict
+
+
+def content_features(imgs: np.ndarray) -> np.ndarray:
+    """Simple per-image measures of content, (N, 5 + C) for (N, H, W, C) in [0, 1]: mean intensity,
+    the intensity-weighted centroid (x, y) of the deviation from the image's median, its spread,
+    edge density (share of pixels with a gradient above 0.1), and the per-channel means."""
+    x = np.asarray(imgs, np.float32)
+    grey = x.mean(-1)  # (N, H, W)
+    dev = np.abs(grey - np.median(grey.reshape(len(x), -1), 1)[:, None, None])
+    w = dev / np.maximum(dev.sum((1, 2), keepdims=True), 1e-6)
+    h, wd = grey.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:wd] / np.array([h, wd])[:, None, None]
+    cx, cy = (w * xs).sum((1, 2)), (w * ys).sum((1, 2))
+    spread = np.sqrt((w * ((xs - cx[:, None, None]) ** 2 + (ys - cy[:, None, None]) ** 2)).sum((1, 2)))
+    gy, gx = np.gradient(grey, axis=(1, 2))
+    edges = (np.hypot(gx, gy) > 0.1).mean((1, 2))
+    return np.column_stack([grey.mean((1, 2)), cx, cy, spread, edges, x.mean((1, 2))])
+
+
+CONTENT_FEATURES = ("mean_intensity", "centroid_x", "centroid_y", "spread", "edge_density")
+
+
+def _within_class_corr(src: np.ndarray, out: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per feature: the Pearson correlation of src and out within each group, averaged over groups
+    (weighted by size; groups of fewer than 3 or with a constant feature are skipped). (F,)"""
+    sums, weights = np.zeros(src.shape[1]), np.zeros(src.shape[1])
+    for g in np.unique(groups):
+        rows = groups == g
+        if rows.sum() < 3:
+            continue
+        a, b = src[rows] - src[rows].mean(0), out[rows] - out[rows].mean(0)
+        den = np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))
+        ok = den > 1e-9
+        sums[ok] += rows.sum() * (a * b).sum(0)[ok] / den[ok]
+        weights[ok] += rows.sum()
+    return np.where(weights > 0, sums / np.maximum(weights, 1), np.nan)
+
+
+@torch.no_grad()
+def class_check(model: AmortizedModel, ds: Dataset, idx: np.ndarray, device: torch.device, n_pairs: int = 512,
+                seed: int = 0, n_folds: int = N_FOLDS) -> dict[str, Any] | None:
+    """An independent check of class transfer, with no part of lordkit's model in the judge: a logistic
+    regression on 8x8 downsampled pixels is fitted on the real images ds[idx] (its stratified k-fold
+    accuracy on real images reported), then classifies transferred images G(content of A, class of B):
+    how often it says B's class (and how often A's). Content survival: simple per-image features
+    (content_features) of A against those of the result, correlated within each target class, next to
+    the same correlation with a real image of B's class (a result that ignores A scores about 0)."""
+    labels = np.asarray(ds.class_ids)[idx]
+    uniq, y = np.unique(labels, return_inverse=True)
+    if len(uniq) < 2 or len(idx) < 2 * n_folds:
+        return None
+    feats = pixel_features(ds.images[np.sort(idx)])[np.argsort(np.argsort(idx))]
+    folds = stratified_folds(y, n_folds, seed)
+    accs = []
+    with _single_thread():  # small fits: threads cost more than they save
+        for f in range(n_folds):
+            test, train = folds == f, folds != f
+            accs.append(float((_logistic(feats[train], y[train], len(uniq), seed)(feats[test]) == y[test]).mean()))
+        predict = _logistic(feats, y, len(uniq), seed)
+
+    rng = np.random.default_rng(seed + 3)
+    a_rows, b_rows = [], []
+    for _ in range(n_pairs * 4):
+        if len(a_rows) >= n_pairs:
+            break
+        a, b = rng.integers(len(idx), size=2)
+        if y[a] != y[b]:
+            a_rows.append(int(a))
+            b_rows.append(int(b))
+    a_rows, b_rows = np.array(a_rows), np.array(b_rows)
+    outs = []
+    for start in range(0, len(a_rows), 128):
+        xa = _to_tensor(np.stack([ds.images[idx[i]] for i in a_rows[start:start + 128]]), device)
+        xb = _to_tensor(np.stack([ds.images[idx[i]] for i in b_rows[start:start + 128]]), device)
+        out, _, _ = model.convert(xa, xb)
+        outs.append(out.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+    out_imgs = np.concatenate(outs)  # (P, H, W, C) in [0, 1]
+    pred = predict(pixel_features(out_imgs))
+    src = np.stack([np.asarray(ds.images[idx[i]]) for i in a_rows]).astype(np.float32) / 255.0
+    # A real image of each pair's target class other than B (B itself shares nothing with A but its class).
+    other = np.array([rng.choice(np.flatnonzero(y == y[b])) for b in b_rows])
+    ref = np.stack([np.asarray(ds.images[idx[i]]) for i in other]).astype(np.float32) / 255.0
+    fs, fo, fr = content_features(src), content_features(out_imgs), content_features(ref)
+    corr, base = _within_class_corr(fs, fo, y[b_rows]), _within_class_corr(fs, fr, y[b_rows])
+    names = list(CONTENT_FEATURES) + [f"channel_{c}_mean" for c in range(src.shape[-1])]
+    return {
+        "classifier": f"logistic regression on {CHECK_SIZE}x{CHECK_SIZE} pixels, fitted on the real images",
+        "real_accuracy": float(np.mean(accs)), "real_accuracy_std": float(np.std(accs)), "n_folds": n_folds,
+        "chance": float(np.bincount(y).max() / len(y)),
+        "transferred_as_target_class": float((pred == y[b_rows]).mean()),
+        "transferred_as_content_class": float((pred == y[a_rows]).mean()),
+        "n_pairs": int(len(a_rows)),
+        "content_survival": {
+            "mean_corr": float(np.nanmean(corr)), "baseline_mean_corr": float(np.nanmean(base)),
+            "per_feature": {n: (None if np.isnan(c) else round(float(c), 4)) for n, c in zip(names, corr)},
+            "baseline_per_feature": {n: (None if np.isnan(c) else round(float(c), 4)) for n, c in zip(names, base)},
+        },
+    }
+
+
 @torch.no_grad()
 def grid_png(model: AmortizedModel, ds: Dataset, out: Path, device: torch.device, k: int = 8, seed: int = 0) -> Path:
     idx = sample_positions(np.asarray(ds.class_ids), ds.n_classes, k, seed)
@@ -251,6 +417,7 @@ def evaluate(model_dir: Path, ds: Dataset, *, data_name: str, device: str = "cpu
     if ds.meta.dataset_id in GROUND_TRUTH_DATASETS and ds.has_content_labels:
         result["transfer"] = transfer_error(model, ds, TruthLookup(ds, model_data), dev, n_pairs, seed)
     result["cycle"] = cycle_score(model, ds, dev, n_pairs, seed)
+    result["class_check"] = class_check(model, ds, idx, dev, n_pairs, seed)
     result["collapse"] = collapse_report(model, ds, dev, cfg.amortized.collapse_threshold, model_dir, seed=seed)
     result["grid_png"] = str(grid_png(model, ds, eval_grid_path(model_dir, data_name), dev))
     json_path = eval_json_path(model_dir, data_name)

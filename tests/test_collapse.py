@@ -128,3 +128,65 @@ def test_cli_stop_on_collapse_is_one_error_line(base, cli):
     r = cli("train-encoders", "-mn", "n", "-dn", "syn", "--epochs", "2", "--device", "cpu", "--no-tensorboard",
             "--set", "amortized.collapse_threshold=100", "--set", "amortized.collapse_warmup=0", "--stop-on-collapse")
     assert r.exit_code == 2 and "amortized stage collapsed" in one_line_error(r)
+
+
+class _Bank:
+    device = torch.device("cpu")
+
+    def batch(self, idx):
+        return torch.rand(len(idx), 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+class _PartlyDead:
+    """A stage-1 model built to have dead parts: the image is a pattern scaled by the first entry of
+    the content code (codes 0..7 have it 0: dead) plus a shade per class; class 3 draws no pattern
+    (every content comes out the same in it)."""
+
+    def __init__(self):
+        codes = torch.zeros(16, 4)
+        codes[8:, 0] = torch.tensor([1.0, -1.0] * 4)
+        codes[:, 1:] = torch.randn(16, 3)  # the entries the generator ignores
+        self.content_embedding = lambda idx: codes[idx]
+        self.class_embedding = lambda ids: ids.float()[:, None]
+        self.modulation = lambda code: code
+
+    def eval(self):
+        return self
+
+    def generator(self, code, params):  # (B, 4), (B, 1) -> (B, 3, 8, 8)
+        pattern = torch.linspace(0, 1, 64).reshape(1, 1, 8, 8)
+        live = (params[:, 0] != 3).float()[:, None, None, None]
+        img = 0.5 + 0.4 * torch.tanh(code[:, :1, None, None]) * pattern * live + 0.05 * params[:, :, None, None]
+        return img.expand(-1, 3, -1, -1)
+
+
+def test_partial_collapse_counts_dead_codes_and_classes():
+    from lordkit.collapse import LatentProbe
+
+    class_ids = torch.arange(16).remainder(4).numpy()
+    probe = LatentProbe(_PartlyDead(), class_ids, _Bank(), seed=0)
+    assert len(probe.contents) == 16 and len(probe.classes) == 4
+    r = probe()
+    assert r["dead_content_fraction"] == 0.5 and r["dead_class_fraction"] == 0.25
+    assert r["content_ratio"] > 0.1  # the full-collapse measure alone sees a healthy generator
+
+    w = CollapseWatch("latent", threshold=0.005, warmup_epochs=10)
+    assert w.check_partial(r, 5) is None  # warming up
+    line = w.check_partial(r, 12)
+    assert "50% of the probed content codes" in line and "25% of the probed classes" in line
+    assert w.check_partial(r, 13) is None  # once
+    healthy = CollapseWatch("latent", threshold=0.005, warmup_epochs=0)
+    assert healthy.check_partial({"dead_content_fraction": 0.1, "dead_class_fraction": 0.0}, 1) is None
+
+
+def test_dead_fractions_of_a_healthy_and_a_dead_grid():
+    from lordkit.collapse import dead_fractions
+
+    torch.manual_seed(0)
+    real = torch.rand(6, 3, 8, 8)
+    grid = real[:, None].expand(6, 2, 3, 8, 8)  # the output follows the content
+    assert dead_fractions(grid, torch.zeros(2, 3, 8, 8), pixel_spread(real)) == {
+        "dead_content_fraction": 0.0, "dead_class_fraction": 0.0}
+    black = torch.zeros(6, 2, 3, 8, 8)
+    assert dead_fractions(black, torch.zeros(2, 3, 8, 8), pixel_spread(real)) == {
+        "dead_content_fraction": 1.0, "dead_class_fraction": 1.0}

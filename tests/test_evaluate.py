@@ -5,11 +5,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
-from lordkit.evaluation import TruthLookup, evaluate, leakage
+from lordkit.evaluation import TruthLookup, class_check, evaluate, leakage, stratified_folds
 from lordkit.errors import LordkitError
 from lordkit.training import train_amortized, train_latent
 from test_training import TINY_DATA, quiet, tiny_cfg
@@ -20,12 +21,53 @@ def test_leakage_scores_held_out_codes_not_memorised_ones():
     labels = rng.integers(0, 4, 400)
     # Random codes: an MLP can memorise its training part, but held-out accuracy stays near chance.
     r = leakage(rng.normal(size=(400, 16)), labels, n_steps=400)
-    assert r["n_train"] + r["n_test"] == 400 and r["n_test"] == 120
+    assert r["n_train"] + r["n_test"] == 400 == r["n_codes"] and r["n_test"] == 80 and r["n_folds"] == 5
+    assert len(r["fold_accuracies"]) == 5 and r["accuracy"] == pytest.approx(np.mean(r["fold_accuracies"]), abs=1e-4)
+    assert r["accuracy_std"] == pytest.approx(np.std(r["fold_accuracies"]), abs=1e-4)
     assert r["accuracy"] < r["chance"] + 0.15
+    assert r["chance"] == np.bincount(labels).max() / 400
     # Codes that carry the label: held-out accuracy is high.
     informative = np.eye(4)[labels] + 0.1 * rng.normal(size=(400, 4))
     r = leakage(informative, labels)
     assert r["accuracy"] > 0.95 and r["chance"] < 0.5
+
+
+def test_folds_are_stratified_and_cover_every_code():
+    labels = np.repeat([0, 1, 2], [50, 30, 7])
+    folds = stratified_folds(labels, 5, seed=3)
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.sum() == len(labels) and sizes.max() - sizes.min() <= 1
+    for value in (0, 1, 2):
+        per_fold = np.bincount(folds[labels == value], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1  # every fold gets its share of every label
+    assert (stratified_folds(labels, 5, seed=3) == folds).all()
+
+
+class _Copy:
+    """A stand-in model whose 'transfer' returns the content image (which=0) or the class image (1)."""
+
+    def __init__(self, which):
+        self.which = which
+
+    def convert(self, xa, xb):
+        return (xa, xb)[self.which], None, None
+
+
+def test_class_check_tells_a_copied_content_from_a_copied_class(tmp_path):
+    preprocess("synthetic", None, tmp_path / "s", img_size=32, opts=Options({**TINY_DATA, "n_x": "3"}),
+               show_progress=False)
+    ds = Dataset(tmp_path / "s")
+    idx = np.arange(len(ds))
+    keep = class_check(_Copy(0), ds, idx, torch.device("cpu"), n_pairs=64)
+    take = class_check(_Copy(1), ds, idx, torch.device("cpu"), n_pairs=64)
+    assert keep["real_accuracy"] == take["real_accuracy"] > keep["chance"]
+    # Returning the content image: classified as the content's class, every content feature kept.
+    assert keep["transferred_as_content_class"] > keep["transferred_as_target_class"]
+    assert keep["content_survival"]["mean_corr"] > 0.99
+    # Returning the class image: classified as the target class, content features not kept.
+    assert take["transferred_as_target_class"] > take["transferred_as_content_class"]
+    assert take["content_survival"]["mean_corr"] < 0.9
+    assert keep["n_pairs"] == take["n_pairs"] == 64
 
 
 def test_truth_lookup_renders_synthetic_and_indexes_others(tmp_path):
@@ -48,7 +90,10 @@ def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
     r = evaluate(m, ds, data_name="syn", n_pairs=64)
     assert 0 <= r["reconstruction"]["l1"] <= 1 and r["reconstruction"]["psnr"] > 0
     leak = r["leakage"]["class_from_content"]
-    assert leak["n_test"] == round(0.3 * len(ds)) and 0 <= leak["accuracy"] <= 1
+    assert leak["n_codes"] == len(ds) and leak["n_folds"] == 5 and 0 <= leak["accuracy"] <= 1
+    assert leak["accuracy_std"] >= 0
+    cc = r["class_check"]
+    assert 0 <= cc["real_accuracy"] <= 1 and 0 <= cc["transferred_as_target_class"] <= 1
     assert "content_from_class" in r["leakage"]
     tr = r["transfer"]
     assert tr["n_pairs"] == 64 and tr["baseline_l1"] > 0 and tr["l1_ratio_to_baseline"] > 0

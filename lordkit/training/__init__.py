@@ -3,6 +3,7 @@
     latent.py      stage 1, `train_latent`: content codes, class codes, modulation and generator
     amortized.py   stage 2, `train_amortized`: encoders to the stage-1 codes, generator fine-tuned
     loop.py        the step loop both share: schedule, logging and checkpoint cadence, stop on signals
+    budget.py      --time-budget: time the first steps, fit the epochs and the schedule tied to them
     checkpoint.py  what a checkpoint holds, gathered into the single-process layout under torchrun
     metrics.py     append-only metrics.jsonl and TensorBoard
     session.py     rank, device, process group and lock; rank 0 decides, every rank stops on its error

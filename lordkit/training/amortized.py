@@ -4,6 +4,7 @@ generator (initialised from stage 1) is fine-tuned on reconstruction."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from lordkit.modeldir import (check_data_matches, checkpoint_dir, checkpoint_pro
                               load_config, load_latent, save_config, save_weights, stage_settings, stage_weights,
                               weights_path)
 from lordkit.models import AmortizedModel, amortized_from_latent
+from lordkit.training.budget import fit_to_budget
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
@@ -96,8 +98,14 @@ def train_amortized(
     show_progress: bool = True,  # a progress bar on rank 0
     tensorboard: bool = True,  # also log to TensorBoard when it is installed
     on_step: Callable[[int], None] | None = None,  # called with the step number after every step
+    time_budget_s: float | None = None,  # fit n_epochs to end within this (lordkit.training.budget)
+    budget_start: float | None = None,  # time.monotonic() the budget counts from (default: this call's start)
+    announce: Callable[[dict[str, Any]], None] | None = None,  # gets the plan, or a long-run estimate (default: print)
 ) -> dict[str, Any]:
     """Stage 2: train encoders to the stage-1 codes; writes amortized.safetensors."""
+    budget_start = time.monotonic() if budget_start is None else budget_start
+    if not resume:  # a plan belongs to the run that fitted it: a new run without a budget has none
+        changes = {**(changes or {}), "plan": {}}
     model_dir = Path(model_dir)
     if not is_model_dir(model_dir):
         load_config(model_dir)  # one clear "model not found" before any lock file is created
@@ -142,6 +150,15 @@ def train_amortized(
         # Collapse probe: contents from fixed images, classes from one fixed image of each probed class.
         probe = EncoderProbe(model, np.asarray(ds.class_ids)[owned], bank, ac.seed)
 
+        # Fit the stage to the time budget; a resume keeps the plan its config.json holds.
+        plan = fit_to_budget("amortized", cfg, time_budget_s, resume=resume, started=budget_start, model=model,
+                             optimizer=optimizer, bank=bank, class_ids=class_ids, n_global=len(ds), step=step,
+                             sample=sample, probe=probe, dist=d, device=dev, announce=announce)
+        if plan is not None:
+            cfg = cfg.replace(amortized={"n_epochs": plan["n_epochs"], "plan": plan})
+            on_main(d, lambda: save_config(model_dir, cfg))
+            ac = cfg.amortized
+
         # Train.
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
@@ -155,4 +172,4 @@ def train_amortized(
         if d.main:
             save_weights(model, weights_path(model_dir, "amortized"))
         distributed.barrier(d)
-        return result
+        return {**result, "plan": cfg.amortized.plan} if cfg.amortized.plan else result

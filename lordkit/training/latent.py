@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_rec
                               is_unstarted, load_config, save_config, save_data_record, save_state, stage_settings,
                               weights_path)
 from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
+from lordkit.training.budget import SCHEDULE_FIELDS, fit_to_budget
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
 from lordkit.training.init import pca_content_codes
@@ -149,10 +151,14 @@ def train_latent(
     show_progress: bool = True,  # a progress bar on rank 0
     tensorboard: bool = True,  # also log to TensorBoard when it is installed
     on_step: Callable[[int], None] | None = None,  # called with the step number after every step
+    time_budget_s: float | None = None,  # fit n_epochs and its schedule to end within this (lordkit.training.budget)
+    budget_start: float | None = None,  # time.monotonic() the budget counts from (default: this call's start)
+    announce: Callable[[dict[str, Any]], None] | None = None,  # gets the plan, or a long-run estimate (default: print)
 ) -> dict[str, Any]:
     """Stage 1: latent optimization. Writes config.json, data.json, latent.safetensors.
 
     Under torchrun each rank trains the content codes of its own images (see lordkit.distributed)."""
+    budget_start = time.monotonic() if budget_start is None else budget_start
     model_dir = Path(model_dir)
     created = not resume and not os.path.lexists(model_dir)  # made by this run: removed if it stops before a checkpoint
     fresh = {"files": False}
@@ -195,6 +201,15 @@ def train_latent(
         # Collapse probe: fixed seeded images, measured whenever a sample grid is due.
         probe = LatentProbe(model, np.asarray(ds.class_ids)[owned], bank, lc.seed)
 
+        # Fit the stage to the time budget; a resume keeps the plan its config.json holds.
+        plan = fit_to_budget("latent", cfg, time_budget_s, resume=resume, started=budget_start, model=model,
+                             optimizer=optimizer, bank=bank, class_ids=class_ids, n_global=len(ds), step=step,
+                             sample=sample, probe=probe, dist=d, device=dev, announce=announce)
+        if plan is not None:
+            cfg = cfg.replace(latent={**{k: plan[k] for k in SCHEDULE_FIELDS}, "plan": plan})
+            on_main(d, lambda: save_config(model_dir, cfg))
+            lc = cfg.latent  # the step function reads the fitted noise warm-up through lc
+
         # Train.
         table = ShardedTable(CONTENT_TABLE, len(ds), lc.seed, d) if d.enabled else None
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
@@ -210,4 +225,4 @@ def train_latent(
         if d.main:
             save_state(final_state, weights_path(model_dir, "latent"))
         distributed.barrier(d)
-        return result
+        return {**result, "plan": cfg.latent.plan} if cfg.latent.plan else result

@@ -80,6 +80,11 @@ class LoopSpec:
     settings: str = ""
 
 
+def epoch_steps(n_global: int, batch_size: int) -> int:
+    """Steps per epoch: the last partial batch is dropped, as the reference does."""
+    return max(1, n_global // min(batch_size, n_global))
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM; the loop checks it between steps and saves before exiting."""
 
@@ -148,7 +153,7 @@ class Loop:
             raise LordkitError(f"{spec.stage}.batch_size {self.batch_size} must be divisible by the number of "
                                f"processes ({d.world})")
         self.local_batch = self.batch_size // d.world
-        self.steps_per_epoch = max(1, n_global // self.batch_size)  # drop the last partial batch, as the reference
+        self.steps_per_epoch = epoch_steps(n_global, self.batch_size)
         self.total_steps = self.steps_per_epoch * spec.n_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
                                                                     eta_min=spec.lr_min)
@@ -278,16 +283,22 @@ class Loop:
         spec.model.train()
         event = watch.check(ratios, self.step / self.steps_per_epoch)
         if event is None:
+            partial = watch.check_partial(ratios, self.step / self.steps_per_epoch)
+            if partial is not None:
+                self._warn(f"warning: {partial}")
+                return {**ratios, "event": "partial_collapse"}
             return ratios
         if not watch.stop:  # stopping says it in its error line instead
-            line = f"warning: {watch.message()}"
-            if self.progress is not None:
-                self.progress.console.print(line, markup=False, highlight=False)
-            else:
-                from lordkit.console import console
-
-                console.print(line, markup=False, highlight=False)
+            self._warn(f"warning: {watch.message()}")
         return {**ratios, "event": "collapse"}
+
+    def _warn(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, markup=False, highlight=False)
+        else:
+            from lordkit.console import console
+
+            console.print(line, markup=False, highlight=False)
 
     def _log(self, losses: dict[str, float], extra: dict[str, Any] | None = None) -> None:
         now = time.perf_counter()
