@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <sstream>
 #include <stdexcept>
@@ -398,6 +399,30 @@ inline std::string first_line(const std::string& text) {
 inline bool little_endian_host() {
   const uint16_t probe = 1;
   return *reinterpret_cast<const uint8_t*>(&probe) == 1;
+}
+
+// What every program's usage says of its files, after its own first line.
+constexpr const char kFormats[] =
+    "  images: .ppm (P6) / .pgm (P5) 8-bit, or .npy float32 in [0, 1] / uint8, (H, W, C) or (H, W)\n"
+    "  the output format follows <out>'s extension; .npy keeps float32\n";
+
+// The command line every program shares, `<model> <content> <class> <out>`: the exit status when the
+// program must stop here (0 after -h / --help, 2 with the usage on a wrong argument count, 1 on a
+// big-endian host), or -1 when it goes on. `usage` is the program's first line.
+inline int check_command_line(int argc, char** argv, const char* usage) {
+  if (argc == 2 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0)) {
+    std::cout << usage << kFormats;
+    return 0;
+  }
+  if (argc != 5) {
+    std::cerr << usage << kFormats;
+    return 2;
+  }
+  if (!little_endian_host()) {
+    std::cerr << "error: this build supports little-endian hosts only\n";
+    return 1;
+  }
+  return -1;
 }
 
 }  // namespace lordkit_io

@@ -123,26 +123,13 @@ int run(char** argv) {
   return 0;
 }
 
-const char kUsage[] =
-    "usage: lordkit_transfer_openvino <export_dir> <content> <class> <out>\n"
-    "  images: .ppm (P6) / .pgm (P5) 8-bit, or .npy float32 in [0, 1] / uint8, (H, W, C) or (H, W)\n"
-    "  the output format follows <out>'s extension; .npy keeps float32\n";
+const char kUsage[] = "usage: lordkit_transfer_openvino <export_dir> <content> <class> <out>\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 2 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0)) {
-    std::cout << kUsage;
-    return 0;
-  }
-  if (argc != 5) {
-    std::cerr << kUsage;
-    return 2;
-  }
-  if (!lordkit_io::little_endian_host()) {
-    std::cerr << "error: this build supports little-endian hosts only\n";
-    return 1;
-  }
+  const int status = lordkit_io::check_command_line(argc, argv, kUsage);
+  if (status >= 0) return status;
   try {
     return run(argv);
   } catch (const lordkit_io::Error& e) {
