@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_examples import compiler_missing, example_inputs, read_ppm, run, tail, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -28,48 +29,6 @@ TOL = 1e-4
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "examples" / "aoti"
 EXE = "lordkit_transfer_aoti"
-
-
-def compiler_missing() -> str | None:
-    """Why C++ cannot be compiled here (Inductor needs a compiler too), or None."""
-    cxx = os.environ.get("CXX")
-    if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return "no C++ compiler (c++, g++, clang++ or $CXX)"
-    return None
-
-
-def toolchain_missing() -> str | None:
-    """Why the example cannot be built here, or None."""
-    if shutil.which("cmake") is None:
-        return "cmake is not installed"
-    if shutil.which("make") is None and shutil.which("ninja") is None:
-        return "no build tool (make or ninja)"
-    return compiler_missing()
-
-
-def tail(text: str, n_lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n_lines:])
-
-
-def example_inputs(manifest: dict, name: str, batch: int = 2, seed: int = 0) -> tuple:
-    """Tracing inputs of one network: images uniform in [0, 1], codes standard normal."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    c, s = manifest["channels"], manifest["img_size"]
-    shapes = {"image": (batch, c, s, s), "content_image": (batch, c, s, s), "class_image": (batch, c, s, s),
-              "content_code": (batch, manifest["content_dim"]), "class_code": (batch, manifest["class_dim"])}
-    return tuple(torch.rand(shapes[n], generator=gen) if "image" in n else torch.randn(shapes[n], generator=gen)
-                 for n in manifest["models"][name]["inputs"])
-
-
-def stamp(manifest: dict, name: str) -> dict[str, str]:
-    """The metadata the exporter stamps on every file of a network (manifest without hashes and parity)."""
-    import lordkit
-    from lordkit import export_format as fmt
-
-    meta = {k: v for k, v in manifest.items() if k not in ("sha256", "parity")}
-    return fmt.metadata(name, lordkit.__version__, json.dumps(meta))
 
 
 @pytest.fixture(scope="module")
@@ -269,23 +228,7 @@ def binary(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    """Content and class images as uint8 PPM and as float32 .npy holding exactly u8 / 255 (same input)."""
-    root = tmp_path_factory.mktemp("aoti-images")
-    rng = np.random.default_rng(7)
-    paths = {}
-    for name in ("content", "class"):
-        u8 = rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8)
-        np.save(root / f"{name}.npy", u8.astype(np.float32) / 255.0)  # float32 division, as the program
-        (root / f"{name}.ppm").write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + u8.tobytes())
-        paths[f"{name}.npy"] = root / f"{name}.npy"
-        paths[f"{name}.ppm"] = root / f"{name}.ppm"
-    return paths
-
-
-def run(binary: Path, *args: object) -> subprocess.CompletedProcess:
-    """Run the program without LD_LIBRARY_PATH: it must find its libraries through its rpath."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return write_images(tmp_path_factory.mktemp("aoti-images"), SIZE, CHANNELS)
 
 
 @pytest.fixture(scope="module")
@@ -304,14 +247,6 @@ def references(exported, images) -> dict[str, np.ndarray]:
         return out
     out["lordkit.runtime.Transfer"] = Transfer(export, provider="cpu", warn=None).transfer([content], [klass])[0, 0]
     return out
-
-
-def read_ppm(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    magic, size, maxval, pixels = data.split(b"\n", 3)
-    assert magic == b"P6" and maxval == b"255", data[:20]
-    w, h = map(int, size.split())
-    return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
 
 
 @pytest.mark.parametrize("model", ["dir", "pt2"])

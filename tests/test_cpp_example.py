@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_examples import read_ppm, run, tail, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +28,6 @@ TOL = 1e-4
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "examples" / "cpp"
 EXE = "lordkit_transfer"
-
-
-def toolchain_missing() -> str | None:
-    """Why the example cannot be built here, or None."""
-    if shutil.which("cmake") is None:
-        return "cmake is not installed"
-    cxx = os.environ.get("CXX")
-    if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return "no C++ compiler (c++, g++, clang++ or $CXX)"
-    if shutil.which("make") is None and shutil.which("ninja") is None:
-        return "no build tool (make or ninja)"
-    return None
-
-
-def tail(text: str, n_lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n_lines:])
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +69,7 @@ def export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    """Content and class images as uint8 PPM and as float32 .npy holding exactly u8 / 255 (same input)."""
-    root = tmp_path_factory.mktemp("cpp-images")
-    rng = np.random.default_rng(7)
-    paths = {}
-    for name in ("content", "class"):
-        u8 = rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8)
-        np.save(root / f"{name}.npy", u8.astype(np.float32) / 255.0)  # float32 division, as the program
-        (root / f"{name}.ppm").write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + u8.tobytes())
-        paths[f"{name}.npy"] = root / f"{name}.npy"
-        paths[f"{name}.ppm"] = root / f"{name}.ppm"
-    return paths
-
-
-def run(binary: Path, *args: object) -> subprocess.CompletedProcess:
-    """Run the program without LD_LIBRARY_PATH: it must find libtorch through its rpath."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return write_images(tmp_path_factory.mktemp("cpp-images"), SIZE, CHANNELS)
 
 
 def python_reference(export: Path, content: np.ndarray, klass: np.ndarray) -> tuple[str, np.ndarray]:
@@ -133,16 +102,6 @@ def reference(export, images) -> tuple[str, np.ndarray]:
     return python_reference(export, np.load(images["content.npy"]), np.load(images["class.npy"]))
 
 
-def read_ppm(path: Path) -> np.ndarray:
-    """A binary P6 file written by the program (header `P6\\nW H\\n255\\n`) as (H, W, 3) uint8."""
-    data = path.read_bytes()
-    magic, size, maxval, pixels = data.split(b"\n", 3)
-    assert magic == b"P6" and maxval == b"255", data[:20]
-    w, h = map(int, size.split())
-    assert (h, w) == (SIZE, SIZE) and len(pixels) == h * w * 3
-    return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
-
-
 @pytest.mark.parametrize("model", ["dir", "pt"])
 def test_npy_output_matches_python(binary, export, images, reference, tmp_path, model):
     out = tmp_path / "out.npy"
@@ -164,7 +123,7 @@ def test_ppm_round_trip(binary, export, images, reference, tmp_path):
     for out in (out_npy, out_ppm):
         proc = run(binary, export, images["content.ppm"], images["class.ppm"], out)
         assert proc.returncode == 0, proc.stderr
-    got = read_ppm(out_ppm)
+    got = read_ppm(out_ppm, SIZE)
     # PPM input reads as u8 / 255 in float32, the same numbers as the .npy input: same output.
     from_npy = np.load(out_npy)
     assert float(np.max(np.abs(from_npy - reference[1]))) < TOL

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_examples import read_ppm, run, tail, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -30,28 +31,10 @@ SRC = REPO / "examples" / "openvino"
 PROGRAMS = ("lordkit_transfer_openvino", "lordkit_transfer_openvino_c")
 
 
-def toolchain_missing() -> str | None:
-    """Why the examples cannot be built here, or None."""
-    if shutil.which("cmake") is None:
-        return "cmake is not installed"
-    cxx, cc = os.environ.get("CXX"), os.environ.get("CC")
-    if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return "no C++ compiler (c++, g++, clang++ or $CXX)"
-    if not (cc and shutil.which(cc)) and not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
-        return "no C compiler (cc, gcc, clang or $CC)"
-    if shutil.which("make") is None and shutil.which("ninja") is None:
-        return "no build tool (make or ninja)"
-    return None
-
-
-def tail(text: str, n_lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n_lines:])
-
-
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
     """Configure and build examples/openvino once per module; the build dir."""
-    reason = toolchain_missing()
+    reason = toolchain_missing(c=True)
     if reason:
         pytest.skip(reason)
     openvino = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'lordkit[openvino]'")
@@ -95,17 +78,7 @@ def export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    """Content and class images as uint8 PPM and as float32 .npy holding exactly u8 / 255 (same input)."""
-    root = tmp_path_factory.mktemp("openvino-images")
-    rng = np.random.default_rng(7)
-    paths = {}
-    for name in ("content", "class"):
-        u8 = rng.integers(0, 256, (SIZE, SIZE, CHANNELS), dtype=np.uint8)
-        np.save(root / f"{name}.npy", u8.astype(np.float32) / 255.0)  # float32 division, as the programs
-        (root / f"{name}.ppm").write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + u8.tobytes())
-        paths[f"{name}.npy"] = root / f"{name}.npy"
-        paths[f"{name}.ppm"] = root / f"{name}.ppm"
-    return paths
+    return write_images(tmp_path_factory.mktemp("openvino-images"), SIZE, CHANNELS)
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +88,6 @@ def reference(export, images) -> np.ndarray:
 
     t = Transfer(export, provider="cpu", threads=1, warn=None)
     return t.transfer([np.load(images["content.npy"])], [np.load(images["class.npy"])])[0, 0]
-
-
-def run(binary: Path, *args: object) -> subprocess.CompletedProcess:
-    """Run a program without LD_LIBRARY_PATH: it must find OpenVINO through its rpath."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
-
-
-def read_ppm(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    magic, size, maxval, pixels = data.split(b"\n", 3)
-    assert magic == b"P6" and maxval == b"255", data[:20]
-    w, h = map(int, size.split())
-    assert (h, w) == (SIZE, SIZE) and len(pixels) == h * w * 3
-    return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
 
 
 def test_npy_output_matches_python(binary, export, images, reference, tmp_path):
@@ -151,7 +109,7 @@ def test_ppm_round_trip(binary, export, images, reference, tmp_path):
     from_npy = np.load(out_npy)  # PPM input reads as u8 / 255 in float32: the .npy input's numbers
     assert float(np.max(np.abs(from_npy - reference))) < TOL
     rounded = (np.clip(from_npy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # as lordkit.runtime.to_uint8_image
-    assert np.array_equal(read_ppm(out_ppm), rounded)
+    assert np.array_equal(read_ppm(out_ppm, SIZE), rounded)
 
 
 def write_garbage(path: Path, first: bytes = b"") -> Path:
