@@ -77,3 +77,27 @@ def example_inputs(manifest: dict, name: str, batch: int = 2, seed: int = 0) -> 
               "content_code": (batch, manifest["content_dim"]), "class_code": (batch, manifest["class_dim"])}
     return tuple(torch.rand(shapes[n], generator=gen) if "image" in n else torch.randn(shapes[n], generator=gen)
                  for n in manifest["models"][name]["inputs"])
+
+
+def cmake_build(src: Path, build: Path, prefix: str | Path, programs: tuple[str, ...]) -> list[Path]:
+    """Configure (Release, CMAKE_PREFIX_PATH=prefix) and build the example at `src` into `build`;
+    the paths of its `programs`. A failed step fails the test with the tail of its output."""
+    import sys
+    import time
+
+    import pytest
+
+    generator = [] if shutil.which("make") else ["-G", "Ninja"]
+    steps = [["cmake", "-S", str(src), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+              f"-DCMAKE_PREFIX_PATH={prefix}"],
+             ["cmake", "--build", str(build), "--parallel", "2"]]
+    t_start = time.perf_counter()
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
+    print(f"\nexamples/{src.name} configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+    exes = [build / name for name in programs]
+    for exe in exes:
+        assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
+    return exes

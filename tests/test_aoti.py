@@ -10,16 +10,14 @@ the eager transfer network. Skipped when torch, a C++ compiler, cmake or a build
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import compiler_missing, example_inputs, read_ppm, run, tail, toolchain_missing, write_images
+from native_examples import cmake_build, compiler_missing, example_inputs, read_ppm, run, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -209,21 +207,7 @@ def binary(tmp_path_factory) -> Path:
         pytest.skip(reason)
     torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
     build = tmp_path_factory.mktemp("aoti-build")
-    generator = [] if shutil.which("make") else ["-G", "Ninja"]
-    steps = [
-        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-        ["cmake", "--build", str(build), "--parallel", "2"],
-    ]
-    t_start = time.perf_counter()
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
-    print(f"\nexamples/aoti configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
-    exe = build / EXE
-    assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
-    return exe
+    return cmake_build(SRC, build, torch.utils.cmake_prefix_path, (EXE,))[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,11 @@ else with transfer.pt in Python. Skipped when cmake, a C++ compiler or a build t
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import read_ppm, run, tail, toolchain_missing, write_images
+from native_examples import cmake_build, read_ppm, run, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +33,7 @@ def binary(tmp_path_factory) -> Path:
         pytest.skip(reason)
     torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
     build = tmp_path_factory.mktemp("cpp-build")
-    generator = [] if shutil.which("make") else ["-G", "Ninja"]
-    steps = [
-        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-        ["cmake", "--build", str(build), "--parallel", "2"],
-    ]
-    t_start = time.perf_counter()
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
-    build_s = time.perf_counter() - t_start
-    print(f"\nexamples/cpp configured and built in {build_s:.1f} s", file=sys.stderr)
-    exe = build / EXE
-    assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
-    return exe
+    return cmake_build(SRC, build, torch.utils.cmake_prefix_path, (EXE,))[0]
 
 
 @pytest.fixture(scope="module")

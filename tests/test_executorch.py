@@ -13,16 +13,14 @@ build tool is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import example_inputs, read_ppm, run, tail, toolchain_missing, write_images
+from native_examples import cmake_build, example_inputs, read_ppm, run, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -209,21 +207,7 @@ def binary(tmp_path_factory) -> Path:
     if not (package / "lib" / "libexecutorch.so").is_file():
         pytest.skip(f"the executorch package at {package} ships no prebuilt C++ runtime (lib/libexecutorch.so)")
     build = tmp_path_factory.mktemp("executorch-build")
-    generator = [] if shutil.which("make") else ["-G", "Ninja"]
-    steps = [
-        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={package}"],
-        ["cmake", "--build", str(build), "--parallel", "2"],
-    ]
-    t_start = time.perf_counter()
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
-    print(f"\nexamples/executorch configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
-    exe = build / EXE
-    assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
-    return exe
+    return cmake_build(SRC, build, package, (EXE,))[0]
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,12 @@ export), cmake, a C / C++ compiler or make / ninja is missing.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import read_ppm, run, tail, toolchain_missing, write_images
+from native_examples import cmake_build, read_ppm, run, toolchain_missing, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +38,7 @@ def build(tmp_path_factory) -> Path:
     if not (prefix / "OpenVINOConfig.cmake").is_file():
         pytest.skip(f"this openvino wheel has no CMake config ({prefix})")
     build = tmp_path_factory.mktemp("openvino-build")
-    generator = [] if shutil.which("make") else ["-G", "Ninja"]
-    steps = [
-        ["cmake", "-S", str(SRC), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={prefix}"],
-        ["cmake", "--build", str(build), "--parallel", "2"],
-    ]
-    t_start = time.perf_counter()
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail(proc.stdout + proc.stderr)}")
-    print(f"\nexamples/openvino configured and built in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
-    for name in PROGRAMS:
-        exe = build / name
-        assert exe.is_file() and os.access(exe, os.X_OK), f"the build made no {exe}"
+    cmake_build(SRC, build, prefix, PROGRAMS)
     return build
 
 
