@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lordkit.config import TINY_MODEL, preset
+from lordkit.config import TINY_MODEL, LordConfig, fit_to_length, preset
 from lordkit.console import console, out_console
 from lordkit.fsutil import atomic_write_json, data_dir, export_dir, model_dir
 
@@ -147,9 +147,15 @@ def demo(
         existing = next(p for p in outputs if p.exists())
         raise LordkitError(f"{existing} exists from an earlier demo; pass --force to run it again")
     grid = QUICK_GRID if quick else DEMO_GRID
-    cfg = preset("small")
-    cfg = cfg.replace(**QUICK_CHANGES) if quick else cfg
-    cfg = cfg.apply_overrides(list(set_ or []))  # the user's --set strings come last and win
+
+    def config(n_train: int | None = None) -> LordConfig:
+        """The small preset (at the training split's length once it is known), --quick's changes, and
+        the user's --set strings last, which win."""
+        c = preset("small") if n_train is None else fit_to_length(preset("small"), "small", n_train)[0]
+        c = c.replace(**QUICK_CHANGES) if quick else c
+        return c.apply_overrides(list(set_ or []))
+
+    cfg = config()
     steps = _Steps()
     quiet = dict(show_progress=True, tensorboard=False, device="cpu")
 
@@ -159,6 +165,7 @@ def demo(
     sheet = contact_sheet(ds, full / "contact_sheet.png")
     steps.run("hold out 20% of the (shape, content) pairs", lambda: split_samples(ds, train, test, 0.2, force=force))
     train_ds, test_ds = Dataset(train), Dataset(test)
+    cfg = config(len(train_ds))  # the demo's split of 384 images: the preset's own epochs
     stages_start = time.monotonic()
     s1 = steps.run("stage 1: latent optimization", lambda: train_latent(
         train_ds, mdir, cfg, data_name=train.name, force=force, budget_start=stages_start,

@@ -101,7 +101,7 @@ def train(
 
     started = time.monotonic()
     budget_s = _budget(time_budget, epochs, resume)
-    from lordkit.config import choose_preset, fit_to_images
+    from lordkit.config import choose_preset, fit_to_images, fit_to_length
     from lordkit.data.sources import dataset_ids
     from lordkit.data.store import Dataset
     from lordkit.training import train_latent
@@ -109,6 +109,8 @@ def train(
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
     preset_name, start, why = choose_preset(ds.meta.dataset_id, len(ds), preset, known=dataset_ids())
+    start, length = fit_to_length(start, preset_name, len(ds))
+    why = f"{why}; {length}" if length else why
     cfg = fit_to_images(start, ds.meta.img_size, ds.meta.channels).apply_overrides(set_ or [])
     cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
                       amortized=_given(loss=loss))

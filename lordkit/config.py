@@ -370,6 +370,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "amortized": dict(batch_size=16, n_epochs=120, loss="l1+l2", lr=1e-3),
     },
 }
+# A preset's length in training images seen per stage, where it has one: its n_epochs above are those
+# of LENGTH_REFERENCE_IMAGES images (the demo's training split), and a training set of n images gets the
+# epochs that show the same number of images (lordkit train, lordkit demo), so that a stage costs the
+# same steps whatever the number of images. Its schedule (noise warm-up, sample cadence) keeps its share
+# of the run. Presets without an entry count in epochs. docs/training-recipes.md has the measurements.
+LENGTH_REFERENCE_IMAGES = 384
+PRESET_IMAGES_SEEN: dict[str, dict[str, int]] = {
+    "small": {"latent": 300 * LENGTH_REFERENCE_IMAGES, "amortized": 120 * LENGTH_REFERENCE_IMAGES},
+}
 ALIASES = {"synthetic": "small"}  # the generated shapes set trains with the small-data recipe
 SMALL_DATA_IMAGES = 20_000  # the user's own images (folder reader): fewer start from "small"
 OWN_DATA_READERS = ("folder",)
@@ -398,6 +407,33 @@ def fit_to_images(cfg: LordConfig, img_size: int, channels: int) -> LordConfig:
     (2x upsamplings) that size needs when the preset has too few."""
     n_adain = max(cfg.model.n_adain_layers, ModelConfig.min_adain_layers(img_size))
     return cfg.replace(model={"img_size": img_size, "channels": channels, "n_adain_layers": n_adain})
+
+
+def epoch_schedule(stage: str, section: Any, n_epochs: int) -> dict[str, Any]:
+    """The epoch-counted fields of a stage's section at n_epochs, each keeping its share of the
+    configured run: the content-noise warm-up and the sample-grid cadence of stage 1 scale with it (the
+    learning-rate decay and the collapse warm-up are fractions of the run already)."""
+    n0 = max(int(section.n_epochs), 1)
+    if stage != "latent":
+        return {"n_epochs": n_epochs}
+    return {"n_epochs": n_epochs,
+            "noise_warmup_epochs": section.noise_warmup_epochs * n_epochs / n0,
+            "sample_every_epochs": max(1, round(section.sample_every_epochs * n_epochs / n0))}
+
+
+def fit_to_length(cfg: LordConfig, preset_name_: str, n_imgs: int) -> tuple[LordConfig, str | None]:
+    """A preset's config with the epochs that show its PRESET_IMAGES_SEEN on a training set of n_imgs
+    images (at least one epoch), and a line saying so; unchanged (and None) for presets counted in
+    epochs. Apply before the user's --set and --epochs, which then win."""
+    seen = PRESET_IMAGES_SEEN.get(preset_name(preset_name_))
+    if not seen or n_imgs <= 0:
+        return cfg, None
+    e1 = max(1, round(seen["latent"] / n_imgs))
+    e2 = max(1, round(seen["amortized"] / n_imgs))
+    cfg = cfg.replace(latent=epoch_schedule("latent", cfg.latent, e1),
+                      amortized=epoch_schedule("amortized", cfg.amortized, e2))
+    return cfg, (f"length: {seen['latent']:,} + {seen['amortized']:,} images seen; {e1} + {e2} epochs of "
+                 f"{n_imgs:,} images")
 
 
 def choose_preset(dataset_id: str, n_imgs: int, explicit: str | None = None,

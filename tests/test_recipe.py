@@ -159,6 +159,30 @@ def test_choose_preset_says_which_and_why():
     assert fit_to_images(preset("small"), 32, 3).model.n_adain_layers == preset("small").model.n_adain_layers
 
 
+def test_small_preset_counts_its_length_in_images_seen():
+    from lordkit.config import LENGTH_REFERENCE_IMAGES, PRESET_IMAGES_SEEN, LordConfig, fit_to_length, preset
+
+    small = preset("small")
+    cfg, line = fit_to_length(small, "small", LENGTH_REFERENCE_IMAGES)  # the preset's own epochs
+    assert cfg == small and "300 + 120 epochs of 384 images" in line
+    for n in (100, 1438, 5000, 20_000, 10**6):
+        cfg, line = fit_to_length(small, "synthetic", n)  # aliases count too
+        seen = PRESET_IMAGES_SEEN["small"]
+        assert cfg.latent.n_epochs == max(1, round(seen["latent"] / n))
+        assert cfg.amortized.n_epochs == max(1, round(seen["amortized"] / n))
+        # the noise warm-up stays the first third of stage 1, the sample grids about 30 a run
+        assert cfg.latent.noise_warmup_epochs == pytest.approx(cfg.latent.n_epochs / 3)
+        assert cfg.latent.sample_every_epochs == max(1, round(10 * cfg.latent.n_epochs / 300))
+        assert cfg.model == small.model and cfg.latent.lr_latent == small.latent.lr_latent
+        assert f"{n:,} images" in line
+    # images seen stay within one epoch of the preset's whatever the set's size
+    for n in (100, 1438, 5000):
+        cfg, _ = fit_to_length(small, "small", n)
+        assert abs(cfg.latent.n_epochs * n - PRESET_IMAGES_SEEN["small"]["latent"]) <= n / 2
+    # presets counted in epochs (the paper's) are left as they are
+    assert fit_to_length(LordConfig(), "celeba", 1000) == (LordConfig(), None)
+
+
 def test_train_prints_the_preset_and_why(cli, base, tmp_path):
     from test_cli_data import make_folder
     from test_training import TINY_SET
@@ -168,8 +192,12 @@ def test_train_prints_the_preset_and_why(cli, base, tmp_path):
     r = cli("train", "-dn", "f", "-mn", "m", *TINY_SET, "--epochs", "1", "--device", "cpu", "--no-tensorboard")
     assert r.exit_code == 0, r.output
     assert "preset small: 24 images of folder data, fewer than 20,000" in r.stdout
+    assert "length: 115,200 + 46,080 images seen; 4800 + 1920 epochs of 24 images" in r.stdout
     cfg = json.loads((base / "models" / "m" / "config.json").read_text())
     assert cfg["model"]["img_size"] == 32 and cfg["latent"]["pca_init"] > 0
+    # --epochs wins over the preset's length; stage 2 keeps the length's epochs
+    assert cfg["latent"]["n_epochs"] == 1 and cfg["amortized"]["n_epochs"] == 1920
+    assert cfg["latent"]["noise_warmup_epochs"] == pytest.approx(1600.0)
     r = cli("train", "-dn", "f", "-mn", "m2", *TINY_SET, "--epochs", "1", "--preset", "celeba",
             "--device", "cpu", "--no-tensorboard")
     assert r.exit_code == 0, r.output

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from lordkit.config import epoch_schedule
 from lordkit.errors import LordkitError
 
 WARMUP_STEPS = 3  # untimed steps first: allocations, first-call dispatch, torch.compile
@@ -155,16 +156,6 @@ def time_call(fn: Callable[[], Any] | None) -> float:
     return time.perf_counter() - t0
 
 
-def scaled_schedule(stage: str, cfg_section: Any, n_epochs: int) -> dict[str, Any]:
-    """The epoch-counted fields of a stage section at n_epochs, in their configured proportion."""
-    n0 = max(int(cfg_section.n_epochs), 1)
-    if stage != "latent":
-        return {"n_epochs": n_epochs}
-    return {"n_epochs": n_epochs,
-            "noise_warmup_epochs": cfg_section.noise_warmup_epochs * n_epochs / n0,
-            "sample_every_epochs": max(1, round(cfg_section.sample_every_epochs * n_epochs / n0))}
-
-
 def stage_seconds(n_epochs: int, steps_per_epoch: int, sample_every: int, t: Timing) -> float:
     """Seconds of a stage of n_epochs: the steps, a checkpoint an epoch, a sample grid at every
     sample_every-th epoch and at the last, and the weights written at the end (about one checkpoint)."""
@@ -182,7 +173,7 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
     left_s = budget_s - spent_s - margin_s
 
     def cost(n: int) -> float:
-        every = scaled_schedule(stage, cfg_section, n).get("sample_every_epochs", 1) if has_sampler else 1
+        every = epoch_schedule(stage, cfg_section, n).get("sample_every_epochs", 1) if has_sampler else 1
         return stage_seconds(n, steps_per_epoch, every, timing)
 
     per_epoch = max(cost(2) - cost(1), 1e-9)
@@ -198,7 +189,7 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
             f"({steps_per_epoch} steps of {timing.step_s:.3g} s: about {format_duration(one)} an epoch, and "
             f"{format_duration(spent_s)} already spent before training); give a longer budget")
     expected_s = spent_s + cost(n)
-    sched = scaled_schedule(stage, cfg_section, n)
+    sched = epoch_schedule(stage, cfg_section, n)
     return {
         "time_budget_s": float(budget_s),
         "planned_at": _utc(now),
