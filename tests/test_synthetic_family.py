@@ -4,12 +4,14 @@ holds, bad options are one clear error, and benchmarks/synthetic_family.py runs 
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lordkit.data.datasets.synthetic import DEFAULT_GRID, FAMILY, render_truth, truth_options
+from lordkit.data.datasets.synthetic import (DEFAULT_GRID, FAMILY, FLAT_LEVELS, OUTLINE_SHAPES, SHAPE_SETS, render,
+                                             render_truth, truth_options)
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
@@ -48,6 +50,10 @@ def test_family_is_large_and_covers_the_steps():
     {"background": "grey", "colour": "class"},
     {"background": "textured", "n_hue": "2"},
     {"grey": "1", "colour": "class", "background": "textured"},
+    {"shapes": "outline", "background": "mid-grey"},
+    {"shapes": "outline", "colour": "class", "background": "light"},
+    {"shapes": "mixed", "n_hue": "2"},
+    {"shapes": "ring+square+bar", "colour": "class"},
 ], ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()))
 def test_every_variant_renders_what_the_store_holds(tmp_path, extra):
     preprocess("synthetic", None, tmp_path / "s", img_size=32, opts=Options({**TINY_GRID, **extra}),
@@ -83,11 +89,67 @@ def test_sizes_change_the_shapes_area():
     ({"min_radius": "0.3", "max_radius": "0.2"}, "min_radius/max_radius"),
     ({"background": "white"}, "background='white'"),
     ({"grey": "yes"}, "grey='yes'"),
+    ({"shapes": "blobs"}, "shapes='blobs'"),
+    ({"shapes": "ring+ring"}, "shapes='ring+ring'"),
+    ({"shapes": "ring+donut"}, "shapes='ring+donut'"),
+    ({"shapes": "outline", "n_shapes": "6"}, "n_shapes must be between 2 and 5"),
 ])
 def test_bad_options_are_one_clear_error(tmp_path, opts, message):
-    with pytest.raises(LordkitError, match=message.replace("(", r"\(")):
+    with pytest.raises(LordkitError, match=re.escape(message)):
         preprocess("synthetic", None, tmp_path / "bad", img_size=32, opts=Options({**TINY_GRID, **opts}),
                    show_progress=False)
+
+
+def test_thin_and_hollow_shapes_are_thin_and_hollow():
+    """A ring and a hollow square leave their centre as background; every outline shape covers much less
+    of the image than its solid counterpart of the same size."""
+    grid = {"x": 1, "y": 1, "scale": 1, "rotation": 1, "hue": 1}  # centred, one scale
+    radius = (0.3, 0.3)
+    for bg, level in [("black", 0), *FLAT_LEVELS.items()]:
+        for name in ("ring", "hollow-square"):
+            img = render(OUTLINE_SHAPES.index(name), 0, grid, OUTLINE_SHAPES, 128, background=bg, radius=radius)
+            assert (img[60:68, 60:68] == level).all(), (name, bg)  # the centre is background
+            assert (img[64, :] != level).any(axis=-1).sum() < 0.4 * 2 * 0.3 * 128  # two strokes, not a disc
+    area = {name: int((render(i, 0, grid, shapes, 128, radius=radius) > 0).any(-1).sum())
+            for shapes in SHAPE_SETS.values() for i, name in enumerate(shapes)}
+    assert area["ring"] < 0.55 * area["circle"] and area["hollow-square"] < 0.7 * area["square"]
+    assert area["plus"] < 0.7 * area["cross"] and max(area["bar"], area["chevron"]) < 0.4 * area["square"]
+
+
+def test_new_backgrounds_are_flat_at_their_level():
+    grid = {"x": 1, "y": 1, "scale": 1, "rotation": 1, "hue": 1}
+    for bg, level in FLAT_LEVELS.items():
+        img = render_truth(0, 0, 32, grid, background=bg)
+        assert (img[:2, :2] == level).all() and (img[:2, -2:] == level).all()
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY if "outline" in n or "mid-grey" in n or "light" in n])
+def test_new_family_variants_generate(tmp_path, name):
+    """The variants with thin/hollow shapes or new backgrounds generate (on a tiny grid) and render true."""
+    opts, img_size = FAMILY[name]
+    small = {**opts, "n_x": "2", "n_y": "1", "n_scale": "1", "n_rotation": "1"}
+    if opts.get("colour") != "class":
+        small["n_hue"] = "2"
+    preprocess("synthetic", None, tmp_path / "s", img_size=img_size, opts=Options(small), show_progress=False)
+    ds = Dataset(tmp_path / "s")
+    assert len(ds.meta.class_names) == 5 and len(ds) == 5 * ds.meta.extra["n_contents"]
+    if opts.get("shapes") == "outline":
+        assert tuple(ds.meta.class_names) == OUTLINE_SHAPES
+    level = FLAT_LEVELS.get(opts.get("background", "black"), 0)
+    assert (np.asarray(ds.images)[:, 0, 0] == level).all()
+    o = truth_options(ds.meta.extra)
+    for i in range(len(ds)):
+        truth = render_truth(int(ds.class_ids[i]), int(ds.content_ids[i]), img_size, ds.meta.extra["content_grid"],
+                             ds.meta.class_names, channels=ds.meta.channels, **o)
+        np.testing.assert_array_equal(truth, ds.images[i])
+
+
+def test_family_spans_thin_shapes_and_light_backgrounds():
+    opts = [o for o, _ in FAMILY.values()]
+    assert any(o.get("shapes") == "outline" and o.get("background") == "mid-grey" and o.get("colour") != "class"
+               for o in opts)  # thin/hollow shapes on grey 128 with hue a content factor
+    assert any(o.get("shapes") == "outline" and o.get("background", "black") == "black" for o in opts)
+    assert any(o.get("background") == "light" for o in opts)
 
 
 def test_benchmark_quick_writes_the_table_and_grids(tmp_path, capsys):

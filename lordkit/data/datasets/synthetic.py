@@ -8,8 +8,13 @@ cars and chairs of LORD's datasets) and content is (x, y, scale, rotation). Beca
 
 Options that change the look (defaults reproduce the original set byte for byte):
   size=small|medium|large, or min_radius / max_radius   circumradius range as a fraction of the image
-  background=black|grey|textured   textured: smooth grey noise seeded by the content id (so it is
-                                   part of the content, and every (class, content) pair renders)
+  shapes=solid|outline|mixed, or names joined by +   the classes: solid (the default: circle, cross,
+                                   square, star, triangle), outline (thin and hollow: bar, chevron,
+                                   hollow-square, plus, ring), mixed (circle, hollow-square, plus, ring,
+                                   triangle), or e.g. ring+square+bar; n_shapes takes the first n
+  background=black|grey|mid-grey|light|textured   grey: level 96, mid-grey: 128, light: 200;
+                                   textured: smooth grey noise seeded by the content id (so it is part
+                                   of the content, and every (class, content) pair renders)
   grey=1                           one-channel output (the shapes' brightness still follows hue)
 FAMILY names a set of variants one step apart (benchmarks/synthetic_family.py trains on each).
 """
@@ -28,12 +33,18 @@ from lordkit.data.sources import Chunk, Loaded, Options, Source, register
 from lordkit.errors import LordkitError
 
 SHAPES = ("circle", "cross", "square", "star", "triangle")  # sorted: index = class id
+OUTLINE_SHAPES = ("bar", "chevron", "hollow-square", "plus", "ring")  # thin or hollow, sorted
+SHAPE_SETS = {"solid": SHAPES, "outline": OUTLINE_SHAPES,
+              "mixed": ("circle", "hollow-square", "plus", "ring", "triangle")}
+ALL_SHAPES = tuple(sorted(SHAPES + OUTLINE_SHAPES))
+_STROKE = 0.22  # ring and hollow-square: line width as a fraction of the circumradius
 FACTORS = ("x", "y", "scale", "rotation", "hue")
 DEFAULT_GRID = {"x": 4, "y": 4, "scale": 3, "rotation": 4, "hue": 4}
 SIZES = {"small": (0.06, 0.1), "medium": (0.17, 0.3), "large": (0.26, 0.33)}  # circumradius / image size
 DEFAULT_RADIUS = SIZES["medium"]
-BACKGROUNDS = ("black", "grey", "textured")
+BACKGROUNDS = ("black", "grey", "mid-grey", "light", "textured")
 GREY_LEVEL = 96  # the "grey" background, 0..255
+FLAT_LEVELS = {"grey": GREY_LEVEL, "mid-grey": 128, "light": 200}  # flat backgrounds other than black
 _TEXTURE_CELLS = 5  # textured background: a 5x5 grid of random grey levels, smoothly interpolated
 _TEXTURE_RANGE = (16, 112)  # dark enough that every hue stands out
 CANVAS = 128  # drawn at this size with anti-aliasing, then resized by the pipeline like any dataset
@@ -60,7 +71,25 @@ def _unit_polygon(shape: str) -> np.ndarray:
         pts = [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b),
                (-b, b), (-b, a)]
         return np.array(pts, dtype=np.float64)
+    if shape in ("ring", "hollow-square"):  # the outline, stroked (see _STROKED)
+        return _unit_polygon("circle" if shape == "ring" else "square")
+    if shape == "plus":  # a cross of thin arms
+        a, b = 1.0, 0.12
+        pts = [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b),
+               (-b, b), (-b, a)]
+        return np.array(pts, dtype=np.float64)
+    if shape == "bar":  # a thin diagonal bar
+        t = np.deg2rad(45.0)
+        d, n = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+        return np.stack([d + 0.12 * n, d - 0.12 * n, -d - 0.12 * n, -d + 0.12 * n])
+    if shape == "chevron":  # a V of two thin arms, pointing down
+        w = 0.24
+        pts = [(-0.8, -0.6), (0.0, 0.6 - 2 * w), (0.8, -0.6), (0.8, -0.6 + w * 1.4), (0.0, 0.6), (-0.8, -0.6 + w * 1.4)]
+        return np.array(pts, dtype=np.float64)
     raise ValueError(f"unknown shape {shape!r}")
+
+
+_STROKED = ("ring", "hollow-square")  # drawn as a closed line, hollow inside
 
 
 def factor_values(grid: dict[str, int], radius: Sequence[float] = DEFAULT_RADIUS) -> dict[str, np.ndarray]:
@@ -81,18 +110,21 @@ def content_factors_of(content_id: int, grid: dict[str, int]) -> tuple[int, ...]
     return tuple(int(i) for i in np.unravel_index(content_id, [grid[f] for f in FACTORS]))
 
 
-def class_hue(shape: str) -> float:
-    """The hue of a shape when colour is a class attribute: fixed per shape name."""
-    return SHAPES.index(shape) / len(SHAPES)
+def class_hue(shape: str, shapes: Sequence[str] = SHAPES) -> float:
+    """The hue of a shape when colour is a class attribute: fixed per shape name for the solid shapes,
+    spread evenly over the classes in their order otherwise."""
+    if all(s in SHAPES for s in shapes):
+        return SHAPES.index(shape) / len(SHAPES)
+    return list(shapes).index(shape) / len(shapes)
 
 
 def background_image(content_id: int, size: int, background: str = "black") -> np.ndarray:
-    """The background of one image, (size, size, 3) uint8: black, flat grey, or a smooth grey texture
-    that depends only on the content id (seeded by it)."""
+    """The background of one image, (size, size, 3) uint8: black, a flat grey (FLAT_LEVELS), or a smooth
+    grey texture that depends only on the content id (seeded by it)."""
     if background == "black":
         return np.zeros((size, size, 3), np.uint8)
-    if background == "grey":
-        return np.full((size, size, 3), GREY_LEVEL, np.uint8)
+    if background in FLAT_LEVELS:
+        return np.full((size, size, 3), FLAT_LEVELS[background], np.uint8)
     if background == "textured":
         lo, hi = _TEXTURE_RANGE
         cells = np.random.default_rng([int(content_id), 7411]).uniform(lo, hi, (_TEXTURE_CELLS, _TEXTURE_CELLS))
@@ -110,15 +142,20 @@ def render(shape_id: int, content_id: int, grid: dict[str, int], shapes: Sequenc
     vals = factor_values(grid, radius)
     x, y, scale, rot, hue = (vals[f][i] for f, i in zip(FACTORS, levels))
     if colour == "class":
-        hue = class_hue(shapes[shape_id])
+        hue = class_hue(shapes[shape_id], shapes)
     big = size * _SUPERSAMPLE
     angle = np.deg2rad(rot)
     rotm = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     pts = _unit_polygon(shapes[shape_id]) @ rotm.T * (scale * big) + np.array([x * big, y * big])
     r, g, b = colorsys.hsv_to_rgb(float(hue), 0.85, 1.0)
     canvas = background_image(content_id, big, background)
-    cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], (int(r * 255), int(g * 255), int(b * 255)),
-                 lineType=cv2.LINE_AA, shift=4)
+    rgb = (int(r * 255), int(g * 255), int(b * 255))
+    poly = [np.round(pts * 16).astype(np.int32)]
+    if shapes[shape_id] in _STROKED:
+        cv2.polylines(canvas, poly, True, rgb, thickness=max(1, int(round(_STROKE * scale * big))),
+                      lineType=cv2.LINE_AA, shift=4)
+    else:
+        cv2.fillPoly(canvas, poly, rgb, lineType=cv2.LINE_AA, shift=4)
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -162,8 +199,21 @@ def _radius(opts: Options) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _shapes(opts: Options) -> list[str]:
+    value = opts.get("shapes", "solid")
+    if value in SHAPE_SETS:
+        return list(SHAPE_SETS[value])
+    names = [n.strip() for n in value.split("+")]
+    bad = [n for n in names if n not in ALL_SHAPES]
+    if bad or len(set(names)) != len(names) or len(names) < 2:
+        raise LordkitError(f"--opt shapes={value!r}: expected {', '.join(SHAPE_SETS)}, or two or more different "
+                           f"names joined by + from {', '.join(ALL_SHAPES)}")
+    return names
+
+
 @register("synthetic", "generated 2-D shapes (class = shape; content = x, y, scale, rotation, hue, or colour per "
-          "shape with --opt colour=class; size=, background=black|grey|textured, grey=1); no path",
+          "shape with --opt colour=class; shapes=solid|outline|mixed, size=, "
+          "background=black|grey|mid-grey|light|textured, grey=1); no path",
           needs_path=False)
 def open_synthetic(path: Path | None, opts: Options) -> Source:
     colour = opts.get("colour", "content")
@@ -173,9 +223,10 @@ def open_synthetic(path: Path | None, opts: Options) -> Source:
     grid = {f: opts.get(f"n_{f}", 1 if f == "hue" and colour == "class" else DEFAULT_GRID[f], int) for f in FACTORS}
     if colour == "class" and grid["hue"] != 1:
         raise LordkitError("--opt colour=class gives each shape its own hue: leave out --opt n_hue")
-    n_shapes = opts.get("n_shapes", len(SHAPES), int)
-    if not 2 <= n_shapes <= len(SHAPES):
-        raise LordkitError(f"--opt n_shapes must be between 2 and {len(SHAPES)}")
+    all_shapes = _shapes(opts)
+    n_shapes = opts.get("n_shapes", len(all_shapes), int)
+    if not 2 <= n_shapes <= len(all_shapes):
+        raise LordkitError(f"--opt n_shapes must be between 2 and {len(all_shapes)}")
     if any(n < 1 or n > 32 for n in grid.values()):
         raise LordkitError("--opt n_<factor> values must be between 1 and 32")
     radius = _radius(opts)
@@ -185,7 +236,7 @@ def open_synthetic(path: Path | None, opts: Options) -> Source:
     grey = opts.get("grey", "0")
     if grey not in ("0", "1"):
         raise LordkitError(f"--opt grey={grey!r}: expected 0 (RGB) or 1 (one grey channel)")
-    shapes = list(SHAPES[:n_shapes])
+    shapes = all_shapes[:n_shapes]
     n_contents = int(np.prod([grid[f] for f in FACTORS]))
     chunks = []
     for s in range(n_shapes):
@@ -217,4 +268,10 @@ FAMILY: dict[str, tuple[dict[str, str], int]] = {
     "grey": ({**_CLASS_HUE, "grey": "1"}, 32),
     "dense-positions": ({**_CLASS_HUE, "n_x": "8", "n_y": "8", "n_scale": "1", "n_rotation": "1", "size": "small"}, 32),
     "colour-class-64px": (_CLASS_HUE, 64),
+    # Thin and hollow shapes, and backgrounds other than black and dark grey.
+    "outline-hue": ({**_HUE, "shapes": "outline"}, 32),  # thin/hollow shapes on black, hue a content factor
+    "outline-hue-mid-grey": ({**_HUE, "shapes": "outline", "background": "mid-grey"}, 32),  # the same on grey 128
+    "hue-content-mid-grey": ({**_HUE, "background": "mid-grey"}, 32),  # the solid shapes on grey 128
+    "light-background": ({**_CLASS_HUE, "background": "light"}, 32),  # colour-class on grey 200
+    "outline-class-light": ({**_CLASS_HUE, "shapes": "outline", "background": "light"}, 32),
 }
