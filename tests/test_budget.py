@@ -118,6 +118,71 @@ def test_a_resumed_run_keeps_its_plan(data, tmp_path, fixed_timing):
     assert result["steps"] == plan["total_steps"] and result["plan"] == plan
 
 
+@pytest.mark.parametrize("done, n_epochs, epoch_s, left_s, want", [
+    (2, 10, 1.0, 8.0, 10),  # the rest fits exactly
+    (2, 10, 1.0, 7.95, 10),  # within a tenth of an epoch
+    (2, 10, 1.0, 5.5, 7),  # behind: as many more as fit
+    (2, 10, 1.0, 0.5, 2),  # none more fits: stop at the end of this one
+    (2, 10, 1.0, -30.0, 2),  # past the deadline already
+    (1, 10, 60.0, -1.0, 1),
+])
+def test_deadline_fits_the_epochs_left(done, n_epochs, epoch_s, left_s, want):
+    assert budget.Deadline.fit(done, n_epochs, epoch_s, left_s) == want
+
+
+def _deadline_with(monkeypatch, fit):
+    """budget.deadline as shipped, with Deadline.fit replaced: the run's shortening without depending on
+    how fast the machine is."""
+    real = budget.deadline
+
+    def make(*args, **kw):
+        d = real(*args, **kw)
+        if d is not None:
+            monkeypatch.setattr(d, "fit", fit)
+        return d
+
+    for module in ("lordkit.training.latent", "lordkit.training.amortized"):
+        monkeypatch.setattr(f"{module}.deadline", make)
+
+
+@pytest.mark.parametrize("to_epochs", [1, 2])
+def test_a_run_behind_its_budget_is_shortened_and_recorded(data, tmp_path, fixed_timing, monkeypatch, to_epochs):
+    from lordkit.modeldir import checkpoint_progress, load_config, stage_settings, stage_weights
+
+    _deadline_with(monkeypatch, lambda done, n, epoch_s, left_s: to_epochs if done >= 1 else n)
+    m = tmp_path / "m"
+    cfg = tiny_cfg("latent.n_epochs=200", "latent.lr_min=1e-5")
+    result = train_latent(data, m, cfg, time_budget_s=BUDGET_S, announce=lambda p: None, **quiet())
+    saved = load_config(m)
+    plan = saved.latent.plan
+    assert plan["n_epochs"] == saved.latent.n_epochs == to_epochs and result["plan"] == plan
+    assert plan["shortened"][0]["from_epochs"] == 3 and plan["shortened"][-1]["to_epochs"] == to_epochs
+    assert result["steps"] == plan["total_steps"] == to_epochs * plan["steps_per_epoch"]
+    rows = metrics(m, "latent")
+    assert rows[-1]["step"] == plan["total_steps"]
+    if to_epochs > 1:  # shortened with steps to go: the cosine decay ends at the shortened end
+        assert rows[-1]["lr"] == pytest.approx(1e-5, abs=1e-9)
+    assert (m / "samples" / f"latent-epoch-{to_epochs:04d}.png").is_file()
+    # The last checkpoint is written under the shortened settings: it finishes the stage by itself.
+    progress = checkpoint_progress(m, "latent")
+    assert progress["total_steps"] == plan["total_steps"] and progress["settings"] == stage_settings(saved, "latent")
+    weights = (m / "latent.safetensors").read_bytes()
+    (m / "latent.safetensors").unlink()
+    assert stage_weights(m, "latent").read_bytes() == weights
+    with pytest.raises(LordkitError, match="complete"):
+        train_latent(data, m, cfg, resume=True, **quiet())
+    # Stage 2 keeps a deadline of its own.
+    r2 = train_amortized(data, m, time_budget_s=BUDGET_S, announce=lambda p: None, **quiet())
+    assert r2["plan"]["n_epochs"] == to_epochs and load_config(m).amortized.n_epochs == to_epochs
+
+
+def test_a_run_on_time_is_not_shortened(data, tmp_path, fixed_timing):
+    # FAKE_STEP_S makes the plan expect 300 s an epoch; the real epochs are far quicker.
+    result = train_latent(data, tmp_path / "m", tiny_cfg("latent.n_epochs=200"), time_budget_s=BUDGET_S,
+                          announce=lambda p: None, **quiet())
+    assert "shortened" not in result["plan"] and result["steps"] == result["plan"]["total_steps"]
+
+
 def test_cli_prints_and_stores_the_plan_and_refuses_epochs_with_a_budget(cli, base, fixed_timing):
     assert cli("preprocess", "-di", "synthetic", "-dn", "syn", "--img-size", "32", *DATA_OPTS).exit_code == 0
     r = cli("train", "-dn", "syn", "-mn", "m", *TINY_SET, "--device", "cpu", "--no-tensorboard",

@@ -23,7 +23,7 @@ from lordkit.modeldir import (check_data_matches, checkpoint_dir, checkpoint_pro
                               load_config, load_latent, save_config, save_weights, stage_settings, stage_weights,
                               weights_path)
 from lordkit.models import AmortizedModel, amortized_from_latent
-from lordkit.training.budget import fit_to_budget
+from lordkit.training.budget import deadline, fit_to_budget
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
 from lordkit.training.session import adam, autocast, check_cpu_bf16, on_main, place, session, wrap_ddp
@@ -164,9 +164,12 @@ def train_amortized(
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
                         step=step, sample=sample, n_global=len(ds), dist=d,
                         collapse=CollapseWatch.for_stage("amortized", ac, probe),
-                        settings=stage_settings(cfg, "amortized"))
+                        settings=stage_settings(cfg, "amortized"),
+                        deadline=deadline("amortized", plan, started=budget_start, model_dir=model_dir, cfg=cfg,
+                                          dist=d))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
+        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # shortened on the way, if it was
 
         # Save the weights.
         if d.main:

@@ -24,8 +24,9 @@ import io
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -33,6 +34,8 @@ from torch import Tensor, nn
 
 from lordkit.config import epoch_schedule
 from lordkit.errors import LordkitError
+from lordkit.modeldir import save_config, stage_settings
+from lordkit.training.session import on_main
 
 WARMUP_STEPS = 3  # untimed steps first: allocations, first-call dispatch, torch.compile
 MIN_TIMED_STEPS = 5  # at least this many timed steps ...
@@ -206,6 +209,59 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
         "expected_s": round(expected_s, 1),
         "expected_end": _utc(now - spent_s + expected_s),
     }
+
+
+@dataclass
+class Deadline:
+    """A budgeted stage's deadline, kept while it trains (lordkit.training.loop): at each epoch's end
+    the loop asks `fit` how many epochs the run should have at the recent pace, and when they are fewer
+    `shorten` records the shorter run in config.json (n_epochs, and the plan's `shortened` entry) and
+    returns the settings its checkpoints are written under from then on. A run never gets longer than
+    its plan; a resumed run has no deadline (it keeps its plan)."""
+
+    at: float  # time.monotonic() by which the stage's epochs are to be done
+    stage: str
+    model_dir: Path
+    cfg: Any  # the LordConfig the stage trains with; the shortened one after shorten()
+    dist: Any
+    steps_per_epoch: int
+    shortenings: list[dict[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def fit(done: int, n_epochs: int, epoch_s: float, left_s: float) -> int:
+        """The epochs a run that has done `done` of `n_epochs` should have when an epoch takes epoch_s
+        and left_s remain: n_epochs while the rest fits (with a tenth of an epoch to spare), else
+        `done` plus as many as fit (at least one epoch in all)."""
+        if (n_epochs - done) * epoch_s <= left_s + 0.1 * epoch_s:
+            return n_epochs
+        return max(done + max(0, int(left_s // max(epoch_s, 1e-9))), 1)
+
+    def shorten(self, n_epochs: int, step: int) -> str:
+        section = getattr(self.cfg, self.stage)
+        self.shortenings.append({"at_step": step, "at": _utc(time.time()), "from_epochs": int(section.n_epochs),
+                                 "to_epochs": n_epochs})
+        plan = {**section.plan, "n_epochs": n_epochs, "total_steps": n_epochs * self.steps_per_epoch,
+                "shortened": list(self.shortenings)}
+        self.cfg = self.cfg.replace(**{self.stage: {"n_epochs": n_epochs, "plan": plan}})
+        on_main(self.dist, lambda: save_config(self.model_dir, self.cfg))
+        return stage_settings(self.cfg, self.stage)
+
+    @staticmethod
+    def line(stage: str, old: int, new: int, epoch_s: float) -> str:
+        took = format_duration(epoch_s) if epoch_s >= 60 else f"{epoch_s:.1f} s"
+        return (f"{stage} stage behind its time budget (an epoch now takes {took}): "
+                f"shortened from {old} to {new} epochs to end within it")
+
+
+def deadline(stage: str, plan: dict[str, Any] | None, *, started: float, model_dir: Path, cfg: Any,
+             dist: Any) -> Deadline | None:
+    """The Deadline of a stage whose plan was fitted by this run (None without one): the budget's end
+    counted from `started`, less the plan's margin and the final weights' write (about a checkpoint)."""
+    if not plan:
+        return None
+    at = started + plan["time_budget_s"] * (1 - MARGIN_FRACTION) - plan["checkpoint_s"]
+    return Deadline(at=at, stage=stage, model_dir=Path(model_dir), cfg=cfg, dist=dist,
+                    steps_per_epoch=int(plan["steps_per_epoch"]))
 
 
 def plan_line(stage: str, plan: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_rec
                               is_unstarted, load_config, save_config, save_data_record, save_state, stage_settings,
                               weights_path)
 from lordkit.models import EMBEDDING_INIT, LatentModel, RegularizedEmbedding
-from lordkit.training.budget import SCHEDULE_FIELDS, fit_to_budget
+from lordkit.training.budget import SCHEDULE_FIELDS, deadline, fit_to_budget
 from lordkit.training.checkpoint import ShardedTable, full_states
 from lordkit.training.data import ImageBank
 from lordkit.training.init import pca_content_codes
@@ -216,9 +216,12 @@ def train_latent(
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
                         step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
                         n_global=len(ds), dist=d, table=table,
-                        collapse=CollapseWatch.for_stage("latent", lc, probe), settings=stage_settings(cfg, "latent"))
+                        collapse=CollapseWatch.for_stage("latent", lc, probe), settings=stage_settings(cfg, "latent"),
+                        deadline=deadline("latent", plan, started=budget_start, model_dir=model_dir, cfg=cfg,
+                                          dist=d))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
+        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # shortened on the way, if it was
 
         # Save the weights, the content table gathered in image order.
         final_state, _ = full_states(model, optimizer, table)

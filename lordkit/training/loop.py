@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from lordkit.training.data import ImageBank, epoch_order
 from lordkit.training.metrics import MetricsLog
 from lordkit.training.session import peer_failures
 from lordkit.viz import save_png, transfer_grid
+
+if TYPE_CHECKING:
+    from lordkit.training.budget import Deadline
 
 CHECKPOINT_EVERY_S = 600.0  # also checkpoint mid-epoch at least this often
 
@@ -78,6 +81,9 @@ class LoopSpec:
     collapse: CollapseWatch | None = None
     # What the weights follow from (lordkit.modeldir.stage_settings), recorded in every checkpoint.
     settings: str = ""
+    # A budgeted stage's deadline (lordkit.training.budget.Deadline): at each epoch's end, when the
+    # epochs left would end after it at the recent epochs' pace, the run is shortened to end before it.
+    deadline: Deadline | None = None
 
 
 def epoch_steps(n_global: int, batch_size: int) -> int:
@@ -175,6 +181,7 @@ class Loop:
         self.img_per_sec = 0.0
         self.collapse = spec.collapse
         self.progress: Any = None
+        self.epoch_times: list[float] = []  # seconds of each whole epoch of this run (for the deadline)
 
     def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train for spec.n_epochs over the bank; checkpoint each epoch, periodically and on interrupt."""
@@ -190,6 +197,7 @@ class Loop:
                     task = progress.add_task(spec.stage, total=self.total_steps, completed=self.step, unit="step")
                 spec.model.train()
                 while self.step < self.total_steps:
+                    epoch_start = time.monotonic()
                     epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
                     order = epoch_order(self.bank.n, self.steps_per_epoch * self.local_batch,
                                         spec.seed + 7919 * d.rank, epoch, self.bank.device)
@@ -235,6 +243,10 @@ class Loop:
                             progress.live.transient = True
                         raise watch.stopped(self.step, checkpoint_dir(self.model_dir, spec.stage))
 
+                    # A budgeted run behind its plan ends earlier (every rank at the same epoch).
+                    if spec.deadline is not None and in_epoch == 0:
+                        self._keep_deadline(time.monotonic() - epoch_start, task)
+
                 # The end of a run killed after its last checkpoint: the last sample grid, if it is missing.
                 if finishing:
                     self._save_samples(missing_only=True)
@@ -243,6 +255,33 @@ class Loop:
                 self.log.close()
         return {"stage": spec.stage, "steps": self.step, "epochs": spec.n_epochs, "img_per_sec": self.img_per_sec,
                 "world_size": d.world, **self.last_good}
+
+    def _keep_deadline(self, epoch_s: float, task: Any) -> None:
+        """Shorten the run when its remaining epochs, at the pace of the last few, would end after the
+        deadline: the new length is recorded first (config.json, through the deadline), the cosine
+        decay is stretched over the new total, and a checkpoint under the new settings follows, so a
+        kill from here on finishes the shortened stage."""
+        spec, deadline = self.spec, self.spec.deadline
+        self.epoch_times.append(epoch_s)
+        recent = self.epoch_times[-3:]
+        figures = torch.tensor([sum(recent) / len(recent), deadline.at - time.monotonic()], dtype=torch.float64,
+                               device=self.bank.device)
+        per_epoch, left = distributed.all_mean(figures, self.dist).tolist()
+        done = self.step // self.steps_per_epoch
+        n_epochs = deadline.fit(done, spec.n_epochs, per_epoch, left)
+        if n_epochs >= spec.n_epochs:
+            return
+        spec.settings = deadline.shorten(n_epochs, self.step)
+        if self.dist.main:
+            self._warn(deadline.line(spec.stage, spec.n_epochs, n_epochs, per_epoch))
+        spec.n_epochs = n_epochs
+        self.total_steps = self.steps_per_epoch * n_epochs
+        self.scheduler.T_max = max(self.total_steps, 1)  # the decay reaches lr_min at the new end
+        if task is not None:
+            self.progress.update(task, total=self.total_steps)
+        self._save_checkpoint()
+        if self.step == self.total_steps:
+            self._save_samples(missing_only=True)  # the last grid, if the cadence had not made it
 
     def _update(self, idx: Tensor, imgs: Tensor) -> None:
         spec = self.spec
