@@ -176,6 +176,35 @@ def test_a_run_behind_its_budget_is_shortened_and_recorded(data, tmp_path, fixed
     assert r2["plan"]["n_epochs"] == to_epochs and load_config(m).amortized.n_epochs == to_epochs
 
 
+class Killed(BaseException):
+    """A process killed outright, as far as the code after the raise is concerned."""
+
+
+def test_a_run_killed_while_it_is_shortened_resumes_to_the_same_weights(data, tmp_path, fixed_timing, monkeypatch):
+    _deadline_with(monkeypatch, lambda done, n, epoch_s, left_s: 2 if done >= 1 else n)
+    cfg = tiny_cfg("latent.n_epochs=200")
+    run = dict(time_budget_s=BUDGET_S, announce=lambda p: None)
+    whole = train_latent(data, tmp_path / "a", cfg, **run, **quiet())
+    assert whole["plan"]["shortened"][0] == {**whole["plan"]["shortened"][0], "from_epochs": 3, "to_epochs": 2}
+
+    # Killed after config.json has the new length, before the checkpoint under it.
+    real = budget.Deadline.shorten
+
+    def shorten_then_die(self, n_epochs, step):
+        real(self, n_epochs, step)
+        raise Killed
+
+    monkeypatch.setattr(budget.Deadline, "shorten", shorten_then_die)
+    with pytest.raises(Killed):
+        train_latent(data, tmp_path / "b", cfg, **run, **quiet())
+    monkeypatch.setattr(budget.Deadline, "shorten", real)
+    resumed = train_latent(data, tmp_path / "b", cfg, resume=True, **quiet())
+    assert resumed["steps"] == whole["steps"]
+    a, b = load_file(tmp_path / "a" / "latent.safetensors"), load_file(tmp_path / "b" / "latent.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 def test_a_run_on_time_is_not_shortened(data, tmp_path, fixed_timing):
     # FAKE_STEP_S makes the plan expect 300 s an epoch; the real epochs are far quicker.
     result = train_latent(data, tmp_path / "m", tiny_cfg("latent.n_epochs=200"), time_budget_s=BUDGET_S,

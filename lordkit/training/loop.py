@@ -164,6 +164,9 @@ class Loop:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
                                                                     eta_min=spec.lr_min)
         self.step = self._load_checkpoint() if resume else 0
+        # The decay ends at the configured end, also where a run shortened by its deadline was killed
+        # before its first checkpoint under the new length (config.json already has it).
+        self.scheduler.T_max = max(self.total_steps, 1)
         if resume and self.step >= self.total_steps and self._ended():
             raise LordkitError(f"the {spec.stage} stage of {model_dir} is complete ({self.step}/{self.total_steps} steps); "
                                "nothing to resume")
