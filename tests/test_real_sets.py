@@ -1,0 +1,44 @@
+"""benchmarks/real_sets.py end to end on a small sample of scikit-learn's digits: every command runs as a
+user would run it, and the row, table and grid come out."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("real_sets", REPO / "benchmarks" / "real_sets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_digits_are_written_as_a_folder_of_class_named_pngs(tmp_path):
+    import cv2
+
+    about = load_script().write_digits(tmp_path / "d", limit=50, seed=0)
+    files = sorted((tmp_path / "d").glob("*/*.png"))
+    assert about["n_images"] == len(files) == 50 and {f.parent.name for f in files} <= {str(i) for i in range(10)}
+    img = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (8, 8) and img.dtype == np.uint8 and img.max() > 128  # ink scaled to 0..255
+
+
+def test_a_small_run_writes_its_row_table_and_grid(tmp_path):
+    out = tmp_path / "out"
+    rc = load_script().main(["--out", str(out), "--budgets", "40s", "--limit", "80", "--threads", "1",
+                             "--set", "latent.batch_size=8", "--tag", "b8"])
+    assert rc == 0, (out / "digits-40s-b8.log").read_text()
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["overrides"] == ["latent.batch_size=8"] and row["set_info"]["n_images"] == 80
+    assert row["stage1"]["epochs"] >= 1 and row["stage1"]["steps"] >= row["stage1"]["epochs"]
+    assert 0 <= row["leakage"]["accuracy"] <= 1 and row["leakage"]["n_folds"] >= 2
+    assert 0 <= row["class_check"]["transferred_as_target_class"] <= 1
+    assert (out / "digits-40s-b8.png").stat().st_size > 0
+    assert "| digits latent.batch_size=8 | 40s |" in (out / "results.md").read_text()
