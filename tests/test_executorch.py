@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import cmake_build, example_inputs, read_ppm, run, toolchain_missing, write_images
+from native_examples import (bad_case, check_npy_output, check_one_error_line, check_ppm_round_trip, check_usage,
+                             cmake_build, example_inputs, toolchain_missing, transfer_references, write_images)
 
 pytestmark = pytest.mark.slow
 
@@ -218,82 +219,26 @@ def images(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def references(exported, images) -> dict[str, np.ndarray]:
     """(H, W, C) float32 results for the test images: lordkit.runtime.Transfer and the eager network."""
-    import torch
-
-    export, nets, _ = exported
-    content, klass = np.load(images["content.npy"]), np.load(images["class.npy"])
-    nchw = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])) for x in (content, klass)]
-    with torch.inference_mode():
-        out = {"eager": nets["transfer"](*nchw).numpy()[0].transpose(1, 2, 0)}
-    try:
-        from lordkit.runtime import Transfer
-    except ImportError:
-        return out
-    out["lordkit.runtime.Transfer"] = Transfer(export, provider="cpu", warn=None).transfer([content], [klass])[0, 0]
-    return out
+    return transfer_references(exported[0], exported[1], images)
 
 
 @pytest.mark.parametrize("model", ["dir", "pte"])
 def test_cpp_npy_output_matches_python(binary, exported, images, references, tmp_path, model):
     export = exported[0]
-    out = tmp_path / "out.npy"
-    proc = run(binary, export if model == "dir" else export / "transfer.pte", images["content.npy"],
-               images["class.npy"], out)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", proc.stderr
-    got = np.load(out)
-    assert got.dtype == np.float32 and got.shape == (SIZE, SIZE, CHANNELS)
-    for backend, expected in references.items():
-        err = float(np.max(np.abs(got.astype(np.float64) - expected)))
-        assert err < TOL, f"C++ (.pte) vs {backend}: max abs error {err:.3g}"
+    check_npy_output(binary, export if model == "dir" else export / "transfer.pte", images, references,
+                     tmp_path / "out.npy", TOL, label="C++ (.pte)")
 
 
 def test_cpp_ppm_round_trip(binary, exported, images, references, tmp_path):
-    export = exported[0]
-    out_npy, out_ppm = tmp_path / "out.npy", tmp_path / "out.ppm"
-    for out in (out_npy, out_ppm):
-        proc = run(binary, export, images["content.ppm"], images["class.ppm"], out)
-        assert proc.returncode == 0, proc.stderr
-    from_npy = np.load(out_npy)
-    assert float(np.max(np.abs(from_npy - references["eager"]))) < TOL
-    rounded = (np.clip(from_npy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # as lordkit.runtime.to_uint8_image
-    assert np.array_equal(read_ppm(out_ppm), rounded)
-
-
-def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path) -> tuple[list[object], str]:
-    """Arguments for one bad input, and a word the error line must contain."""
-    good = [export, images["content.npy"], images["class.npy"], tmp / "out.npy"]
-    if case == "missing content":
-        return [export, tmp / "missing.npy", *good[2:]], "missing.npy"
-    if case == "missing model":
-        return [tmp / "no-export", *good[1:]], "no-export"
-    if case == "wrong size":
-        np.save(tmp / "small.npy", np.zeros((16, 16, CHANNELS), np.float32))
-        return [export, good[1], tmp / "small.npy", good[3]], "16x16x3"
-    if case == "other network":
-        return [export / "generator.pte", *good[1:]], "generator"
-    if case == "garbage model":
-        (tmp / "garbage.pte").write_bytes(b"\x00garbage" * 100)
-        return [tmp / "garbage.pte", *good[1:]], "garbage.pte"
-    if case == "output type":
-        return [*good[:3], tmp / "out.png"], ".png"
-    raise ValueError(case)
+    check_ppm_round_trip(binary, exported[0], images, references["eager"], tmp_path, TOL)
 
 
 @pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "other network",
                                   "garbage model", "output type"])
 def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, case):
-    args, word = bad_case(case, exported[0], images, tmp_path)
-    proc = run(binary, *args)
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert word in lines[0], lines[0]
-    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.png").exists()
+    args, word = bad_case(case, exported[0], images, tmp_path, size=SIZE, channels=CHANNELS, suffix=".pte")
+    check_one_error_line(binary, args, word, tmp_path)
 
 
 def test_cpp_usage(binary):
-    proc = run(binary)
-    assert proc.returncode == 2 and proc.stderr.startswith("usage: ")
-    proc = run(binary, "--help")
-    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
+    check_usage(binary)

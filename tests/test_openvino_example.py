@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_examples import cmake_build, read_ppm, run, toolchain_missing, write_images
+from native_examples import (bad_case, check_npy_output, check_one_error_line, check_ppm_round_trip, check_usage,
+                             cmake_build, toolchain_missing, write_garbage, write_images)
 
 pytestmark = pytest.mark.slow
 
@@ -73,80 +74,35 @@ def reference(export, images) -> np.ndarray:
 
 
 def test_npy_output_matches_python(binary, export, images, reference, tmp_path):
-    out = tmp_path / "out.npy"
-    proc = run(binary, export, images["content.npy"], images["class.npy"], out)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", proc.stderr
-    got = np.load(out)
-    assert got.dtype == np.float32 and got.shape == (SIZE, SIZE, CHANNELS)
-    err = float(np.max(np.abs(got.astype(np.float64) - reference)))
-    assert err < TOL, f"{binary.name} vs lordkit.runtime.Transfer: max abs error {err:.3g}"
+    check_npy_output(binary, export, images, {"lordkit.runtime.Transfer": reference}, tmp_path / "out.npy", TOL,
+                     label=binary.name)
 
 
 def test_ppm_round_trip(binary, export, images, reference, tmp_path):
-    out_npy, out_ppm = tmp_path / "out.npy", tmp_path / "out.ppm"
-    for out in (out_npy, out_ppm):
-        proc = run(binary, export, images["content.ppm"], images["class.ppm"], out)
-        assert proc.returncode == 0, proc.stderr
-    from_npy = np.load(out_npy)  # PPM input reads as u8 / 255 in float32: the .npy input's numbers
-    assert float(np.max(np.abs(from_npy - reference))) < TOL
-    rounded = (np.clip(from_npy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # as lordkit.runtime.to_uint8_image
-    assert np.array_equal(read_ppm(out_ppm, SIZE), rounded)
+    check_ppm_round_trip(binary, export, images, reference, tmp_path, TOL)
 
 
-def write_garbage(path: Path, first: bytes = b"") -> Path:
-    path.write_bytes(first + np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
-    return path
+def bad_export(case: str, export: Path, images: dict[str, Path], tmp: Path) -> tuple[list[object], str]:
+    """A copy of the export whose content encoder file is garbage, or another network's file."""
+    bad = tmp / "bad-export"
+    shutil.copytree(export, bad)
+    if case == "garbage onnx":
+        write_garbage(bad / "content_encoder.onnx", first=b"\x08")  # starts like an ONNX file
+    else:
+        shutil.copy(export / "content_encoder.onnx", bad / "generator.onnx")
+    return [bad, images["content.npy"], images["class.npy"], tmp / "out.npy"], (
+        "content_encoder.onnx" if case == "garbage onnx" else "generator.onnx")
 
 
-def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path) -> tuple[list[object], str]:
-    """Arguments for one bad input, and a word the error line must contain."""
-    good = [export, images["content.npy"], images["class.npy"], tmp / "out.npy"]
-    if case == "missing content":
-        return [export, tmp / "missing.npy", *good[2:]], "missing.npy"
-    if case == "missing export":
-        return [tmp / "no-export", *good[1:]], "no-export"
-    if case == "wrong size":
-        np.save(tmp / "small.npy", np.zeros((16, 16, CHANNELS), np.float32))
-        return [export, good[1], tmp / "small.npy", good[3]], "16x16x3"
-    if case == "wrong channels":
-        (tmp / "grey.pgm").write_bytes(f"P5\n{SIZE} {SIZE}\n255\n".encode() + bytes(SIZE * SIZE))
-        return [export, tmp / "grey.pgm", *good[2:]], "grey.pgm"
-    if case == "garbage npy":
-        return [export, write_garbage(tmp / "garbage.npy"), *good[2:]], "garbage.npy"
-    if case == "garbage ppm":
-        return [export, good[1], write_garbage(tmp / "garbage.ppm"), good[3]], "garbage.ppm"
-    if case in ("garbage onnx", "swapped onnx"):
-        # A copy of the export whose content encoder file is garbage, or another network's file.
-        bad = tmp / "bad-export"
-        shutil.copytree(export, bad)
-        if case == "garbage onnx":
-            write_garbage(bad / "content_encoder.onnx", first=b"\x08")  # starts like an ONNX file
-        else:
-            shutil.copy(export / "content_encoder.onnx", bad / "generator.onnx")
-        return [bad, *good[1:]], "content_encoder.onnx" if case == "garbage onnx" else "generator.onnx"
-    if case == "float range":
-        np.save(tmp / "bytes.npy", np.full((SIZE, SIZE, CHANNELS), 200.0, np.float32))
-        return [export, tmp / "bytes.npy", *good[2:]], "[0, 1]"
-    if case == "output type":
-        return [*good[:3], tmp / "out.png"], ".png"
-    raise ValueError(case)
-
-
-@pytest.mark.parametrize("case", ["missing content", "missing export", "wrong size", "wrong channels", "garbage npy",
+@pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "wrong channels", "garbage npy",
                                   "garbage ppm", "garbage onnx", "swapped onnx", "float range", "output type"])
 def test_bad_input_is_one_error_line(binary, export, images, tmp_path, case):
-    args, word = bad_case(case, export, images, tmp_path)
-    proc = run(binary, *args)
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert word in lines[0], lines[0]
-    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.png").exists()
+    if case in ("garbage onnx", "swapped onnx"):
+        args, word = bad_export(case, export, images, tmp_path)
+    else:
+        args, word = bad_case(case, export, images, tmp_path, size=SIZE, channels=CHANNELS)
+    check_one_error_line(binary, args, word, tmp_path)
 
 
 def test_usage(binary):
-    proc = run(binary)
-    assert proc.returncode == 2 and proc.stderr.startswith("usage: ")
-    proc = run(binary, "--help")
-    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
+    check_usage(binary)
