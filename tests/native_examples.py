@@ -155,9 +155,11 @@ def write_garbage(path: Path, first: bytes = b"") -> Path:
 
 
 def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path, *, size: int, channels: int,
-             suffix: str = "") -> tuple[list[object], str]:
+             suffix: str = "", garbage: bytes | None = None) -> tuple[list[object], str]:
     """Arguments for one bad input shared by the programs, and a word their error line must contain.
-    suffix: the program's own model file suffix (.pt, .pt2, .pte) for "garbage model" and "other network"."""
+    suffix: the program's own model file suffix (.pt, .pt2, .pte) for "garbage model" and "other network";
+    garbage: that model file's bytes (default: random bytes; runtimes that quote a file's first bytes in
+    their message get printable ones)."""
     good = [export, images["content.npy"], images["class.npy"], tmp / "out.npy"]
     if case == "missing content":
         return [export, tmp / "missing.npy", *good[2:]], "missing.npy"
@@ -174,7 +176,12 @@ def bad_case(case: str, export: Path, images: dict[str, Path], tmp: Path, *, siz
     if case == "garbage ppm":
         return [export, good[1], write_garbage(tmp / "garbage.ppm"), good[3]], "garbage.ppm"
     if case == "garbage model":
-        return [write_garbage(tmp / f"garbage{suffix}"), *good[1:]], f"garbage{suffix}"
+        model = tmp / f"garbage{suffix}"
+        if garbage is None:
+            write_garbage(model)
+        else:
+            model.write_bytes(garbage)
+        return [model, *good[1:]], f"garbage{suffix}"
     if case == "other network":
         return [export / f"generator{suffix}", *good[1:]], "generator"
     if case == "float range":

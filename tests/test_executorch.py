@@ -236,7 +236,8 @@ def test_cpp_ppm_round_trip(binary, exported, images, references, tmp_path):
 @pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "other network",
                                   "garbage model", "output type"])
 def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, case):
-    args, word = bad_case(case, exported[0], images, tmp_path, size=SIZE, channels=CHANNELS, suffix=".pte")
+    args, word = bad_case(case, exported[0], images, tmp_path, size=SIZE, channels=CHANNELS, suffix=".pte",
+                          garbage=b"\x00garbage" * 100)
     check_one_error_line(binary, args, word, tmp_path)
 
 
