@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -33,3 +35,12 @@ def one_line_error(result) -> str:
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), result.stderr
     return err[0]
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, in process (its main() and helpers), without running it."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import typer
-from conftest import one_line_error
+from conftest import load_benchmark, one_line_error
 from factories import make_export, make_model_dir
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
@@ -490,9 +490,7 @@ def test_latency_script_runs_the_package_and_the_ort_sweep(exported, tmp_path, m
     model, out = exported
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # where the script finds _results.py
     monkeypatch.setenv("LORDKIT_RESULTS_DIR", str(tmp_path / "results"))
-    spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
-    latency = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(latency)
+    latency = load_benchmark("latency")
     argv = ["--model", str(out), "--model-dir", str(model), "--batch-sizes", "1", "--iters", "1", "--warmup", "0",
             "--backends", "eager,ort-cpu", "--models", "generator", "--threads", "1", "--no-align",
             "--matmul-size", "256", "--ort-sweep", "generator:2", "--out", str(tmp_path), "--name", "run"]

@@ -1,29 +1,19 @@
 """benchmarks/real_sets.py end to end on a small sample of scikit-learn's digits: every command runs as a
 user would run it, and the row, table and grid come out."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
+
 pytest.importorskip("sklearn")
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("real_sets", REPO / "benchmarks" / "real_sets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_digits_are_written_as_a_folder_of_class_named_pngs(tmp_path):
     import cv2
 
-    about = load_script().write_digits(tmp_path / "d", limit=50, seed=0)
+    about = load_benchmark("real_sets").write_digits(tmp_path / "d", limit=50, seed=0)
     files = sorted((tmp_path / "d").glob("*/*.png"))
     assert about["n_images"] == len(files) == 50 and {f.parent.name for f in files} <= {str(i) for i in range(10)}
     img = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
@@ -32,7 +22,7 @@ def test_digits_are_written_as_a_folder_of_class_named_pngs(tmp_path):
 
 def test_a_small_run_writes_its_row_table_and_grid(tmp_path):
     out = tmp_path / "out"
-    rc = load_script().main(["--out", str(out), "--budgets", "40s", "--limit", "80", "--threads", "1",
+    rc = load_benchmark("real_sets").main(["--out", str(out), "--budgets", "40s", "--limit", "80", "--threads", "1",
                              "--set", "latent.batch_size=8", "--tag", "b8"])
     assert rc == 0, (out / "digits-40s-b8.log").read_text()
     row = json.loads((out / "results.json").read_text())["rows"][0]

@@ -2,10 +2,8 @@
 holds, bad options are one clear error, and benchmarks/synthetic_family.py runs end to end (--quick)."""
 
 import hashlib
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,8 @@ from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
+
 TINY_GRID = {"n_x": "2", "n_y": "1", "n_scale": "2", "n_rotation": "1", "n_shapes": "2"}
 
 # sha256 of render_truth(class 1, content c, 32 px, DEFAULT_GRID): the default drawing, pinned.
@@ -153,9 +152,7 @@ def test_family_spans_thin_shapes_and_light_backgrounds():
 
 
 def test_benchmark_quick_writes_the_table_and_grids(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("synthetic_family", REPO / "benchmarks" / "synthetic_family.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("synthetic_family")
     out = tmp_path / "out"
     assert bench.main(["--out", str(out), "--quick", "--variants", "hue-content-small,grey"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]

@@ -1,23 +1,17 @@
 """benchmarks/train_throughput.py: the interleaving conductor (rows take turns, one at a time, windows
 timed per row, errors surface) and a tiny end-to-end run of every row; no timing is asserted."""
 
-import importlib.util
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def test_rows_take_turns_one_at_a_time(bench):
