@@ -121,22 +121,27 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     cfg = json.loads((base / "models" / "m" / "config.json").read_text())
     grid = out / f"{label}.png"
     shutil.copyfile(ev["grid_png"], grid)
-    leak, check = ev["leakage"]["class_from_content"], ev["class_check"]
+    leak, check = ev["leakage"].get("class_from_content"), ev.get("class_check")
     return {
         "set": name, "budget": budget, "budget_s": budget_s, "overrides": list(overrides),
         "stage1": stage_row(cfg, "latent", s1, s1_budget),
         "stage2": stage_row(cfg, "amortized", s2, budget_s - s1),
         "minutes_both": (s1 + s2) / 60, "evaluate_minutes": ev_s / 60,
         "n_test_images": ev["n_imgs"],
-        "leakage": {k: leak[k] for k in ("accuracy", "accuracy_std", "chance", "n_folds", "n_codes")},
-        "class_check": {k: check[k] for k in ("real_accuracy", "transferred_as_target_class",
-                                              "transferred_as_content_class", "chance")},
-        "content_survival": {k: check["content_survival"][k] for k in ("mean_corr", "baseline_mean_corr")},
-        "cycle": {k: ev["cycle"][k]["ratio_to_baseline"] for k in ev["cycle"] if isinstance(ev["cycle"][k], dict)},
+        "leakage": pick(leak, ("accuracy", "accuracy_std", "chance", "n_folds", "n_codes")),
+        "class_check": pick(check, ("real_accuracy", "transferred_as_target_class", "transferred_as_content_class",
+                                    "chance")),
+        "content_survival": pick((check or {}).get("content_survival"), ("mean_corr", "baseline_mean_corr")),
+        "cycle": {k: v["ratio_to_baseline"] for k, v in (ev.get("cycle") or {}).items() if isinstance(v, dict)},
         "collapse": ev["collapse"],
         "reconstruction_psnr": ev["reconstruction"]["psnr"],
         "grid_png": grid.name,
     }
+
+
+def pick(section: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """Those keys of an evaluation section; None where evaluate left the section out (too few images)."""
+    return None if section is None else {k: section.get(k) for k in keys}
 
 
 def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float) -> dict[str, Any]:
@@ -146,6 +151,16 @@ def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float) -
             "epochs": cfg[stage]["n_epochs"], "steps": plan.get("total_steps"),
             "planned_epochs": (plan.get("shortened") or [{}])[0].get("from_epochs", cfg[stage]["n_epochs"]),
             "shortened": bool(plan.get("shortened"))}
+
+
+CELLS = {"leakage": "{accuracy:.1%} ± {accuracy_std:.1%} ({chance:.1%})",
+         "class_check": "{real_accuracy:.1%} / {transferred_as_target_class:.1%}",
+         "content_survival": "{mean_corr:.2f} ({baseline_mean_corr:.2f})"}
+
+
+def cell(row: dict[str, Any], section: str) -> str:
+    """One table cell of a row's evaluation section; n/a where evaluate left it out."""
+    return "n/a" if row[section] is None else CELLS[section].format(**row[section])
 
 
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
@@ -158,14 +173,11 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {r['set']} | {r['budget']} | {r['error']} | | | | | |")
             continue
-        s1, s2, lk, cc, cs, cy = (r["stage1"], r["stage2"], r["leakage"], r["class_check"], r["content_survival"],
-                                  r["cycle"])
+        s1, s2, cy = r["stage1"], r["stage2"], r["cycle"]
         lines.append(
             f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''} | {r['budget']} "
             f"| {s1['epochs']} ({s1['steps']:,}), {s1['minutes']:.1f} | {s2['epochs']} ({s2['steps']:,}), {s2['minutes']:.1f} "
-            f"| {lk['accuracy']:.1%} ± {lk['accuracy_std']:.1%} ({lk['chance']:.1%}) "
-            f"| {cc['real_accuracy']:.1%} / {cc['transferred_as_target_class']:.1%} "
-            f"| {cs['mean_corr']:.2f} ({cs['baseline_mean_corr']:.2f}) "
+            f"| {cell(r, 'leakage')} | {cell(r, 'class_check')} | {cell(r, 'content_survival')} "
             f"| {cy.get('class', float('nan')):.2f} / {cy.get('content', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -226,9 +238,8 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                 rows.append(row)
                 print(f"{name} {budget}: {time.monotonic() - t0:.0f} s "
                       + ("failed: " + row["error"] if "error" in row else
-                         f"leakage {row['leakage']['accuracy']:.1%} (chance {row['leakage']['chance']:.1%}), "
-                         f"transferred as target {row['class_check']['transferred_as_target_class']:.1%} "
-                         f"(real {row['class_check']['real_accuracy']:.1%})"), flush=True)
+                         f"leakage {cell(row, 'leakage')}, real / transferred as target "
+                         f"{cell(row, 'class_check')}"), flush=True)
     (args.out / "results.md").write_text(markdown(rows, header))
     (args.out / "results.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(f"table: {args.out / 'results.md'}")
