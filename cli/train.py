@@ -83,7 +83,7 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Start from this preset: small (small data, CPU; synthetic is an alias) or a dataset id for the paper's settings (default: chosen from the data, and printed).")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="vgg (pixel L1 + VGG16 features, the paper's), l1, l2 or l1+l2 (pixel only, offline). Sets both stages.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-1 epochs (latent.n_epochs).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Stage-1 epochs (latent.n_epochs); the noise warm-up and the sample cadence keep their share of the run unless set with --set.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Stage-1 batch size (latent.batch_size).")] = None,
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="torchvision's vgg16-397923af.pth (default: torch hub cache, downloaded when online).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -101,7 +101,7 @@ def train(
 
     started = time.monotonic()
     budget_s = _budget(time_budget, epochs, resume)
-    from lordkit.config import choose_preset, fit_to_images, fit_to_length
+    from lordkit.config import choose_preset, epoch_schedule, fit_to_images, fit_to_length
     from lordkit.data.sources import dataset_ids
     from lordkit.data.store import Dataset
     from lordkit.training import train_latent
@@ -112,8 +112,12 @@ def train(
     start, length = fit_to_length(start, preset_name, len(ds))
     why = f"{why}; {length}" if length else why
     cfg = fit_to_images(start, ds.meta.img_size, ds.meta.channels).apply_overrides(set_ or [])
-    cfg = cfg.replace(latent=_given(loss=loss, n_epochs=epochs, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
+    cfg = cfg.replace(latent=_given(loss=loss, batch_size=batch_size, stop_on_collapse=stop_on_collapse),
                       amortized=_given(loss=loss))
+    if epochs is not None:  # the run's length: its noise warm-up and sample cadence keep their share
+        given = {item.partition("=")[0].strip() for item in set_ or []}
+        cfg = cfg.replace(latent={k: v for k, v in epoch_schedule("latent", cfg.latent, epochs).items()
+                                  if k == "n_epochs" or f"latent.{k}" not in given})
     out = model_dir(base, model_name)
     if _main_rank() and not resume:  # a resume continues with the config it saved
         say(why)

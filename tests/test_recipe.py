@@ -195,9 +195,15 @@ def test_train_prints_the_preset_and_why(cli, base, tmp_path):
     assert "length: 115,200 + 46,080 images seen; 4800 + 1920 epochs of 24 images" in r.stdout
     cfg = json.loads((base / "models" / "m" / "config.json").read_text())
     assert cfg["model"]["img_size"] == 32 and cfg["latent"]["pca_init"] > 0
-    # --epochs wins over the preset's length; stage 2 keeps the length's epochs
+    # --epochs wins over the preset's length, its schedule keeping its share (a third of the run warms
+    # the noise up); stage 2 keeps the length's epochs
     assert cfg["latent"]["n_epochs"] == 1 and cfg["amortized"]["n_epochs"] == 1920
-    assert cfg["latent"]["noise_warmup_epochs"] == pytest.approx(1600.0)
+    assert cfg["latent"]["noise_warmup_epochs"] == pytest.approx(1 / 3)
+    r = cli("train", "-dn", "f", "-mn", "m3", *TINY_SET, "--epochs", "30", "--set", "latent.noise_warmup_epochs=4",
+            "--device", "cpu", "--no-tensorboard")
+    assert r.exit_code == 0, r.output
+    latent = json.loads((base / "models" / "m3" / "config.json").read_text())["latent"]
+    assert latent["n_epochs"] == 30 and latent["noise_warmup_epochs"] == 4  # what --set says wins
     r = cli("train", "-dn", "f", "-mn", "m2", *TINY_SET, "--epochs", "1", "--preset", "celeba",
             "--device", "cpu", "--no-tensorboard")
     assert r.exit_code == 0, r.output
