@@ -149,8 +149,7 @@ def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float) -
     plan = cfg[stage].get("plan") or {}
     return {"minutes": took_s / 60, "budget_minutes": budget_s / 60, "over_budget": took_s / budget_s - 1,
             "epochs": cfg[stage]["n_epochs"], "steps": plan.get("total_steps"),
-            "planned_epochs": (plan.get("shortened") or [{}])[0].get("from_epochs", cfg[stage]["n_epochs"]),
-            "shortened": bool(plan.get("shortened"))}
+            "planned_steps": plan.get("planned_steps", plan.get("total_steps")), "refits": len(plan.get("refits") or [])}
 
 
 CELLS = {"leakage": "{accuracy:.1%} ± {accuracy_std:.1%} ({chance:.1%})",

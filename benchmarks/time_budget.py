@@ -70,13 +70,11 @@ def lordkit(base: Path, args: list[str], env: dict[str, str], log: Path) -> floa
 def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float) -> dict[str, Any]:
     """What a stage's plan fitted and what the command took, against its budget."""
     plan = cfg[stage].get("plan") or {}
-    shortened = plan.get("shortened") or []
     return {"stage": stage, "budget_s": budget_s, "took_s": took_s, "off_budget": took_s / budget_s - 1,
             "within_tolerance": abs(took_s / budget_s - 1) <= TOLERANCE,
-            "planned_epochs": shortened[0]["from_epochs"] if shortened else cfg[stage]["n_epochs"],
-            "epochs": cfg[stage]["n_epochs"], "steps": plan.get("total_steps"),
-            "steps_per_epoch": plan.get("steps_per_epoch"), "step_ms": 1000 * plan.get("step_s", float("nan")),
-            "shortened": len(shortened)}
+            "planned_steps": plan.get("planned_steps", plan.get("total_steps")), "steps": plan.get("total_steps"),
+            "epochs": cfg[stage]["n_epochs"], "steps_per_epoch": plan.get("steps_per_epoch"),
+            "step_ms": 1000 * plan.get("step_s", float("nan")), "refits": len(plan.get("refits") or [])}
 
 
 def run_size(n: int, budget: str, budget_s: float, work: Path, out: Path, threads: int) -> dict[str, Any]:
@@ -99,16 +97,16 @@ def run_size(n: int, budget: str, budget_s: float, work: Path, out: Path, thread
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [f"{header['cpu']}, {header['threads']} thread(s) per command, torch {header['torch']}, "
              f"commit {header['commit'][:10]}", "",
-             "| images | stage | budget | command took | off budget | epochs planned / trained | steps | step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| images | stage | budget | command took | off budget | steps planned / trained | epochs | step | refits |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n_images']:,} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['n_images']:,} | failed: {r['error']} | | | | | | | |")
             continue
         for s in r["stages"]:
             lines.append(f"| {r['n_images']:,} | {s['stage']} | {r['budget']} | {s['took_s']:.0f} s "
-                         f"| {s['off_budget']:+.1%} | {s['planned_epochs']} / {s['epochs']} | {s['steps']:,} "
-                         f"| {s['step_ms']:.0f} ms |")
+                         f"| {s['off_budget']:+.1%} | {s['planned_steps']:,} / {s['steps']:,} "
+                         f"| {s['epochs']} of {s['steps_per_epoch']:,} steps | {s['step_ms']:.0f} ms | {s['refits']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,8 +27,9 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 BUDGET_HELP = ("Fit the stage to this much time, counted from the command's start: 90s, 15m, 2h, 1h30m. The "
-               "first steps are timed, then the epochs (with the noise warm-up and sample cadence) are fitted; "
-               "the plan is printed and stored in config.json. A --resume keeps the plan.")
+               "first steps are timed, then the steps (whole epochs and part of one more, with the noise warm-up and "
+               "sample cadence) are fitted and refitted to the pace while it trains; the plan is printed and stored "
+               "in config.json. A --resume keeps the plan.")
 
 
 def _budget(text: str | None, epochs: int | None, resume: bool) -> float | None:

@@ -13,7 +13,7 @@ from lordkit.config import LordConfig
 from lordkit.errors import LordkitError
 from lordkit.training import TrainingInterrupted, train_amortized, train_latent
 from lordkit.training import budget
-from lordkit.training.budget import BudgetError, Timing, fit_plan, parse_duration, stage_seconds
+from lordkit.training.budget import BudgetError, Timing, fit_plan, parse_duration, stage_seconds, steps_seconds
 
 from conftest import one_line_error
 from test_training import TINY_DATA, TINY_SET, data, interrupt_at, metrics, quiet, tiny_cfg  # noqa: F401
@@ -57,20 +57,25 @@ def test_cli_refuses_a_bad_budget_in_one_line(cli, command, value):
     assert "--time-budget" in line
 
 
-def test_plan_is_the_most_epochs_that_fit_with_the_schedule_scaled():
+def test_plan_is_the_most_steps_that_fit_with_the_schedule_scaled():
     section = LordConfig().replace(latent={"n_epochs": 300, "noise_warmup_epochs": 100.0,
                                            "sample_every_epochs": 10}).latent
     t = Timing(step_s=0.05, timed_steps=20, checkpoint_s=0.1, sample_s=0.4)
     plan = fit_plan("latent", section, budget_s=120.0, spent_s=10.0, steps_per_epoch=30, timing=t, now=1e9)
-    n = plan["n_epochs"]
+    total, n = plan["total_steps"], plan["n_epochs"]
     left = 120.0 * (1 - budget.MARGIN_FRACTION) - 10.0
-    assert stage_seconds(n, 30, plan["sample_every_epochs"], t) <= left
-    every_next = max(1, round(10 * (n + 1) / 300))
-    assert stage_seconds(n + 1, 30, every_next, t) > left
-    assert plan["total_steps"] == 30 * n and plan["steps_per_epoch"] == 30
-    assert plan["noise_warmup_epochs"] == pytest.approx(100.0 * n / 300)
+
+    def cost(steps):
+        epochs = -(-steps // 30)
+        return steps_seconds(steps, 30, max(1, round(10 * epochs / 300)), t)
+
+    assert cost(total) <= left + 1e-9 < cost(total + 1)
+    assert (n - 1) * 30 < total <= n * 30 and total % 30  # these figures leave part of an epoch
+    assert plan["steps_per_epoch"] == 30 and plan["planned_steps"] == total
+    assert plan["noise_warmup_epochs"] == pytest.approx(100.0 * total / 30 / 300)
     assert plan["sample_every_epochs"] == max(1, round(10 * n / 300))
     assert plan["expected_s"] <= 120.0 and plan["configured_n_epochs"] == 300
+    assert stage_seconds(3, 30, 2, t) == steps_seconds(90, 30, 2, t)
     with pytest.raises(BudgetError, match="does not fit one epoch"):
         fit_plan("latent", section, budget_s=5.0, spent_s=1.0, steps_per_epoch=300, timing=t)
 
@@ -118,22 +123,50 @@ def test_a_resumed_run_keeps_its_plan(data, tmp_path, fixed_timing):
     assert result["steps"] == plan["total_steps"] and result["plan"] == plan
 
 
-@pytest.mark.parametrize("done, n_epochs, epoch_s, left_s, want", [
-    (2, 10, 1.0, 8.0, 10),  # the rest fits exactly
-    (2, 10, 1.0, 7.95, 10),  # within a tenth of an epoch
-    (2, 10, 1.0, 5.5, 7),  # behind: as many more as fit
-    (2, 10, 1.0, 0.5, 2),  # none more fits: stop at the end of this one
-    (2, 10, 1.0, -30.0, 2),  # past the deadline already
-    (1, 10, 60.0, -1.0, 1),
+@pytest.mark.parametrize("done, total, left_s, want", [
+    (20, 100, 80.0, 100),  # the rest fits exactly
+    (20, 100, 79.5, 100),  # within the slack
+    (20, 100, 50.0, 70),  # behind: as many as fit
+    (20, 100, 0.5, 21),  # none more fits: stop after the next step
+    (20, 100, -30.0, 21),  # past the deadline already
+    (20, 70, 80.0, 99),  # shortened, then ahead again: as many as fit less a slack
+    (20, 70, 500.0, 100),  # ... never more than the plan's
+    (20, 70, 52.5, 70),  # ahead by less than two slacks: left as it is
+    (20, 100, 500.0, 100),  # a run on time is never lengthened past its plan
 ])
-def test_deadline_fits_the_epochs_left(done, n_epochs, epoch_s, left_s, want):
-    assert budget.Deadline.fit(done, n_epochs, epoch_s, left_s) == want
+def test_deadline_fits_the_steps_left(done, total, left_s, want):
+    assert budget.Deadline.fit(done, total, 100, 1.0, left_s, 1.0) == want
+
+
+def test_a_passing_slowdown_shortens_a_run_and_its_end_lengthens_it_again():
+    """The deadline's rule followed through a simulated run: steps of 0.1 s planned to fill 600 s, a
+    spell three times slower from 60 to 120 s; the run ends within its budget and within 5% of it,
+    and no longer than planned."""
+    budget_s, step_s, at = 600.0, 0.1, 600.0 * (1 - budget.MARGIN_FRACTION)
+    planned = total = int(at / step_s)
+    slack_s, window_s = budget.Deadline.SLACK_FRACTION * budget_s, budget.Deadline.WINDOW_FRACTION * budget_s
+    now, step, marks, changes = 0.0, 0, [(0.0, 0)], []
+    while step < total:
+        now += step_s * (3 if 60 <= now < 120 else 1)
+        step += 1
+        if step % 50 == 0:  # a loss read
+            older = [(t, s) for t, s in marks if t <= now - window_s]
+            t0, s0 = older[-1] if older else marks[0]
+            if now - t0 >= window_s:
+                new = budget.Deadline.fit(step, total, planned, (now - t0) / (step - s0), at - now, slack_s)
+                if new != total:
+                    changes.append((step, total, new))
+                    total = new
+            marks.append((now, step))
+    assert [c for c in changes if c[2] < c[1]] and [c for c in changes if c[2] > c[1]]  # shortened, then lengthened
+    assert 0.95 * budget_s <= now <= budget_s and total <= planned
 
 
 def _deadline_with(monkeypatch, fit):
-    """budget.deadline as shipped, with Deadline.fit replaced: the run's shortening without depending on
-    how fast the machine is."""
+    """budget.deadline as shipped, with Deadline.fit replaced and the pace read from the first step on:
+    the run's refitting without depending on how fast the machine is."""
     real = budget.deadline
+    monkeypatch.setattr(budget.Deadline, "WINDOW_FRACTION", 0.0)
 
     def make(*args, **kw):
         d = real(*args, **kw)
@@ -145,24 +178,25 @@ def _deadline_with(monkeypatch, fit):
         monkeypatch.setattr(f"{module}.deadline", make)
 
 
-@pytest.mark.parametrize("to_epochs", [1, 2])
-def test_a_run_behind_its_budget_is_shortened_and_recorded(data, tmp_path, fixed_timing, monkeypatch, to_epochs):
+@pytest.mark.parametrize("to_steps", [4, 6])
+def test_a_run_behind_its_budget_is_shortened_and_recorded(data, tmp_path, fixed_timing, monkeypatch, to_steps):
     from lordkit.modeldir import checkpoint_progress, load_config, stage_settings, stage_weights
 
-    _deadline_with(monkeypatch, lambda done, n, epoch_s, left_s: to_epochs if done >= 1 else n)
+    # The tiny set has 3 steps an epoch and its plan 3 epochs; at the end of the first, the rest is cut.
+    _deadline_with(monkeypatch, lambda done, total, most, step_s, left_s, slack_s: to_steps if done >= 3 else total)
     m = tmp_path / "m"
     cfg = tiny_cfg("latent.n_epochs=200", "latent.lr_min=1e-5")
     result = train_latent(data, m, cfg, time_budget_s=BUDGET_S, announce=lambda p: None, **quiet())
     saved = load_config(m)
     plan = saved.latent.plan
-    assert plan["n_epochs"] == saved.latent.n_epochs == to_epochs and result["plan"] == plan
-    assert plan["shortened"][0]["from_epochs"] == 3 and plan["shortened"][-1]["to_epochs"] == to_epochs
-    assert result["steps"] == plan["total_steps"] == to_epochs * plan["steps_per_epoch"]
+    epochs = -(-to_steps // 3)
+    assert plan["n_epochs"] == saved.latent.n_epochs == epochs and result["plan"] == plan
+    assert plan["refits"][0]["from_steps"] == plan["planned_steps"] == 9 and plan["refits"][-1]["to_steps"] == to_steps
+    assert result["steps"] == plan["total_steps"] == to_steps
     rows = metrics(m, "latent")
     assert rows[-1]["step"] == plan["total_steps"]
-    if to_epochs > 1:  # shortened with steps to go: the cosine decay ends at the shortened end
-        assert rows[-1]["lr"] == pytest.approx(1e-5, abs=1e-9)
-    assert (m / "samples" / f"latent-epoch-{to_epochs:04d}.png").is_file()
+    assert rows[-1]["lr"] == pytest.approx(1e-5, abs=1e-9)  # the cosine decay ends at the shortened end
+    assert (m / "samples" / f"latent-epoch-{epochs:04d}.png").is_file()
     # The last checkpoint is written under the shortened settings: it finishes the stage by itself.
     progress = checkpoint_progress(m, "latent")
     assert progress["total_steps"] == plan["total_steps"] and progress["settings"] == stage_settings(saved, "latent")
@@ -173,7 +207,22 @@ def test_a_run_behind_its_budget_is_shortened_and_recorded(data, tmp_path, fixed
         train_latent(data, m, cfg, resume=True, **quiet())
     # Stage 2 keeps a deadline of its own.
     r2 = train_amortized(data, m, time_budget_s=BUDGET_S, announce=lambda p: None, **quiet())
-    assert r2["plan"]["n_epochs"] == to_epochs and load_config(m).amortized.n_epochs == to_epochs
+    assert r2["plan"]["total_steps"] == to_steps and load_config(m).amortized.n_epochs == epochs
+
+
+def test_a_shortened_run_ahead_again_is_lengthened(data, tmp_path, fixed_timing, monkeypatch):
+    # Cut to 5 steps at the end of the first epoch, then given 7 at the next loss read (mid-epoch).
+    _deadline_with(monkeypatch, lambda done, total, most, step_s, left_s, slack_s: {3: 5, 4: 7}.get(done, total))
+    m = tmp_path / "m"
+    result = train_latent(data, m, tiny_cfg("latent.n_epochs=200", "latent.lr_min=1e-5"), time_budget_s=BUDGET_S,
+                          announce=lambda p: None, **quiet())
+    plan = result["plan"]
+    assert [(r["at_step"], r["from_steps"], r["to_steps"]) for r in plan["refits"]] == [(3, 9, 5), (4, 5, 7)]
+    assert result["steps"] == plan["total_steps"] == 7 and plan["n_epochs"] == 3
+    rows = metrics(m, "latent")
+    assert [r["step"] for r in rows if "loss" in r][-1] == 7 and rows[-1]["lr"] == pytest.approx(1e-5, abs=1e-9)
+    assert sorted(p.name for p in (m / "samples").glob("latent-*.png")) == [
+        f"latent-epoch-{e:04d}.png" for e in (1, 2, 3)]
 
 
 class Killed(BaseException):
@@ -181,23 +230,23 @@ class Killed(BaseException):
 
 
 def test_a_run_killed_while_it_is_shortened_resumes_to_the_same_weights(data, tmp_path, fixed_timing, monkeypatch):
-    _deadline_with(monkeypatch, lambda done, n, epoch_s, left_s: 2 if done >= 1 else n)
+    _deadline_with(monkeypatch, lambda done, total, most, step_s, left_s, slack_s: 5 if done >= 3 else total)
     cfg = tiny_cfg("latent.n_epochs=200")
     run = dict(time_budget_s=BUDGET_S, announce=lambda p: None)
     whole = train_latent(data, tmp_path / "a", cfg, **run, **quiet())
-    assert whole["plan"]["shortened"][0] == {**whole["plan"]["shortened"][0], "from_epochs": 3, "to_epochs": 2}
+    assert whole["plan"]["refits"][0] == {**whole["plan"]["refits"][0], "from_steps": 9, "to_steps": 5}
 
     # Killed after config.json has the new length, before the checkpoint under it.
-    real = budget.Deadline.shorten
+    real = budget.Deadline.refit
 
-    def shorten_then_die(self, n_epochs, step):
-        real(self, n_epochs, step)
+    def refit_then_die(self, total_steps, step):
+        real(self, total_steps, step)
         raise Killed
 
-    monkeypatch.setattr(budget.Deadline, "shorten", shorten_then_die)
+    monkeypatch.setattr(budget.Deadline, "refit", refit_then_die)
     with pytest.raises(Killed):
         train_latent(data, tmp_path / "b", cfg, **run, **quiet())
-    monkeypatch.setattr(budget.Deadline, "shorten", real)
+    monkeypatch.setattr(budget.Deadline, "refit", real)
     resumed = train_latent(data, tmp_path / "b", cfg, resume=True, **quiet())
     assert resumed["steps"] == whole["steps"]
     a, b = load_file(tmp_path / "a" / "latent.safetensors"), load_file(tmp_path / "b" / "latent.safetensors")
@@ -209,7 +258,7 @@ def test_a_run_on_time_is_not_shortened(data, tmp_path, fixed_timing):
     # FAKE_STEP_S makes the plan expect 300 s an epoch; the real epochs are far quicker.
     result = train_latent(data, tmp_path / "m", tiny_cfg("latent.n_epochs=200"), time_budget_s=BUDGET_S,
                           announce=lambda p: None, **quiet())
-    assert "shortened" not in result["plan"] and result["steps"] == result["plan"]["total_steps"]
+    assert "refits" not in result["plan"] and result["steps"] == result["plan"]["total_steps"]
 
 
 def test_cli_prints_and_stores_the_plan_and_refuses_epochs_with_a_budget(cli, base, fixed_timing):

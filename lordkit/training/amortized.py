@@ -161,6 +161,7 @@ def train_amortized(
 
         # Train.
         spec = LoopSpec(stage="amortized", model=model, optimizer=optimizer, n_epochs=ac.n_epochs,
+                        total_steps=(ac.plan or {}).get("total_steps"),
                         batch_size=ac.batch_size, seed=ac.seed, log_every=ac.log_every, lr_min=ac.lr_min,
                         step=step, sample=sample, n_global=len(ds), dist=d,
                         collapse=CollapseWatch.for_stage("amortized", ac, probe),
@@ -169,7 +170,7 @@ def train_amortized(
                                           dist=d))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
-        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # shortened on the way, if it was
+        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # refitted on the way, if it was
 
         # Save the weights.
         if d.main:

@@ -5,13 +5,18 @@ short warm-up; the model, the optimizer and the random state are put back afterw
 trains exactly as an unbudgeted run of the same length would), and so are what each epoch adds (a
 checkpoint) and each sample grid (the grid and the collapse probe). From those the plan fits:
 
-- n_epochs: the most whole epochs that end the stage within the budget, counted from the budget's
-  start (the command's start), after what was already spent and a safety margin;
-- everything tied to the number of epochs keeps its proportion of the run: the content-noise warm-up
+- total_steps: the most steps that end the stage within the budget, counted from the budget's start
+  (the command's start), after what was already spent and a safety margin: the whole epochs that fit
+  and, where time is left, part of one more (at least one whole epoch, or the budget is refused);
+- n_epochs: the epochs those steps touch (the last one may be partial);
+- everything tied to the length keeps its proportion of the run: the content-noise warm-up
   (latent.noise_warmup_epochs) and the sample-grid cadence (latent.sample_every_epochs) are scaled by
-  n_epochs / the configured n_epochs; the cosine learning-rate decay runs over the new total steps and
-  the collapse warm-up is a fraction of the epochs, so both follow by themselves; checkpoints stay
-  once an epoch.
+  the new length / the configured n_epochs; the cosine learning-rate decay runs over the new total
+  steps and the collapse warm-up is a fraction of the epochs, so both follow by themselves;
+  checkpoints stay once an epoch (and at the last step).
+
+While the stage trains, its Deadline refits the length to the measured pace (shorter when behind,
+longer again, up to the plan, when ahead).
 
 The plan is a plain dict, stored in the stage's `plan` field of config.json: a resumed run reads its
 config and so keeps its plan (nothing is timed or fitted again).
@@ -160,39 +165,57 @@ def time_call(fn: Callable[[], Any] | None) -> float:
 
 
 def stage_seconds(n_epochs: int, steps_per_epoch: int, sample_every: int, t: Timing) -> float:
-    """Seconds of a stage of n_epochs: the steps, a checkpoint an epoch, a sample grid at every
-    sample_every-th epoch and at the last, and the weights written at the end (about one checkpoint)."""
-    n_grids = n_epochs // max(sample_every, 1) + (1 if n_epochs % max(sample_every, 1) else 0)
-    return (n_epochs * (steps_per_epoch * t.step_s + t.checkpoint_s) + n_grids * t.sample_s + t.checkpoint_s)
+    """Seconds of a stage of n_epochs whole epochs (see steps_seconds)."""
+    return steps_seconds(n_epochs * steps_per_epoch, steps_per_epoch, sample_every, t)
+
+
+def steps_seconds(total_steps: int, steps_per_epoch: int, sample_every: int, t: Timing) -> float:
+    """Seconds of a stage of total_steps: the steps, a checkpoint at each epoch's end (and at the last
+    step), a sample grid at every sample_every-th epoch and at the last step, and the weights written at
+    the end (about one checkpoint)."""
+    every = max(sample_every, 1)
+    n_epochs = -(-total_steps // steps_per_epoch)
+    n_grids = n_epochs // every + (1 if n_epochs % every else 0)
+    return total_steps * t.step_s + n_epochs * t.checkpoint_s + n_grids * t.sample_s + t.checkpoint_s
 
 
 def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, steps_per_epoch: int,
              timing: Timing, has_sampler: bool = True, now: float | None = None) -> dict[str, Any]:
-    """The plan of a stage fitted to budget_s, of which spent_s is already gone: the most whole epochs
-    that fit, the schedule scaled with them, and what is expected. Raises BudgetError when not even
-    one epoch fits."""
+    """The plan of a stage fitted to budget_s, of which spent_s is already gone: the most steps that fit
+    (whole epochs, then part of one more), the schedule scaled with them, and what is expected. Raises
+    BudgetError when not even one epoch fits."""
     now = time.time() if now is None else now
     margin_s = MARGIN_FRACTION * budget_s
     left_s = budget_s - spent_s - margin_s
+    n0 = max(int(cfg_section.n_epochs), 1)
 
-    def cost(n: int) -> float:
+    def cost(steps: int) -> float:
+        n = -(-steps // steps_per_epoch)
         every = epoch_schedule(stage, cfg_section, n).get("sample_every_epochs", 1) if has_sampler else 1
-        return stage_seconds(n, steps_per_epoch, every, timing)
+        return steps_seconds(steps, steps_per_epoch, every, timing)
 
-    per_epoch = max(cost(2) - cost(1), 1e-9)
+    per_epoch = max(cost(2 * steps_per_epoch) - cost(steps_per_epoch), 1e-9)
     n = max(1, int(left_s // per_epoch))
-    while n > 1 and cost(n) > left_s:
+    while n > 1 and cost(n * steps_per_epoch) > left_s:
         n -= 1
-    while cost(n + 1) <= left_s:
+    while cost((n + 1) * steps_per_epoch) <= left_s:
         n += 1
-    if cost(n) > left_s:
+    if cost(n * steps_per_epoch) > left_s:
         one = steps_per_epoch * timing.step_s + timing.checkpoint_s
         raise BudgetError(
             f"a time budget of {format_duration(budget_s)} does not fit one epoch of the {stage} stage "
             f"({steps_per_epoch} steps of {timing.step_s:.3g} s: about {format_duration(one)} an epoch, and "
             f"{format_duration(spent_s)} already spent before training); give a longer budget")
-    expected_s = spent_s + cost(n)
-    sched = epoch_schedule(stage, cfg_section, n)
+    lo, hi = 0, steps_per_epoch - 1  # the steps of a last, partial epoch that still fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(n * steps_per_epoch + mid) <= left_s else (lo, mid - 1)
+    total = n * steps_per_epoch + lo
+    n_epochs = -(-total // steps_per_epoch)
+    sched = epoch_schedule(stage, cfg_section, n_epochs)
+    if "noise_warmup_epochs" in sched:  # the warm-up keeps its share of the steps, a partial epoch included
+        sched["noise_warmup_epochs"] = cfg_section.noise_warmup_epochs * total / (steps_per_epoch * n0)
+    expected_s = spent_s + cost(total)
     return {
         "time_budget_s": float(budget_s),
         "planned_at": _utc(now),
@@ -205,7 +228,8 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
         "steps_per_epoch": steps_per_epoch,
         "configured_n_epochs": int(cfg_section.n_epochs),
         **sched,
-        "total_steps": steps_per_epoch * n,
+        "total_steps": total,
+        "planned_steps": total,
         "expected_s": round(expected_s, 1),
         "expected_end": _utc(now - spent_s + expected_s),
     }
@@ -213,44 +237,60 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
 
 @dataclass
 class Deadline:
-    """A budgeted stage's deadline, kept while it trains (lordkit.training.loop): at each epoch's end
-    the loop asks `fit` how many epochs the run should have at the recent pace, and when they are fewer
-    `shorten` records the shorter run in config.json (n_epochs, and the plan's `shortened` entry) and
-    returns the settings its checkpoints are written under from then on. A run never gets longer than
-    its plan; a resumed run has no deadline (it keeps its plan)."""
+    """A budgeted stage's deadline, kept while it trains (lordkit.training.loop): at each epoch's end and
+    at the loss reads between, the loop asks `fit` how many steps the run should have at the measured
+    pace, and when that differs from its length by more than SLACK_FRACTION of the budget, `refit`
+    records the new length in config.json (total_steps and n_epochs, and an entry in the plan's
+    `refits`) and returns the settings its checkpoints are written under from then on. A run behind is
+    shortened; one shortened and then ahead again (a slowdown that passed) is lengthened, never past
+    the steps its plan fitted. A resumed run has no deadline (it keeps its plan)."""
 
-    at: float  # time.monotonic() by which the stage's epochs are to be done
+    at: float  # time.monotonic() by which the stage's steps are to be done
     stage: str
     model_dir: Path
-    cfg: Any  # the LordConfig the stage trains with; the shortened one after shorten()
+    cfg: Any  # the LordConfig the stage trains with; the refitted one after refit()
     dist: Any
     steps_per_epoch: int
-    shortenings: list[dict[str, Any]] = field(default_factory=list)
+    budget_s: float
+    planned_steps: int  # the most steps the run may have: its plan's
+    refits: list[dict[str, Any]] = field(default_factory=list)
+
+    SLACK_FRACTION = 0.01  # of the budget: how far behind or ahead a run may be before it is refitted
+    WINDOW_FRACTION = 0.05  # of the budget: the pace is measured over at least this long (and an epoch)
 
     @staticmethod
-    def fit(done: int, n_epochs: int, epoch_s: float, left_s: float) -> int:
-        """The epochs a run that has done `done` of `n_epochs` should have when an epoch takes epoch_s
-        and left_s remain: n_epochs while the rest fits (with a tenth of an epoch to spare), else
-        `done` plus as many as fit (at least one epoch in all)."""
-        if (n_epochs - done) * epoch_s <= left_s + 0.1 * epoch_s:
-            return n_epochs
-        return max(done + max(0, int(left_s // max(epoch_s, 1e-9))), 1)
+    def fit(done: int, total: int, most: int, step_s: float, left_s: float, slack_s: float) -> int:
+        """The steps a run that has done `done` of `total` should have when a step takes step_s (its
+        share of checkpoints and grids included) and left_s remain: `total` while it ends within
+        slack_s of the deadline; behind that, as many as fit (at least one more); ahead of it by more
+        than two slacks, as many as fit less a slack, up to `most`."""
+        step_s = max(step_s, 1e-12)
+        fits = done + max(0, int(left_s // step_s))
+        slack = int(slack_s // step_s)
+        if total > fits + slack:
+            return max(fits, done + 1)
+        if total < most and fits - slack > total + slack:
+            return min(most, fits - slack)
+        return total
 
-    def shorten(self, n_epochs: int, step: int) -> str:
+    def refit(self, total_steps: int, step: int) -> str:
         section = getattr(self.cfg, self.stage)
-        self.shortenings.append({"at_step": step, "at": _utc(time.time()), "from_epochs": int(section.n_epochs),
-                                 "to_epochs": n_epochs})
-        plan = {**section.plan, "n_epochs": n_epochs, "total_steps": n_epochs * self.steps_per_epoch,
-                "shortened": list(self.shortenings)}
+        plan = section.plan
+        n_epochs = -(-total_steps // self.steps_per_epoch)
+        self.refits.append({"at_step": step, "at": _utc(time.time()), "from_steps": int(plan["total_steps"]),
+                            "to_steps": total_steps})
+        plan = {**plan, "n_epochs": n_epochs, "total_steps": total_steps, "refits": list(self.refits)}
         self.cfg = self.cfg.replace(**{self.stage: {"n_epochs": n_epochs, "plan": plan}})
         on_main(self.dist, lambda: save_config(self.model_dir, self.cfg))
         return stage_settings(self.cfg, self.stage)
 
     @staticmethod
-    def line(stage: str, old: int, new: int, epoch_s: float) -> str:
-        took = format_duration(epoch_s) if epoch_s >= 60 else f"{epoch_s:.1f} s"
-        return (f"{stage} stage behind its time budget (an epoch now takes {took}): "
-                f"shortened from {old} to {new} epochs to end within it")
+    def line(stage: str, old: int, new: int, step_s: float) -> str:
+        if new < old:
+            return (f"{stage} stage behind its time budget (a step now takes {step_s * 1000:.1f} ms): "
+                    f"shortened from {old:,} to {new:,} steps to end within it")
+        return (f"{stage} stage ahead of its time budget again (a step now takes {step_s * 1000:.1f} ms): "
+                f"lengthened from {old:,} to {new:,} steps")
 
 
 def deadline(stage: str, plan: dict[str, Any] | None, *, started: float, model_dir: Path, cfg: Any,
@@ -261,7 +301,15 @@ def deadline(stage: str, plan: dict[str, Any] | None, *, started: float, model_d
         return None
     at = started + plan["time_budget_s"] * (1 - MARGIN_FRACTION) - plan["checkpoint_s"]
     return Deadline(at=at, stage=stage, model_dir=Path(model_dir), cfg=cfg, dist=dist,
-                    steps_per_epoch=int(plan["steps_per_epoch"]))
+                    steps_per_epoch=int(plan["steps_per_epoch"]), budget_s=float(plan["time_budget_s"]),
+                    planned_steps=int(plan.get("planned_steps", plan["total_steps"])))
+
+
+def _epochs_text(plan: dict[str, Any]) -> str:
+    whole, part = divmod(int(plan["total_steps"]), int(plan["steps_per_epoch"]))
+    if not part:
+        return f"{whole} epochs"
+    return f"{plan['n_epochs']} epochs ({whole} and {part} steps of one more)"
 
 
 def plan_line(stage: str, plan: dict[str, Any]) -> str:

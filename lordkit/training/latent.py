@@ -213,6 +213,7 @@ def train_latent(
         # Train.
         table = ShardedTable(CONTENT_TABLE, len(ds), lc.seed, d) if d.enabled else None
         spec = LoopSpec(stage="latent", model=model, optimizer=optimizer, n_epochs=lc.n_epochs,
+                        total_steps=(lc.plan or {}).get("total_steps"),
                         batch_size=lc.batch_size, seed=lc.seed, log_every=lc.log_every, lr_min=lc.lr_min,
                         step=step, sample=sample, sample_every_epochs=lc.sample_every_epochs,
                         n_global=len(ds), dist=d, table=table,
@@ -221,7 +222,7 @@ def train_latent(
                                           dist=d))
         result = Loop(spec, model_dir, bank, class_ids, resume=resume, tensorboard=tensorboard).run(
             show_progress=show_progress, on_step=on_step)
-        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # shortened on the way, if it was
+        cfg = spec.deadline.cfg if spec.deadline is not None else cfg  # refitted on the way, if it was
 
         # Save the weights, the content table gathered in image order.
         final_state, _ = full_states(model, optimizer, table)

@@ -81,8 +81,11 @@ class LoopSpec:
     collapse: CollapseWatch | None = None
     # What the weights follow from (lordkit.modeldir.stage_settings), recorded in every checkpoint.
     settings: str = ""
-    # A budgeted stage's deadline (lordkit.training.budget.Deadline): at each epoch's end, when the
-    # epochs left would end after it at the recent epochs' pace, the run is shortened to end before it.
+    # Steps of the whole run, where a time budget's plan set them (its last epoch may be partial);
+    # None: n_epochs whole epochs.
+    total_steps: int | None = None
+    # A budgeted stage's deadline (lordkit.training.budget.Deadline): at each epoch's end and loss read,
+    # the run's length is refitted to end by it at the measured pace.
     deadline: Deadline | None = None
 
 
@@ -160,7 +163,10 @@ class Loop:
                                f"processes ({d.world})")
         self.local_batch = self.batch_size // d.world
         self.steps_per_epoch = epoch_steps(n_global, self.batch_size)
-        self.total_steps = self.steps_per_epoch * spec.n_epochs
+        self.total_steps = spec.total_steps or self.steps_per_epoch * spec.n_epochs
+        if not (self.steps_per_epoch * (spec.n_epochs - 1) < self.total_steps <= self.steps_per_epoch * spec.n_epochs):
+            raise LordkitError(f"{spec.stage}: {self.total_steps} steps are not {spec.n_epochs} epochs of "
+                               f"{self.steps_per_epoch} steps; train it again with --force")
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(spec.optimizer, T_max=max(self.total_steps, 1),
                                                                     eta_min=spec.lr_min)
         self.step = self._load_checkpoint() if resume else 0
@@ -184,7 +190,7 @@ class Loop:
         self.img_per_sec = 0.0
         self.collapse = spec.collapse
         self.progress: Any = None
-        self.epoch_times: list[float] = []  # seconds of each whole epoch of this run (for the deadline)
+        self.pace_marks: list[tuple[float, int]] = []  # (time.monotonic(), step) at the deadline's checks
 
     def run(self, *, show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train for spec.n_epochs over the bank; checkpoint each epoch, periodically and on interrupt."""
@@ -199,12 +205,12 @@ class Loop:
                 if progress is not None:
                     task = progress.add_task(spec.stage, total=self.total_steps, completed=self.step, unit="step")
                 spec.model.train()
+                self.pace_marks = [(time.monotonic(), self.step)]
                 while self.step < self.total_steps:
-                    epoch_start = time.monotonic()
-                    epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                    epoch, k = divmod(self.step, self.steps_per_epoch)
                     order = epoch_order(self.bank.n, self.steps_per_epoch * self.local_batch,
                                         spec.seed + 7919 * d.rank, epoch, self.bank.device)
-                    for k in range(in_epoch, self.steps_per_epoch):
+                    while k < self._epoch_length(epoch):  # a deadline may change the length on the way
                         # Sample a batch of this rank's images (on the device).
                         idx = order[k * self.local_batch:(k + 1) * self.local_batch]
                         imgs = self.bank.batch(idx)
@@ -216,10 +222,12 @@ class Loop:
 
                         # Log every log_every steps and at the end of an epoch: the only host sync.
                         # At the end of an epoch with a sample grid due, also probe for a collapse.
-                        at_log = self.step % spec.log_every == 0 or k == self.steps_per_epoch - 1
+                        epoch_end = k == self._epoch_length(epoch) - 1
+                        k += 1
+                        at_log = self.step % spec.log_every == 0 or epoch_end
                         if at_log:
                             losses = self._read_losses()
-                            extra = self._probe() if k == self.steps_per_epoch - 1 else {}
+                            extra = self._probe() if epoch_end else {}
                             self._log(losses, extra)
                             if task is not None:
                                 progress.update(task, description=self._progress_line(epoch, losses))
@@ -232,6 +240,9 @@ class Loop:
                             raise self._interrupted(flag.signum)
                         if self._all_agree(time.monotonic() - self.last_checkpoint_s > CHECKPOINT_EVERY_S, at_log):
                             self._save_checkpoint()
+                        # A budgeted run's length follows its pace (every rank at the same step).
+                        if spec.deadline is not None and at_log and not epoch_end:
+                            self._keep_deadline(task)
 
                     # Save a snapshot and a sample grid at the end of each epoch.
                     self._save_checkpoint()
@@ -246,9 +257,8 @@ class Loop:
                             progress.live.transient = True
                         raise watch.stopped(self.step, checkpoint_dir(self.model_dir, spec.stage))
 
-                    # A budgeted run behind its plan ends earlier (every rank at the same epoch).
-                    if spec.deadline is not None and in_epoch == 0:
-                        self._keep_deadline(time.monotonic() - epoch_start, task)
+                    if spec.deadline is not None and self.step < self.total_steps:
+                        self._keep_deadline(task)
 
                 # The end of a run killed after its last checkpoint: the last sample grid, if it is missing.
                 if finishing:
@@ -259,32 +269,51 @@ class Loop:
         return {"stage": spec.stage, "steps": self.step, "epochs": spec.n_epochs, "img_per_sec": self.img_per_sec,
                 "world_size": d.world, **self.last_good}
 
-    def _keep_deadline(self, epoch_s: float, task: Any) -> None:
-        """Shorten the run when its remaining epochs, at the pace of the last few, would end after the
-        deadline: the new length is recorded first (config.json, through the deadline), the cosine
-        decay is stretched over the new total, and a checkpoint under the new settings follows, so a
-        kill from here on finishes the shortened stage."""
+    def _epoch_length(self, epoch: int) -> int:
+        """Steps of epoch `epoch` (from 0): whole, or what is left of the run in its last."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def _epoch_number(self, step: int) -> int:
+        """The epoch (from 1) that `step` ends or falls in; what sample grids are named by."""
+        return -(-step // self.steps_per_epoch)
+
+    def _pace(self) -> float | None:
+        """Seconds a step has taken lately, checkpoints and grids included: over the last epoch and at
+        least the deadline's window, counted back from now (None until that much has been seen)."""
+        now, deadline = time.monotonic(), self.spec.deadline
+        window_s = deadline.WINDOW_FRACTION * deadline.budget_s
+        since = [(t, s) for t, s in self.pace_marks if s <= self.step - self.steps_per_epoch and t <= now - window_s]
+        t0, s0 = since[-1] if since else self.pace_marks[0]
+        if self.step <= s0 or now - t0 < window_s:
+            return None
+        return (now - t0) / (self.step - s0)
+
+    def _keep_deadline(self, task: Any) -> None:
+        """Refit the run's length when, at its recent pace, it would end after the deadline or well
+        before it (lordkit.training.budget.Deadline.fit): the new length is recorded first (config.json,
+        through the deadline), the cosine decay is refitted to end at the new last step, and a
+        checkpoint under the new settings follows, so a kill from here on finishes the refitted stage."""
         spec, deadline = self.spec, self.spec.deadline
-        self.epoch_times.append(epoch_s)
-        recent = self.epoch_times[-3:]
-        figures = torch.tensor([sum(recent) / len(recent), deadline.at - time.monotonic()], dtype=torch.float64,
-                               device=self.bank.device)
-        per_epoch, left = distributed.all_mean(figures, self.dist).tolist()
-        done = self.step // self.steps_per_epoch
-        n_epochs = deadline.fit(done, spec.n_epochs, per_epoch, left)
-        if n_epochs >= spec.n_epochs:
+        pace = self._pace()
+        self.pace_marks.append((time.monotonic(), self.step))
+        figures = torch.tensor([pace or 0.0, deadline.at - time.monotonic(), float(pace is not None)],
+                               dtype=torch.float64, device=self.bank.device)
+        step_s, left_s, measured = distributed.all_mean(figures, self.dist).tolist()
+        if measured < 1.0:  # some rank has not seen enough of the pace yet
             return
-        spec.settings = deadline.shorten(n_epochs, self.step)
+        total = deadline.fit(self.step, self.total_steps, deadline.planned_steps, step_s, left_s,
+                             deadline.SLACK_FRACTION * deadline.budget_s)
+        if total == self.total_steps:
+            return
+        spec.settings = deadline.refit(total, self.step)
         if self.dist.main:
-            self._warn(deadline.line(spec.stage, spec.n_epochs, n_epochs, per_epoch))
-        spec.n_epochs = n_epochs
-        self.total_steps = self.steps_per_epoch * n_epochs
+            self._warn(deadline.line(spec.stage, self.total_steps, total, step_s))
+        self.total_steps = total
+        spec.n_epochs = self._epoch_number(total)
         self.scheduler.T_max = max(self.total_steps, 1)  # the decay reaches lr_min at the new end
         if task is not None:
             self.progress.update(task, total=self.total_steps)
         self._save_checkpoint()
-        if self.step == self.total_steps:
-            self._save_samples(missing_only=True)  # the last grid, if the cadence had not made it
 
     def _update(self, idx: Tensor, imgs: Tensor) -> None:
         spec = self.spec
@@ -311,7 +340,7 @@ class Loop:
         return losses
 
     def _sample_due(self) -> bool:
-        done_epoch = self.step // self.steps_per_epoch
+        done_epoch = self._epoch_number(self.step)
         return done_epoch % self.spec.sample_every_epochs == 0 or self.step == self.total_steps
 
     def _probe(self) -> dict[str, Any]:
@@ -371,7 +400,7 @@ class Loop:
 
     def _ended(self) -> bool:
         """Whether what the end of the stage writes is all there: its weights and its last sample grid."""
-        grid = sample_path(self.model_dir, self.spec.stage, self.total_steps // self.steps_per_epoch)
+        grid = sample_path(self.model_dir, self.spec.stage, self._epoch_number(self.total_steps))
         return weights_path(self.model_dir, self.spec.stage).is_file() and (self.spec.sample is None or grid.is_file())
 
     def _save_checkpoint(self) -> None:
@@ -392,7 +421,7 @@ class Loop:
 
     def _save_samples(self, missing_only: bool = False) -> None:
         spec = self.spec
-        path = sample_path(self.model_dir, spec.stage, self.step // self.steps_per_epoch)
+        path = sample_path(self.model_dir, spec.stage, self._epoch_number(self.step))
         if not self.dist.main or spec.sample is None or not self._sample_due() or (missing_only and path.is_file()):
             return
         grid = spec.sample()
