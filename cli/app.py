@@ -11,6 +11,7 @@ import typer
 import typer.main
 
 import lordkit
+from lordkit.clock import mark_process_start
 from lordkit.errors import Terminated
 
 from . import bench, data, demo, evaluate, export_cmd, train
@@ -60,6 +61,8 @@ def main(args: list[str] | None = None) -> None:
 
     Usage mistakes (an unknown option, a missing value, a value of the wrong type) are one `error:`
     line naming the command's --help, instead of click's usage box."""
+    if args is None:  # the process is this command: a --time-budget counts from its start
+        mark_process_start()
     # SIGTERM unwinds like Ctrl-C: staging dirs are removed, training saves a checkpoint.
     signal.signal(signal.SIGTERM, _terminate)
     command = typer.main.get_command(app)

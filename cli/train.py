@@ -98,9 +98,9 @@ def train(
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=BUDGET_HELP)] = None,
 ) -> None:
     """Stage 1: learn a content code per image, a class code per class, and the generator."""
-    import time
+    from lordkit.clock import command_start
 
-    started = time.monotonic()
+    started = command_start()
     budget_s = _budget(time_budget, epochs, resume)
     from lordkit.config import choose_preset, epoch_schedule, fit_to_images, fit_to_length
     from lordkit.data.sources import dataset_ids
@@ -150,9 +150,9 @@ def train_encoders(
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=BUDGET_HELP)] = None,
 ) -> None:
     """Stage 2: train content and class encoders to the stage-1 codes (any new image can then be encoded)."""
-    import time
+    from lordkit.clock import command_start
 
-    started = time.monotonic()
+    started = command_start()
     budget_s = _budget(time_budget, epochs, resume)
     from lordkit.data.store import Dataset
     from lordkit.training import train_amortized

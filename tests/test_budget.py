@@ -126,7 +126,7 @@ def test_a_resumed_run_keeps_its_plan(data, tmp_path, fixed_timing):
 @pytest.mark.parametrize("done, total, left_s, want", [
     (20, 100, 80.0, 100),  # the rest fits exactly
     (20, 100, 79.5, 100),  # within the slack
-    (20, 100, 50.0, 70),  # behind: as many as fit
+    (20, 100, 50.0, 69),  # behind: as many as fit, less a slack
     (20, 100, 0.5, 21),  # none more fits: stop after the next step
     (20, 100, -30.0, 21),  # past the deadline already
     (20, 70, 80.0, 99),  # shortened, then ahead again: as many as fit less a slack
@@ -293,3 +293,19 @@ def test_long_unbudgeted_cpu_run_is_announced(data, tmp_path, monkeypatch):
 def test_plan_cannot_be_set_by_hand():
     with pytest.raises(LordkitError, match="written by --time-budget"):
         LordConfig().apply_overrides(["latent.plan=x"])
+
+
+def test_a_command_counts_its_budget_from_its_process_start():
+    import subprocess
+    import sys
+
+    from lordkit import clock
+    from lordkit.cli.app import main
+
+    code = ("import time; time.sleep(1.0); from lordkit import clock; clock.mark_process_start(); "
+            "print(time.monotonic() - clock.command_start())")
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert age >= 1.0  # the sleep before the mark counts
+    with pytest.raises(SystemExit):  # a command run in-process (args given) marks nothing
+        main(["--version"])
+    assert clock._started is None

@@ -254,8 +254,10 @@ class Deadline:
     budget_s: float
     planned_steps: int  # the most steps the run may have: its plan's
     refits: list[dict[str, Any]] = field(default_factory=list)
+    said_steps: int = 0  # the length the console last heard of (0: the plan's)
 
     SLACK_FRACTION = 0.01  # of the budget: how far behind or ahead a run may be before it is refitted
+    REPORT_FRACTION = 0.05  # of the planned steps: a refit is said on the console when it moved this far
     WINDOW_FRACTION = 0.05  # of the budget: the pace is measured over at least this long (and an epoch)
 
     @staticmethod
@@ -263,15 +265,25 @@ class Deadline:
         """The steps a run that has done `done` of `total` should have when a step takes step_s (its
         share of checkpoints and grids included) and left_s remain: `total` while it ends within
         slack_s of the deadline; behind that, as many as fit (at least one more); ahead of it by more
-        than two slacks, as many as fit less a slack, up to `most`."""
+        than two slacks, as many as fit less a slack, up to `most`. A shortened run also ends a slack
+        before the deadline, so that the next small drift does not shorten it again."""
         step_s = max(step_s, 1e-12)
         fits = done + max(0, int(left_s // step_s))
         slack = int(slack_s // step_s)
         if total > fits + slack:
-            return max(fits, done + 1)
+            return max(fits - slack, done + 1)
         if total < most and fits - slack > total + slack:
             return min(most, fits - slack)
         return total
+
+    def say(self, old: int, new: int) -> bool:
+        """Whether a refit from old to new steps is worth a console line: the first, and any that moved
+        the length REPORT_FRACTION of the plan from the one last said."""
+        last = self.said_steps or self.planned_steps
+        if self.said_steps and abs(new - last) < self.REPORT_FRACTION * self.planned_steps:
+            return False
+        self.said_steps = new
+        return True
 
     def refit(self, total_steps: int, step: int) -> str:
         section = getattr(self.cfg, self.stage)

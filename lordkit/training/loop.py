@@ -306,7 +306,7 @@ class Loop:
         if total == self.total_steps:
             return
         spec.settings = deadline.refit(total, self.step)
-        if self.dist.main:
+        if self.dist.main and deadline.say(self.total_steps, total):
             self._warn(deadline.line(spec.stage, self.total_steps, total, step_s))
         self.total_steps = total
         spec.n_epochs = self._epoch_number(total)
