@@ -6,9 +6,11 @@ over the copy baseline (the recipe's target: <= 0.5), class-from-content leakage
 (target: <= chance + 5 points), whether the run collapsed, and the minutes it took. A transfer grid
 PNG per variant goes beside the table.
 
-The budget is kept by scaling the preset's epochs: one epoch of each stage is timed first on a
-scratch model, and both stages' epochs (with the noise warm-up and the sample cadence) are scaled by
-the same factor when the preset would not fit; they are never raised above the preset's.
+The budget is kept as `lordkit train --time-budget` keeps it (lordkit.training.budget): what is left
+of the variant's minutes after generating it, less a reserve for the evaluation, is the training
+budget; stage 1 fits its steps to 70% of it (as `lordkit demo --time-budget`), stage 2 to what is
+left when stage 1 ends. The preset's length is where the plan's schedule is scaled from (the `small`
+preset counted in images seen, as `lordkit train` applies it).
 
     python benchmarks/synthetic_family.py --out family-results                   # 15 min per variant
     python benchmarks/synthetic_family.py --out r --preset small --minutes 5 --variants hue-content-small,colour-class
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lordkit.config import LordConfig, fit_to_images, preset, tiny_model
+from lordkit.config import LordConfig, fit_to_images, fit_to_length, preset, tiny_model
 from lordkit.data.datasets.synthetic import FAMILY
 from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options, dataset_ids
@@ -42,12 +44,14 @@ from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 from lordkit.evaluation import evaluate
 from lordkit.fsutil import atomic_write_json, atomic_write_text
-from lordkit.modeldir import read_metrics
+from lordkit.modeldir import load_config
 from lordkit.training import train_amortized, train_latent
 
 TRANSFER_TARGET = 0.5  # held-out transfer L1 over the copy baseline's
 LEAKAGE_MARGIN = 0.05  # class-from-content accuracy over chance
 TEST_SPLIT = 0.2
+STAGE1_SHARE = 0.7  # of the training budget, as `lordkit demo --time-budget`
+EVAL_RESERVE = 0.08  # of what is left of a variant's minutes after generating it, kept for the evaluation
 # --quick: a tiny grid of every variant, and a tiny model trained one epoch per stage.
 QUICK_GRID = {"n_x": "2", "n_y": "2", "n_scale": "1", "n_rotation": "1", "n_shapes": "3"}
 
@@ -60,46 +64,16 @@ def quick_opts(opts: dict[str, str]) -> dict[str, str]:
     return small
 
 
-def start_config(name: str, img_size: int, channels: int, quick: bool, overrides: list[str] = ()) -> LordConfig:
-    cfg = preset(name, known=dataset_ids()).apply_overrides(overrides)
+def start_config(name: str, img_size: int, channels: int, quick: bool, overrides: list[str] = (),
+                 n_imgs: int = 0) -> LordConfig:
+    """The preset as `lordkit train` starts it on n_imgs images (its length counted in images seen where
+    it is), with the overrides on top."""
+    cfg = fit_to_length(preset(name, known=dataset_ids()), name, n_imgs)[0].apply_overrides(overrides)
     if quick:
         tiny = {"batch_size": 8, "n_epochs": 1, "log_every": 1}
         return cfg.replace(model=vars(tiny_model(img_size, channels)), latent={**tiny, "sample_every_epochs": 1},
                            amortized=tiny)
     return fit_to_images(cfg, img_size, channels)
-
-
-def fit_budget(cfg: LordConfig, s1_epoch_s: float, s2_epoch_s: float, budget_s: float) -> tuple[LordConfig, float]:
-    """cfg with both stages' epochs scaled down by one factor so that they fit budget_s; the factor."""
-    planned_s = cfg.latent.n_epochs * s1_epoch_s + cfg.amortized.n_epochs * s2_epoch_s
-    factor = min(1.0, budget_s / max(planned_s, 1e-9))
-    if factor >= 1.0:
-        return cfg, 1.0
-    lc = cfg.latent
-    e1 = max(1, math.floor(lc.n_epochs * factor))
-    e2 = max(1, math.floor(cfg.amortized.n_epochs * factor))
-    return cfg.replace(latent={"n_epochs": e1, "noise_warmup_epochs": lc.noise_warmup_epochs * e1 / max(lc.n_epochs, 1),
-                               "sample_every_epochs": max(1, round(lc.sample_every_epochs * e1 / max(lc.n_epochs, 1)))},
-                       amortized={"n_epochs": e2}), factor
-
-
-def _epoch_seconds(model_dir: Path, stage: str) -> float:
-    """Seconds between the last two end-of-epoch rows of a stage in metrics.jsonl: one epoch with its
-    probe and sample grid, without the start-up (model build, start codes, data load) of the run."""
-    ends = [r["time"] for r in read_metrics(model_dir) if r.get("stage") == stage and "content_ratio" in r]
-    return ends[-1] - ends[-2]
-
-
-def time_one_epoch(ds: Dataset, cfg: LordConfig, scratch: Path, quiet: dict[str, Any]) -> tuple[float, float]:
-    """Seconds of one epoch of stage 1 and of stage 2, timed on the second of two epochs of each (every
-    epoch probed and sampled, so the estimate errs long)."""
-    two = cfg.replace(latent={"n_epochs": 2, "noise_warmup_epochs": 0.0, "sample_every_epochs": 1},
-                      amortized={"n_epochs": 2})
-    train_latent(ds, scratch, two, force=True, **quiet)
-    train_amortized(ds, scratch, force=True, **quiet)
-    s1, s2 = _epoch_seconds(scratch, "latent"), _epoch_seconds(scratch, "amortized")
-    shutil.rmtree(scratch)
-    return s1, s2
 
 
 def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: float, quick: bool,
@@ -116,15 +90,18 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
     split_samples(Dataset(full), train, test, TEST_SPLIT, force=True)
     train_ds, test_ds = Dataset(train), Dataset(test)
 
-    # Fit the preset into the budget, then train both stages.
-    cfg = start_config(preset_name, img_size, train_ds.meta.channels, quick, overrides)
-    s1_epoch_s, s2_epoch_s = time_one_epoch(train_ds, cfg, work / "models" / f"{name}-timing", quiet)
-    budget_s = 0.92 * (minutes * 60.0 - (time.perf_counter() - t_start))  # the rest: start-up, evaluation
-    cfg, factor = fit_budget(cfg, s1_epoch_s, s2_epoch_s, budget_s)
-    t_train = time.perf_counter()
-    train_latent(train_ds, mdir, cfg, data_name=train.name, force=True, **quiet)
-    train_amortized(train_ds, mdir, force=True, **quiet)
-    train_s = time.perf_counter() - t_train
+    # Train both stages within what is left of the budget (--quick: one epoch each, no budget).
+    cfg = start_config(preset_name, img_size, train_ds.meta.channels, quick, overrides, len(train_ds))
+    budget_s = None if quick else (1.0 - EVAL_RESERVE) * (minutes * 60.0 - (time.perf_counter() - t_start))
+    t_train = time.monotonic()
+    announce = dict(announce=lambda plan: None) if not show_progress else {}
+    train_latent(train_ds, mdir, cfg, data_name=train.name, force=True, budget_start=t_train,
+                 time_budget_s=STAGE1_SHARE * budget_s if budget_s else None, **announce, **quiet)
+    train_amortized(train_ds, mdir, force=True, budget_start=time.monotonic(),
+                    time_budget_s=max(budget_s - (time.monotonic() - t_train), 1.0) if budget_s else None,
+                    **announce, **quiet)
+    train_s = time.monotonic() - t_train
+    cfg = load_config(mdir)
 
     # Evaluate on the held-out pairs.
     ev = evaluate(mdir, test_ds, data_name=test.name, device="cpu", n_pairs=64 if quick else 512)
@@ -134,7 +111,8 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
     ratio = tr.get("l1_ratio_to_baseline", float("nan"))
     row = {
         "variant": name, "opts": opts, "img_size": img_size, "n_train": len(train_ds), "n_test": len(test_ds),
-        "epochs": [cfg.latent.n_epochs, cfg.amortized.n_epochs], "epoch_scale": factor,
+        "epochs": [cfg.latent.n_epochs, cfg.amortized.n_epochs],
+        "steps": [(cfg.latent.plan or {}).get("total_steps"), (cfg.amortized.plan or {}).get("total_steps")],
         "transfer_over_copy": ratio, "leakage": leak["accuracy"], "leakage_std": leak.get("accuracy_std"),
         "chance": leak["chance"],
         "cycle_class_ratio": ev["cycle"]["class"]["ratio_to_baseline"] if ev.get("cycle") else None,

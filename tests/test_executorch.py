@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from native_examples import (bad_case, check_npy_output, check_one_error_line, check_ppm_round_trip, check_usage,
-                             cmake_build, example_inputs, toolchain_missing, transfer_references, write_images)
+                             cmake_build, example_inputs, run, toolchain_missing, transfer_references, write_images)
 
 pytestmark = pytest.mark.slow
 
@@ -236,9 +236,18 @@ def test_cpp_ppm_round_trip(binary, exported, images, references, tmp_path):
 @pytest.mark.parametrize("case", ["missing content", "missing model", "wrong size", "other network",
                                   "garbage model", "output type"])
 def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, case):
-    args, word = bad_case(case, exported[0], images, tmp_path, size=SIZE, channels=CHANNELS, suffix=".pte",
-                          garbage=b"\x00garbage" * 100)
+    args, word = bad_case(case, exported[0], images, tmp_path, size=SIZE, channels=CHANNELS, suffix=".pte")
     check_one_error_line(binary, args, word, tmp_path)
+
+
+def test_cpp_quotes_a_files_bytes_as_text(binary, exported, images, tmp_path):
+    # ExecuTorch's message quotes the first bytes of a file that is no program: bytes that are not
+    # printable ASCII come out as \xNN, so the error stays one line of text.
+    args, word = bad_case("garbage model", exported[0], images, tmp_path, size=SIZE, channels=CHANNELS,
+                          suffix=".pte", garbage=b"\x00\xff\n\x1b[31m" + b"garbage" * 100)
+    proc = run(binary, *args)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "\\x00\\xff" in proc.stderr and "\x1b" not in proc.stderr
 
 
 def test_cpp_usage(binary):

@@ -49,8 +49,22 @@ std::string g_first_runtime_error;
 void keep_errors(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
                  const char* message, size_t length) {
   if ((level != kError && level != kFatal) || !g_first_runtime_error.empty()) return;
-  std::string text(message, length);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  // The message may quote a file's first bytes: anything but printable ASCII is written as \xNN, so
+  // that the line stays one line of text whatever the file held.
+  std::string text;
+  for (size_t i = 0; i < length; ++i) {
+    const auto c = static_cast<unsigned char>(message[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      text += static_cast<char>(c);
+    } else if (c == '\n') {
+      text += ' ';
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      text += hex;
+    }
+  }
+  while (!text.empty() && text.back() == ' ') text.pop_back();
   const char* base = std::strrchr(filename, '/');
   g_first_runtime_error = text + " (" + (base ? base + 1 : filename) + ":" + std::to_string(line) + ")";
 }
