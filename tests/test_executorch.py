@@ -241,13 +241,13 @@ def test_cpp_bad_input_is_one_error_line(binary, exported, images, tmp_path, cas
 
 
 def test_cpp_quotes_a_files_bytes_as_text(binary, exported, images, tmp_path):
-    # ExecuTorch's message quotes the first bytes of a file that is no program: bytes that are not
-    # printable ASCII come out as \xNN, so the error stays one line of text.
+    # ExecuTorch's message quotes a file's program identifier (bytes 4 to 8) when it is no program:
+    # bytes that are not printable ASCII come out as \xNN, so the error stays one line of text.
     args, word = bad_case("garbage model", exported[0], images, tmp_path, size=SIZE, channels=CHANNELS,
-                          suffix=".pte", garbage=b"\x00\xff\n\x1b[31m" + b"garbage" * 100)
+                          suffix=".pte", garbage=b"ABCD\xff\x1b\x80\x07" + b"garbage" * 100)
     proc = run(binary, *args)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "\\x00\\xff" in proc.stderr and "\x1b" not in proc.stderr
+    assert "\\xff\\x1b\\x80\\x07" in proc.stderr and "\x1b" not in proc.stderr, proc.stderr
 
 
 def test_cpp_usage(binary):
