@@ -16,7 +16,7 @@ checkpoint) and each sample grid (the grid and the collapse probe). From those t
   checkpoints stay once an epoch (and at the last step).
 
 While the stage trains, its Deadline refits the length to the measured pace (shorter when behind,
-longer again, up to the plan, when ahead).
+longer when ahead, up to twice the plan's steps).
 
 The plan is a plain dict, stored in the stage's `plan` field of config.json: a resumed run reads its
 config and so keeps its plan (nothing is timed or fitted again).
@@ -242,8 +242,9 @@ class Deadline:
     pace, and when that differs from its length by more than SLACK_FRACTION of the budget, `refit`
     records the new length in config.json (total_steps and n_epochs, and an entry in the plan's
     `refits`) and returns the settings its checkpoints are written under from then on. A run behind is
-    shortened; one shortened and then ahead again (a slowdown that passed) is lengthened, never past
-    the steps its plan fitted. A resumed run has no deadline (it keeps its plan)."""
+    shortened (the machine slower than when the plan was timed); one ahead is lengthened (a slowdown
+    that passed, or steps timed while the machine was busier), never past MOST_OF_PLAN times the steps
+    its plan fitted. A resumed run has no deadline (it keeps its plan)."""
 
     at: float  # time.monotonic() by which the stage's steps are to be done
     stage: str
@@ -252,12 +253,13 @@ class Deadline:
     dist: Any
     steps_per_epoch: int
     budget_s: float
-    planned_steps: int  # the most steps the run may have: its plan's
+    planned_steps: int  # the steps its plan fitted
     refits: list[dict[str, Any]] = field(default_factory=list)
     said_steps: int = 0  # the length the console last heard of (0: the plan's)
 
     SLACK_FRACTION = 0.01  # of the budget: how far behind or ahead a run may be before it is refitted
     REPORT_FRACTION = 0.05  # of the planned steps: a refit is said on the console when it moved this far
+    MOST_OF_PLAN = 2.0  # a run is never lengthened past this many times its plan's steps
     WINDOW_FRACTION = 0.05  # of the budget: the pace is measured over at least this long (and an epoch)
 
     @staticmethod
@@ -301,8 +303,8 @@ class Deadline:
         if new < old:
             return (f"{stage} stage behind its time budget (a step now takes {step_s * 1000:.1f} ms): "
                     f"shortened from {old:,} to {new:,} steps to end within it")
-        return (f"{stage} stage ahead of its time budget again (a step now takes {step_s * 1000:.1f} ms): "
-                f"lengthened from {old:,} to {new:,} steps")
+        return (f"{stage} stage ahead of its time budget (a step now takes {step_s * 1000:.1f} ms): "
+                f"lengthened from {old:,} to {new:,} steps to use it")
 
 
 def deadline(stage: str, plan: dict[str, Any] | None, *, started: float, model_dir: Path, cfg: Any,

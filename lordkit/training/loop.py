@@ -301,8 +301,8 @@ class Loop:
         step_s, left_s, measured = distributed.all_mean(figures, self.dist).tolist()
         if measured < 1.0:  # some rank has not seen enough of the pace yet
             return
-        total = deadline.fit(self.step, self.total_steps, deadline.planned_steps, step_s, left_s,
-                             deadline.SLACK_FRACTION * deadline.budget_s)
+        total = deadline.fit(self.step, self.total_steps, int(deadline.MOST_OF_PLAN * deadline.planned_steps), step_s,
+                             left_s, deadline.SLACK_FRACTION * deadline.budget_s)
         if total == self.total_steps:
             return
         spec.settings = deadline.refit(total, self.step)
