@@ -24,7 +24,7 @@ def test_a_small_run_writes_a_row_per_stage(tmp_path):
     assert row["n_images"] == 500
     assert [s["stage"] for s in row["stages"]] == ["latent", "amortized"]
     for s in row["stages"]:
-        assert 1 <= s["steps"] <= s["planned_steps"] and s["epochs"] == -(-s["steps"] // s["steps_per_epoch"])
+        assert 1 <= s["steps"] <= 2 * s["planned_steps"] and s["epochs"] == -(-s["steps"] // s["steps_per_epoch"])
         assert s["steps_per_epoch"] == 500 // 16  # batch 16, last partial batch dropped
         assert s["took_s"] > 0 and s["within_tolerance"] == (abs(s["off_budget"]) <= 0.10)
     assert (rc == 0) == all(s["within_tolerance"] for s in row["stages"])
