@@ -24,7 +24,6 @@ DIR/synthetic_family.jsonl instead: use it for --quick runs).
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import shutil
 import sys
