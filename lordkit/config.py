@@ -199,6 +199,9 @@ def _check_stage(cfg: Any, section: str) -> None:
     _require(0 <= cfg.collapse_warmup <= 1,
              f"{section}.collapse_warmup must be a fraction of the epochs in [0, 1], got {cfg.collapse_warmup}")
     _require(isinstance(cfg.plan, dict), f"{section}.plan must be an object, got {cfg.plan!r}")
+    steps = cfg.plan.get("total_steps", 1) if isinstance(cfg.plan, dict) else 1
+    _require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+             f"{section}.plan.total_steps must be a whole number >= 1, got {steps!r}")
 
 
 SECTIONS = {"model": ModelConfig, "latent": LatentTrainConfig, "amortized": AmortizedTrainConfig}

@@ -164,11 +164,6 @@ def time_call(fn: Callable[[], Any] | None) -> float:
     return time.perf_counter() - t0
 
 
-def stage_seconds(n_epochs: int, steps_per_epoch: int, sample_every: int, t: Timing) -> float:
-    """Seconds of a stage of n_epochs whole epochs (see steps_seconds)."""
-    return steps_seconds(n_epochs * steps_per_epoch, steps_per_epoch, sample_every, t)
-
-
 def steps_seconds(total_steps: int, steps_per_epoch: int, sample_every: int, t: Timing) -> float:
     """Seconds of a stage of total_steps: the steps, a checkpoint at each epoch's end (and at the last
     step), a sample grid at every sample_every-th epoch and at the last step, and the weights written at
@@ -194,23 +189,18 @@ def fit_plan(stage: str, cfg_section: Any, *, budget_s: float, spent_s: float, s
         every = epoch_schedule(stage, cfg_section, n).get("sample_every_epochs", 1) if has_sampler else 1
         return steps_seconds(steps, steps_per_epoch, every, timing)
 
-    per_epoch = max(cost(2 * steps_per_epoch) - cost(steps_per_epoch), 1e-9)
-    n = max(1, int(left_s // per_epoch))
-    while n > 1 and cost(n * steps_per_epoch) > left_s:
-        n -= 1
-    while cost((n + 1) * steps_per_epoch) <= left_s:
-        n += 1
-    if cost(n * steps_per_epoch) > left_s:
+    if cost(steps_per_epoch) > left_s:
         one = steps_per_epoch * timing.step_s + timing.checkpoint_s
         raise BudgetError(
             f"a time budget of {format_duration(budget_s)} does not fit one epoch of the {stage} stage "
             f"({steps_per_epoch} steps of {timing.step_s:.3g} s: about {format_duration(one)} an epoch, and "
             f"{format_duration(spent_s)} already spent before training); give a longer budget")
-    lo, hi = 0, steps_per_epoch - 1  # the steps of a last, partial epoch that still fit
+    # The most steps that fit: cost(lo) <= left_s < cost(hi + 1) throughout (a step costs at least step_s).
+    lo, hi = steps_per_epoch, steps_per_epoch + int(left_s / max(timing.step_s, 1e-12))
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cost(n * steps_per_epoch + mid) <= left_s else (lo, mid - 1)
-    total = n * steps_per_epoch + lo
+        lo, hi = (mid, hi) if cost(mid) <= left_s else (lo, mid - 1)
+    total = lo
     n_epochs = -(-total // steps_per_epoch)
     sched = epoch_schedule(stage, cfg_section, n_epochs)
     if "noise_warmup_epochs" in sched:  # the warm-up keeps its share of the steps, a partial epoch included
@@ -281,8 +271,7 @@ class Deadline:
     def say(self, old: int, new: int) -> bool:
         """Whether a refit from old to new steps is worth a console line: the first, and any that moved
         the length REPORT_FRACTION of the plan from the one last said."""
-        last = self.said_steps or self.planned_steps
-        if self.said_steps and abs(new - last) < self.REPORT_FRACTION * self.planned_steps:
+        if self.said_steps and abs(new - self.said_steps) < self.REPORT_FRACTION * self.planned_steps:
             return False
         self.said_steps = new
         return True
