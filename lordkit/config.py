@@ -131,6 +131,9 @@ class LatentTrainConfig:
     # dimension scaled to this std (lordkit.training.init); 0: the uniform start above, as the paper.
     pca_init: float = 0.0
     pca_features: str = "deviation"  # "deviation" (|image - class median|, colour-blind) or "signed" (image - class mean)
+    # > 0: weight of a term that pulls each class's content codes towards one shared mean and
+    # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
+    class_moments: float = 0.0
     loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features), or pixels only: "l1", "l2" or "l1+l2"
     noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
     seed: int = 0
@@ -152,6 +155,7 @@ class LatentTrainConfig:
         _require(self.content_init > 0, f"latent.content_init must be > 0, got {self.content_init}")
         _require(0 <= self.pca_init <= 100, f"latent.pca_init must be in [0, 100] (a std; 1 in the small preset), "
                  f"got {self.pca_init}")
+        _require(self.class_moments >= 0, f"latent.class_moments must be >= 0, got {self.class_moments}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
         _require(self.noise_warmup_epochs >= 0,

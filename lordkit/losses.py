@@ -244,3 +244,38 @@ def make_loss(name: str, vgg_weights: str | os.PathLike | None = None,
 def content_penalty(content_code: Tensor) -> Tensor:
     """Content decay term of stage 1: mean over the batch of the squared L2 norm of each code."""
     return content_code.float().pow(2).sum(dim=1).mean()
+
+
+MOMENT_REFERENCE_ROWS = 4096  # rows of the content table the class statistics are taken over, at most
+
+
+def class_moment_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Tensor,
+                         reference: Tensor | None = None) -> Tensor:
+    """How far the content codes of the batch's classes are from sharing one distribution: for each
+    class in the batch, the squared distance of its codes' mean from the mean of all codes, plus the
+    squared Frobenius distance of its covariance from theirs, averaged over the classes and divided
+    by the codes' mean variance (and its square) so that the term does not fall by shrinking the codes.
+
+    The statistics are taken over the table's rows (all of them, or `reference`, a sample of row
+    numbers) with the batch's rows replaced by `live` (its clean codes, idx their rows); only the
+    batch's codes get a gradient, so the rows outside the batch are not moved by this term."""
+    rows = torch.arange(len(table), device=table.device) if reference is None else reference
+    keep = ~torch.isin(rows, idx)
+    z = torch.cat([table[rows[keep]].detach().float(), live.float()])
+    y = torch.cat([class_ids[rows[keep]], class_ids[idx]])
+    mean = z.mean(0)
+    centred = z - mean
+    cov = centred.T @ centred / max(len(z) - 1, 1)
+    scale = cov.diagonal().mean().detach().clamp_min(1e-8)
+    classes = torch.unique(class_ids[idx])
+    member = (y[:, None] == classes[None, :]).to(z.dtype)  # (N, K): which rows are of which batch class
+    counts = member.sum(0)
+    member, counts = member[:, counts >= 2], counts[counts >= 2]  # a covariance needs two codes
+    if len(counts) == 0:
+        return live.new_zeros(())
+    means = member.T @ z / counts[:, None]  # (K, D)
+    second = torch.einsum("nk,ni,nj->kij", member, z, z)  # (K, D, D): sums of z z^T per class
+    covs = (second - counts[:, None, None] * means[:, :, None] * means[:, None, :]) / (counts[:, None, None] - 1)
+    mean_gap = (means - mean).pow(2).sum(1) / scale
+    cov_gap = (covs - cov).pow(2).sum((1, 2)) / scale ** 2
+    return (mean_gap + cov_gap).mean()

@@ -20,7 +20,7 @@ from lordkit.config import LordConfig
 from lordkit.data.store import Dataset
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.losses import content_penalty, make_loss
+from lordkit.losses import MOMENT_REFERENCE_ROWS, class_moment_penalty, content_penalty, make_loss
 from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_record, discard_unstarted, has_checkpoint,
                               is_unstarted, load_config, save_config, save_data_record, save_state, stage_settings,
                               weights_path)
@@ -193,7 +193,15 @@ def train_latent(
                 out = generate(content_code, cls)  # (B, C, H, W)
                 rec = loss_fn(out, imgs)
             decay = content_penalty(content_code)
-            return rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
+            loss, parts = rec + lc.content_decay * decay, {"rec": rec, "decay": decay}
+            if lc.class_moments > 0:
+                table = model.content_embedding.embedding.weight
+                reference = None
+                if len(table) > MOMENT_REFERENCE_ROWS:
+                    reference = torch.randint(len(table), (MOMENT_REFERENCE_ROWS,), device=table.device)
+                moments = class_moment_penalty(table[idx], idx, table, class_ids, reference)
+                loss, parts["moments"] = loss + lc.class_moments * moments, moments
+            return loss, parts
 
         fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
         sample = _SampleGrid(model, bank, class_ids, fixed)
