@@ -11,6 +11,7 @@ This module imports nothing heavy (no torch): configs are read by the CLI before
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -155,7 +156,8 @@ class LatentTrainConfig:
         _require(self.content_init > 0, f"latent.content_init must be > 0, got {self.content_init}")
         _require(0 <= self.pca_init <= 100, f"latent.pca_init must be in [0, 100] (a std; 1 in the small preset), "
                  f"got {self.pca_init}")
-        _require(self.class_moments >= 0, f"latent.class_moments must be >= 0, got {self.class_moments}")
+        _require(0 <= self.class_moments < math.inf,
+                 f"latent.class_moments must be a finite number >= 0, got {self.class_moments}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
         _require(self.noise_warmup_epochs >= 0,

@@ -71,8 +71,9 @@ def test_a_batch_of_single_codes_per_class_gives_zero_not_nan():
 
 
 def test_class_moments_is_validated_and_off_by_default():
-    with pytest.raises(ConfigError, match="class_moments"):
-        tiny_cfg("latent.class_moments=-1")
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="class_moments must be a finite number >= 0"):
+            tiny_cfg(f"latent.class_moments={bad}")
     assert tiny_cfg().latent.class_moments == 0.0
 
 
