@@ -23,9 +23,15 @@ result (next to an unrelated image of the class), and the cycle ratios. The eval
 to <out>/<set>-<budget>.png, the table written to <out>/results.md, and the run appended as one JSON
 line to benchmarks/results/real_sets.jsonl (benchmarks/_results.py; LORDKIT_RESULTS_DIR=DIR elsewhere).
 
+With --twin, each budgeted run is followed by its unbudgeted twin in another fresh base dir: the same
+images, split, seeds and --set settings, `train --epochs E1` and `train-encoders --epochs E2` with E1
+and E2 the whole epochs nearest to the steps each budgeted stage trained. The pair isolates what the
+budget machinery (timing, fitted schedules, refits while training) does to quality at equal steps.
+
     python benchmarks/real_sets.py --out docs/real-sets --budgets 5m,15m,45m   # three budgets in turn
     python benchmarks/real_sets.py --out /tmp/rs --budgets 1m --limit 300     # smoke run: 300 images
     python benchmarks/real_sets.py --out /tmp/std1 --budgets 15m --set model.content_std=1 --tag std1
+    python benchmarks/real_sets.py --out /tmp/twin --budgets 10m --twin      # budgeted, then unbudgeted
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -100,10 +107,11 @@ def lordkit(base: Path, args: list[str], env: dict[str, str], log: Path) -> tupl
 
 
 def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: int,
-            overrides: list[str] = (), tag: str = "") -> dict[str, Any]:
-    """One set at one budget, from preprocessing to evaluation; the row."""
+            overrides: list[str] = (), tag: str = "", epochs: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One set at one budget, from preprocessing to evaluation; the row. With `epochs` (stage 1, stage 2)
+    the stages train those epochs with no budget instead: the unbudgeted twin of a budgeted run."""
     budget_s = parse_budget(budget)
-    label = f"{name}-{budget}{'-' + tag if tag else ''}"
+    label = f"{name}-{budget}{'-' + tag if tag else ''}{'-twin' if epochs else ''}"
     base = work / label
     base.mkdir(parents=True)
     log = out / f"{label}.log"
@@ -114,8 +122,13 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     lk("split-samples", "-idn", name, "-trdn", f"{name}-train", "-tsdn", f"{name}-test", "-ts", str(TEST_SPLIT))
     s1_budget = STAGE1_SHARE * budget_s
     sets = [a for o in overrides for a in ("--set", o)]
-    _, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--time-budget", f"{s1_budget:.0f}s", *sets)
-    _, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--time-budget", f"{max(budget_s - s1, 1.0):.0f}s")
+    if epochs:
+        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[0]), *sets)
+        said2, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[1]))
+    else:
+        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--time-budget", f"{s1_budget:.0f}s", *sets)
+        said2, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--time-budget",
+                       f"{max(budget_s - s1, 1.0):.0f}s")
     text, ev_s = lk("evaluate", "-mn", "m", "-dn", f"{name}-test", "--json")
     ev = json.loads(text)
     cfg = json.loads((base / "models" / "m" / "config.json").read_text())
@@ -124,8 +137,9 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     leak, check = ev["leakage"].get("class_from_content"), ev.get("class_check")
     return {
         "set": name, "budget": budget, "budget_s": budget_s, "overrides": list(overrides),
-        "stage1": stage_row(cfg, "latent", s1, s1_budget),
-        "stage2": stage_row(cfg, "amortized", s2, budget_s - s1),
+        "unbudgeted_twin": bool(epochs),
+        "stage1": stage_row(cfg, "latent", s1, None if epochs else s1_budget, said1),
+        "stage2": stage_row(cfg, "amortized", s2, None if epochs else budget_s - s1, said2),
         "minutes_both": (s1 + s2) / 60, "evaluate_minutes": ev_s / 60,
         "n_test_images": ev["n_imgs"],
         "leakage": pick(leak, ("accuracy", "accuracy_std", "chance", "n_folds", "n_codes")),
@@ -144,12 +158,16 @@ def pick(section: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any
     return None if section is None else {k: section.get(k) for k in keys}
 
 
-def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float) -> dict[str, Any]:
-    """What a stage's plan fitted and what the stage took, against its budget."""
+def stage_row(cfg: dict[str, Any], stage: str, took_s: float, budget_s: float | None, said: str) -> dict[str, Any]:
+    """What a stage's plan fitted and what the stage took, against its budget (the steps trained as the
+    command's `stage N done: S steps` line says them)."""
     plan = cfg[stage].get("plan") or {}
-    return {"minutes": took_s / 60, "budget_minutes": budget_s / 60, "over_budget": took_s / budget_s - 1,
-            "epochs": cfg[stage]["n_epochs"], "steps": plan.get("total_steps"),
-            "planned_steps": plan.get("planned_steps", plan.get("total_steps")), "refits": len(plan.get("refits") or [])}
+    done = re.search(r"stage \d done: (\d+) steps", said)
+    return {"minutes": took_s / 60, "budget_minutes": budget_s / 60 if budget_s else None,
+            "over_budget": took_s / budget_s - 1 if budget_s else None,
+            "epochs": cfg[stage]["n_epochs"], "steps": int(done.group(1)) if done else plan.get("total_steps"),
+            "planned_steps": plan.get("planned_steps", plan.get("total_steps")),
+            "steps_per_epoch": plan.get("steps_per_epoch"), "refits": len(plan.get("refits") or [])}
 
 
 CELLS = {"leakage": "{accuracy:.1%} ± {accuracy_std:.1%} ({chance:.1%})",
@@ -174,11 +192,25 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             continue
         s1, s2, cy = r["stage1"], r["stage2"], r["cycle"]
         lines.append(
-            f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''} | {r['budget']} "
+            f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''} "
+            f"| {'no budget, its epochs' if r.get('unbudgeted_twin') else r['budget']} "
             f"| {s1['epochs']} ({s1['steps']:,}), {s1['minutes']:.1f} | {s2['epochs']} ({s2['steps']:,}), {s2['minutes']:.1f} "
             f"| {cell(r, 'leakage')} | {cell(r, 'class_check')} | {cell(r, 'content_survival')} "
             f"| {cy.get('class', float('nan')):.2f} / {cy.get('content', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def twin_epochs(stage: dict[str, Any]) -> int:
+    """The whole epochs nearest to the steps a budgeted stage trained (its last epoch may be partial)."""
+    return max(1, round(stage["steps"] / stage["steps_per_epoch"]))
+
+
+def report(row: dict[str, Any], took_s: float) -> None:
+    """One console line per run."""
+    what = f"{row['set']} {row['budget']}{' twin (no budget)' if row.get('unbudgeted_twin') else ''}"
+    print(f"{what}: {took_s:.0f} s " + ("failed: " + row["error"] if "error" in row else
+                                         f"leakage {cell(row, 'leakage')}, real / transferred as target "
+                                         f"{cell(row, 'class_check')}"), flush=True)
 
 
 def main(argv: list[str] | None = None, *, record: bool = False) -> int:
@@ -192,6 +224,9 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
     ap.add_argument("--work-dir", type=Path, default=None, help="Keep the base dirs here (default: a temp dir).")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Config override for `lordkit train` (repeatable), e.g. --set model.content_std=1.")
+    ap.add_argument("--twin", action="store_true",
+                    help="After each budgeted run, train its unbudgeted twin: the same set, split and settings "
+                         "with --epochs set to the steps the budgeted stages trained (to the nearest epoch).")
     ap.add_argument("--tag", default="", help="Suffix of this run's file names (runs with --set).")
     args = ap.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
@@ -235,10 +270,18 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                     row = {"set": name, "budget": budget, "error": str(e)}
                 row["set_info"] = about
                 rows.append(row)
-                print(f"{name} {budget}: {time.monotonic() - t0:.0f} s "
-                      + ("failed: " + row["error"] if "error" in row else
-                         f"leakage {cell(row, 'leakage')}, real / transferred as target "
-                         f"{cell(row, 'class_check')}"), flush=True)
+                report(row, time.monotonic() - t0)
+                if args.twin and "error" not in row:
+                    t0 = time.monotonic()
+                    epochs = (twin_epochs(row["stage1"]), twin_epochs(row["stage2"]))
+                    try:
+                        twin = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag,
+                                       epochs=epochs)
+                    except RuntimeError as e:
+                        twin = {"set": name, "budget": budget, "unbudgeted_twin": True, "error": str(e)}
+                    twin["set_info"] = about
+                    rows.append(twin)
+                    report(twin, time.monotonic() - t0)
     (args.out / "results.md").write_text(markdown(rows, header))
     (args.out / "results.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(f"table: {args.out / 'results.md'}")

@@ -20,15 +20,24 @@ def test_digits_are_written_as_a_folder_of_class_named_pngs(tmp_path):
     assert img.shape == (8, 8) and img.dtype == np.uint8 and img.max() > 128  # ink scaled to 0..255
 
 
-def test_a_small_run_writes_its_row_table_and_grid(tmp_path):
+def test_a_small_run_writes_its_row_table_and_grid_and_its_unbudgeted_twin(tmp_path):
     out = tmp_path / "out"
     rc = load_benchmark("real_sets").main(["--out", str(out), "--budgets", "40s", "--limit", "80", "--threads", "1",
-                             "--set", "latent.batch_size=8", "--tag", "b8"])
-    assert rc == 0, (out / "digits-40s-b8.log").read_text()
-    row = json.loads((out / "results.json").read_text())["rows"][0]
+                             "--set", "latent.batch_size=8", "--tag", "b8", "--twin"])
+    assert rc == 0, (out / "digits-40s-b8.log").read_text() + (out / "digits-40s-b8-twin.log").read_text()
+    row, twin = json.loads((out / "results.json").read_text())["rows"]
     assert row["overrides"] == ["latent.batch_size=8"] and row["set_info"]["n_images"] == 80
     assert row["stage1"]["epochs"] >= 1 and row["stage1"]["steps"] >= row["stage1"]["epochs"]
     assert 0 <= row["leakage"]["accuracy"] <= 1 and row["leakage"]["n_folds"] >= 2
     assert 0 <= row["class_check"]["transferred_as_target_class"] <= 1
     assert (out / "digits-40s-b8.png").stat().st_size > 0
     assert "| digits latent.batch_size=8 | 40s |" in (out / "results.md").read_text()
+    # the twin: same settings, no budget, the epochs nearest to the steps each budgeted stage trained
+    assert not row["unbudgeted_twin"] and twin["unbudgeted_twin"] and twin["overrides"] == row["overrides"]
+    for stage in ("stage1", "stage2"):
+        per_epoch = row[stage]["steps_per_epoch"]
+        assert per_epoch >= 1 and twin[stage]["steps_per_epoch"] is None and twin[stage]["over_budget"] is None
+        assert twin[stage]["steps"] == twin[stage]["epochs"] * per_epoch
+        assert abs(twin[stage]["steps"] - row[stage]["steps"]) <= per_epoch / 2
+    assert "| digits latent.batch_size=8 | no budget, its epochs |" in (out / "results.md").read_text()
+    assert (out / "digits-40s-b8-twin.png").stat().st_size > 0
