@@ -9,7 +9,7 @@ For each set and each budget, in a fresh base dir:
 
     lordkit preprocess -di folder -dp <pngs> -dn <set> --img-size 32 --opt grey=1
     lordkit split-samples -idn <set> -trdn <set>-train -tsdn <set>-test -ts 0.2
-    lordkit train -dn <set>-train -mn m --time-budget <70% of the budget>
+    lordkit train -dn <set>-train -mn m --time-budget <70% of the budget (--stage1-share)>
     lordkit train-encoders -mn m --time-budget <what is left of the budget>
     lordkit evaluate -mn m -dn <set>-test --json
 
@@ -107,7 +107,8 @@ def lordkit(base: Path, args: list[str], env: dict[str, str], log: Path) -> tupl
 
 
 def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: int,
-            overrides: list[str] = (), tag: str = "", epochs: tuple[int, int] | None = None) -> dict[str, Any]:
+            overrides: list[str] = (), tag: str = "", epochs: tuple[int, int] | None = None,
+            stage1_share: float = STAGE1_SHARE) -> dict[str, Any]:
     """One set at one budget, from preprocessing to evaluation; the row. With `epochs` (stage 1, stage 2)
     the stages train those epochs with no budget instead: the unbudgeted twin of a budgeted run."""
     budget_s = parse_budget(budget)
@@ -120,7 +121,7 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     lk = lambda *a: lordkit(base, list(a), env, log)  # noqa: E731
     lk("preprocess", "-di", "folder", "-dp", str(pngs), "-dn", name, "--img-size", str(IMG_SIZE), *SET_OPTS[name])
     lk("split-samples", "-idn", name, "-trdn", f"{name}-train", "-tsdn", f"{name}-test", "-ts", str(TEST_SPLIT))
-    s1_budget = STAGE1_SHARE * budget_s
+    s1_budget = stage1_share * budget_s
     sets = [a for o in overrides for a in ("--set", o)]
     if epochs:
         said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[0]), *sets)
@@ -137,7 +138,7 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     leak, check = ev["leakage"].get("class_from_content"), ev.get("class_check")
     return {
         "set": name, "budget": budget, "budget_s": budget_s, "overrides": list(overrides),
-        "unbudgeted_twin": bool(epochs),
+        "unbudgeted_twin": bool(epochs), "stage1_share": None if epochs else stage1_share,
         "stage1": stage_row(cfg, "latent", s1, None if epochs else s1_budget, said1),
         "stage2": stage_row(cfg, "amortized", s2, None if epochs else budget_s - s1, said2),
         "minutes_both": (s1 + s2) / 60, "evaluate_minutes": ev_s / 60,
@@ -180,6 +181,14 @@ def cell(row: dict[str, Any], section: str) -> str:
     return "n/a" if row[section] is None else CELLS[section].format(**row[section])
 
 
+def budget_cell(row: dict[str, Any]) -> str:
+    """The budget, its share for stage 1 where not the default, or what a twin trained instead."""
+    if row.get("unbudgeted_twin"):
+        return "no budget, its epochs"
+    share = row.get("stage1_share", STAGE1_SHARE)
+    return row["budget"] + ("" if share == STAGE1_SHARE else f" ({share:.0%} to stage 1)")
+
+
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [f"{header['cpu']}, {header['threads']} thread(s) per command, torch {header['torch']}, "
              f"commit {header['commit'][:10]}", "",
@@ -193,7 +202,7 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         s1, s2, cy = r["stage1"], r["stage2"], r["cycle"]
         lines.append(
             f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''} "
-            f"| {'no budget, its epochs' if r.get('unbudgeted_twin') else r['budget']} "
+            f"| {budget_cell(r)} "
             f"| {s1['epochs']} ({s1['steps']:,}), {s1['minutes']:.1f} | {s2['epochs']} ({s2['steps']:,}), {s2['minutes']:.1f} "
             f"| {cell(r, 'leakage')} | {cell(r, 'class_check')} | {cell(r, 'content_survival')} "
             f"| {cy.get('class', float('nan')):.2f} / {cy.get('content', float('nan')):.2f} |")
@@ -224,6 +233,9 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
     ap.add_argument("--work-dir", type=Path, default=None, help="Keep the base dirs here (default: a temp dir).")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Config override for `lordkit train` (repeatable), e.g. --set model.content_std=1.")
+    ap.add_argument("--stage1-share", type=float, default=STAGE1_SHARE,
+                    help=f"Share of each budget given to stage 1 (default {STAGE1_SHARE}, as `lordkit demo`); "
+                         "stage 2 gets what is left when stage 1 ends.")
     ap.add_argument("--twin", action="store_true",
                     help="After each budgeted run, train its unbudgeted twin: the same set, split and settings "
                          "with --epochs set to the steps the budgeted stages trained (to the nearest epoch).")
@@ -234,6 +246,8 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
     for s in sets:
         if s not in SETS:
             ap.error(f"unknown set {s!r}; choose from {', '.join(SETS)}")
+    if not 0 < args.stage1_share < 1:
+        ap.error(f"--stage1-share must be between 0 and 1, got {args.stage1_share}")
     for b in budgets:
         try:
             parse_budget(b)
@@ -265,7 +279,8 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                 shutil.rmtree(work / f"{name}-{budget}{'-' + args.tag if args.tag else ''}", ignore_errors=True)
                 t0 = time.monotonic()
                 try:
-                    row = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag)
+                    row = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag,
+                                  stage1_share=args.stage1_share)
                 except RuntimeError as e:
                     row = {"set": name, "budget": budget, "error": str(e)}
                 row["set_info"] = about

@@ -41,3 +41,16 @@ def test_a_small_run_writes_its_row_table_and_grid_and_its_unbudgeted_twin(tmp_p
         assert abs(twin[stage]["steps"] - row[stage]["steps"]) <= per_epoch / 2
     assert "| digits latent.batch_size=8 | no budget, its epochs |" in (out / "results.md").read_text()
     assert (out / "digits-40s-b8-twin.png").stat().st_size > 0
+
+
+def test_the_budget_cell_names_a_stage_share_other_than_the_default_and_a_twin():
+    rs = load_benchmark("real_sets")
+    assert rs.budget_cell({"budget": "15m", "stage1_share": rs.STAGE1_SHARE}) == "15m"
+    assert rs.budget_cell({"budget": "15m", "stage1_share": 0.5}) == "15m (50% to stage 1)"
+    assert rs.budget_cell({"budget": "15m", "stage1_share": None, "unbudgeted_twin": True}) == "no budget, its epochs"
+
+
+def test_a_stage_share_outside_0_to_1_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_benchmark("real_sets").main(["--out", str(tmp_path), "--stage1-share", "1"])
+    assert e.value.code == 2 and "--stage1-share must be between 0 and 1" in capsys.readouterr().err
