@@ -8,8 +8,8 @@ PNG per variant goes beside the table.
 
 The budget is kept as `lordkit train --time-budget` keeps it (lordkit.training.budget): what is left
 of the variant's minutes after generating it, less a reserve for the evaluation, is the training
-budget; stage 1 fits its steps to 70% of it (as `lordkit demo --time-budget`), stage 2 to what is
-left when stage 1 ends. The preset's length is where the plan's schedule is scaled from (the `small`
+budget; stage 1 fits its steps to 70% of it (as `lordkit demo --time-budget`; --stage1-share sets
+another share), stage 2 to what is left when stage 1 ends. The preset's length is where the plan's schedule is scaled from (the `small`
 preset counted in images seen, as `lordkit train` applies it).
 
     python benchmarks/synthetic_family.py --out family-results                   # 15 min per variant
@@ -76,7 +76,7 @@ def start_config(name: str, img_size: int, channels: int, quick: bool, overrides
 
 
 def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: float, quick: bool,
-                show_progress: bool, overrides: list[str] = ()) -> dict[str, Any]:
+                show_progress: bool, overrides: list[str] = (), stage1_share: float = STAGE1_SHARE) -> dict[str, Any]:
     opts, img_size = FAMILY[name]
     opts = quick_opts(opts) if quick else dict(opts)
     full, train, test = (work / "data" / f"{name}-{part}" for part in ("full", "train", "test"))
@@ -95,7 +95,7 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
     t_train = time.monotonic()
     announce = dict(announce=lambda plan: None) if not show_progress else {}
     train_latent(train_ds, mdir, cfg, data_name=train.name, force=True, budget_start=t_train,
-                 time_budget_s=STAGE1_SHARE * budget_s if budget_s else None, **announce, **quiet)
+                 time_budget_s=stage1_share * budget_s if budget_s else None, **announce, **quiet)
     train_amortized(train_ds, mdir, force=True, budget_start=time.monotonic(),
                     time_budget_s=max(budget_s - (time.monotonic() - t_train), 1.0) if budget_s else None,
                     **announce, **quiet)
@@ -128,7 +128,9 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
 
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     sets = "".join(f" --set {o}" for o in header.get("overrides", []))
-    lines = [f"# {header['preset']}{sets} on the synthetic family ({header['minutes']} min per variant"
+    share = header.get("stage1_share", STAGE1_SHARE)
+    share = "" if share == STAGE1_SHARE else f", {share:.0%} of training to stage 1"
+    lines = [f"# {header['preset']}{sets} on the synthetic family ({header['minutes']} min per variant{share}"
              f"{', quick' if header['quick'] else ''})", "",
              f"{header['cpu']}, {header['threads']} torch threads, torch {header['torch']}.", "",
              "| variant | transfer / copy (held out) | class from content, 5-fold CV ± std (chance) | cycle class / content | "
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
     ap.add_argument("--work", type=Path, default=None, help="Where data and models go (default: a temporary dir).")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="Config override on top of the preset (repeatable), as `lordkit train --set`.")
+    ap.add_argument("--stage1-share", type=float, default=STAGE1_SHARE,
+                    help=f"Share of the training budget given to stage 1 (default {STAGE1_SHARE}, as `lordkit demo`); "
+                         "stage 2 gets what is left when stage 1 ends.")
     ap.add_argument("--quick", action="store_true", help="Tiny grids, tiny model, one epoch: checks the plumbing.")
     ap.add_argument("--progress", action="store_true", help="Show training progress bars.")
     args = ap.parse_args(argv)
@@ -178,16 +183,19 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
             raise LordkitError(f"unknown variant {unknown[0]!r}; choose from {', '.join(FAMILY)}")
         if args.minutes <= 0:
             raise LordkitError(f"--minutes must be > 0, got {args.minutes}")
+        if not 0 < args.stage1_share < 1:
+            raise LordkitError(f"--stage1-share must be between 0 and 1, got {args.stage1_share}")
         preset(args.preset, known=dataset_ids()).apply_overrides(args.overrides)  # a typo fails before any work
         args.out.mkdir(parents=True, exist_ok=True)
-        header = {"preset": args.preset, "overrides": args.overrides, "minutes": args.minutes, "quick": args.quick, "cpu": cpu_name(),
+        header = {"preset": args.preset, "overrides": args.overrides, "minutes": args.minutes, "quick": args.quick,
+                  "stage1_share": args.stage1_share, "cpu": cpu_name(),
                   "threads": torch.get_num_threads(), "torch": torch.__version__}
         with tempfile.TemporaryDirectory(prefix="lordkit-family-") as tmp:
             work = args.work or Path(tmp)
             rows = []
             for name in names:
                 rows.append(run_variant(name, work, args.out, args.preset, args.minutes, args.quick, args.progress,
-                                        args.overrides))
+                                        args.overrides, args.stage1_share))
                 print(f"{name}: transfer/copy {rows[-1]['transfer_over_copy']:.2f}, leakage {rows[-1]['leakage']:.1%} "
                       f"(chance {rows[-1]['chance']:.1%}), collapsed {rows[-1]['collapsed']}, "
                       f"{rows[-1]['minutes']:.1f} min", flush=True)

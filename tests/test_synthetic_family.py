@@ -164,3 +164,12 @@ def test_benchmark_quick_writes_the_table_and_grids(tmp_path, capsys):
     assert "| hue-content-small |" in table and "| grey |" in table
     assert bench.main(["--out", str(out), "--quick", "--variants", "nope"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_a_stage_share_is_checked_and_named_in_the_table(tmp_path, capsys):
+    bench = load_benchmark("synthetic_family")
+    assert bench.main(["--out", str(tmp_path), "--quick", "--variants", "grey", "--stage1-share", "1.2"]) == 2
+    assert "--stage1-share must be between 0 and 1, got 1.2" in capsys.readouterr().err
+    header = {"preset": "small", "minutes": 15, "quick": False, "cpu": "x", "threads": 1, "torch": "t"}
+    assert "(15 min per variant)" in bench.markdown([], {**header, "stage1_share": bench.STAGE1_SHARE})
+    assert "(15 min per variant, 50% of training to stage 1)" in bench.markdown([], {**header, "stage1_share": 0.5})
