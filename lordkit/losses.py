@@ -268,13 +268,15 @@ def class_moment_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Te
     cov = centred.T @ centred / max(len(z) - 1, 1)
     scale = cov.diagonal().mean().detach().clamp_min(1e-8)
     classes = torch.unique(class_ids[idx])
-    member = (y[:, None] == classes[None, :]).to(z.dtype)  # (N, K): which rows are of which batch class
+    ours = torch.isin(y, classes)  # only the batch classes' rows enter the per-class sums
+    zc, yc = z[ours], y[ours]
+    member = (yc[:, None] == classes[None, :]).to(z.dtype)  # (n, K): which rows are of which batch class
     counts = member.sum(0)
     member, counts = member[:, counts >= 2], counts[counts >= 2]  # a covariance needs two codes
     if len(counts) == 0:
         return live.new_zeros(())
-    means = member.T @ z / counts[:, None]  # (K, D)
-    second = torch.einsum("nk,ni,nj->kij", member, z, z)  # (K, D, D): sums of z z^T per class
+    means = member.T @ zc / counts[:, None]  # (K, D)
+    second = torch.einsum("nk,ni,nj->kij", member, zc, zc)  # (K, D, D): sums of z z^T per class
     covs = (second - counts[:, None, None] * means[:, :, None] * means[:, None, :]) / (counts[:, None, None] - 1)
     mean_gap = (means - mean).pow(2).sum(1) / scale
     cov_gap = (covs - cov).pow(2).sum((1, 2)) / scale ** 2
