@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                 print(f"{name}: {e}", file=sys.stderr)
                 return 2
             for budget in budgets:
-                shutil.rmtree(work / f"{name}-{budget}{'-' + args.tag if args.tag else ''}", ignore_errors=True)
+                label = f"{name}-{budget}{'-' + args.tag if args.tag else ''}"
+                for left in (label, f"{label}-twin"):  # base dirs an earlier run left in --work-dir
+                    shutil.rmtree(work / left, ignore_errors=True)
                 t0 = time.monotonic()
                 try:
                     row = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag,

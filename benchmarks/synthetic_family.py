@@ -9,8 +9,8 @@ PNG per variant goes beside the table.
 The budget is kept as `lordkit train --time-budget` keeps it (lordkit.training.budget): what is left
 of the variant's minutes after generating it, less a reserve for the evaluation, is the training
 budget; stage 1 fits its steps to 70% of it (as `lordkit demo --time-budget`; --stage1-share sets
-another share), stage 2 to what is left when stage 1 ends. The preset's length is where the plan's schedule is scaled from (the `small`
-preset counted in images seen, as `lordkit train` applies it).
+another share), stage 2 to what is left when stage 1 ends. The preset's length is where the plan's
+schedule is scaled from (the `small` preset counted in images seen, as `lordkit train` applies it).
 
     python benchmarks/synthetic_family.py --out family-results                   # 15 min per variant
     python benchmarks/synthetic_family.py --out r --preset small --minutes 5 --variants hue-content-small,colour-class
