@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from lordkit.losses import class_moment_penalty
+from lordkit.losses import class_moment_penalty, pooled_codes
 
 SHAPES = "8x10x16,128x10x128,128x1000x128"  # content dim x classes x batch: small preset, wide, many classes
 
@@ -33,14 +33,7 @@ def reference_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Tenso
                       reference: Tensor | None = None) -> Tensor:
     """The term with every reference row in the per-class sums (rows of classes outside the batch
     contribute zeros there): the same value as class_moment_penalty, at N x K x D x D cost."""
-    rows = torch.arange(len(table), device=table.device) if reference is None else reference
-    keep = ~torch.isin(rows, idx)
-    z = torch.cat([table[rows[keep]].detach().float(), live.float()])
-    y = torch.cat([class_ids[rows[keep]], class_ids[idx]])
-    mean = z.mean(0)
-    centred = z - mean
-    cov = centred.T @ centred / max(len(z) - 1, 1)
-    scale = cov.diagonal().mean().detach().clamp_min(1e-8)
+    z, y, mean, cov, scale = pooled_codes(live, idx, table, class_ids, reference)
     classes = torch.unique(class_ids[idx])
     member = (y[:, None] == classes[None, :]).to(z.dtype)
     counts = member.sum(0)
@@ -71,8 +64,9 @@ def one_call(fn: Callable[..., Tensor], live: Tensor, *args: Tensor) -> tuple[fl
     x = live.detach().clone().requires_grad_()
     t0 = time.perf_counter()
     value = fn(x, *args)
-    value.backward()
-    return time.perf_counter() - t0, value.detach(), x.grad
+    if value.requires_grad:  # not when no class of the batch has two codes: the term is a constant 0
+        value.backward()
+    return time.perf_counter() - t0, value.detach(), x.grad if x.grad is not None else torch.zeros_like(x)
 
 
 def measure(dim: int, n_classes: int, batch: int, rows: int, sample: int, repeats: int, seed: int) -> dict[str, Any]:
@@ -113,6 +107,8 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, An
         ap.error(str(e))
     if min(args.rows, args.sample, args.repeats, args.threads) < 1:
         ap.error("--rows, --sample, --repeats and --threads must be >= 1")
+    if max(b for _, _, b in shapes) > args.rows:
+        ap.error(f"a batch cannot be larger than the table: --rows {args.rows}")
     torch.set_num_threads(args.threads)
     rows = [measure(d, c, b, args.rows, args.sample, args.repeats, args.seed) for d, c, b in shapes]
     print(f"class_moment_penalty, one call with backward, {args.threads} thread(s), {args.rows:,} rows, "

@@ -249,6 +249,21 @@ def content_penalty(content_code: Tensor) -> Tensor:
 MOMENT_REFERENCE_ROWS = 4096  # rows of the content table the class statistics are taken over, at most
 
 
+def pooled_codes(live: Tensor, idx: Tensor, table: Tensor, class_ids: Tensor,
+                 reference: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The codes class_moment_penalty compares (the table's rows, or `reference`'s, with the batch's
+    rows replaced by `live`), their classes, their mean and covariance, and the covariance's mean
+    variance (detached, at least 1e-8) that scales the term."""
+    rows = torch.arange(len(table), device=table.device) if reference is None else reference
+    keep = ~torch.isin(rows, idx)
+    z = torch.cat([table[rows[keep]].detach().float(), live.float()])
+    y = torch.cat([class_ids[rows[keep]], class_ids[idx]])
+    mean = z.mean(0)
+    centred = z - mean
+    cov = centred.T @ centred / max(len(z) - 1, 1)
+    return z, y, mean, cov, cov.diagonal().mean().detach().clamp_min(1e-8)
+
+
 def class_moment_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Tensor,
                          reference: Tensor | None = None) -> Tensor:
     """How far the content codes of the batch's classes are from sharing one distribution: for each
@@ -259,14 +274,7 @@ def class_moment_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Te
     The statistics are taken over the table's rows (all of them, or `reference`, a sample of row
     numbers) with the batch's rows replaced by `live` (its clean codes, idx their rows); only the
     batch's codes get a gradient, so the rows outside the batch are not moved by this term."""
-    rows = torch.arange(len(table), device=table.device) if reference is None else reference
-    keep = ~torch.isin(rows, idx)
-    z = torch.cat([table[rows[keep]].detach().float(), live.float()])
-    y = torch.cat([class_ids[rows[keep]], class_ids[idx]])
-    mean = z.mean(0)
-    centred = z - mean
-    cov = centred.T @ centred / max(len(z) - 1, 1)
-    scale = cov.diagonal().mean().detach().clamp_min(1e-8)
+    z, y, mean, cov, scale = pooled_codes(live, idx, table, class_ids, reference)
     classes = torch.unique(class_ids[idx])
     ours = torch.isin(y, classes)  # only the batch classes' rows enter the per-class sums
     zc, yc = z[ours], y[ours]

@@ -36,3 +36,16 @@ def test_bad_shapes_are_one_error(shapes, capsys):
     with pytest.raises(SystemExit) as e:
         load_benchmark("class_moments").main(["--shapes", shapes])
     assert e.value.code == 2 and "--shapes wants DIMxCLASSESxBATCH" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_table_is_one_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_benchmark("class_moments").main(["--shapes", "4x2x50", "--rows", "20"])
+    assert e.value.code == 2 and "a batch cannot be larger than the table" in capsys.readouterr().err
+
+
+def test_a_table_where_no_class_has_two_codes_times_a_zero_term(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORDKIT_RESULTS_DIR", str(tmp_path))
+    figures = load_benchmark("class_moments").main(["--shapes", "4x2x2", "--rows", "3", "--sample", "1",
+                                                    "--repeats", "1", "--threads", "1"])
+    assert figures["rows"][0]["value_rel_diff"] == 0 and figures["rows"][0]["lordkit_ms"] > 0
