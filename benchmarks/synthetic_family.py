@@ -113,6 +113,7 @@ def run_variant(name: str, work: Path, out: Path, preset_name: str, minutes: flo
         "epochs": [cfg.latent.n_epochs, cfg.amortized.n_epochs],
         "steps": [(cfg.latent.plan or {}).get("total_steps"), (cfg.amortized.plan or {}).get("total_steps")],
         "transfer_over_copy": ratio, "leakage": leak["accuracy"], "leakage_std": leak.get("accuracy_std"),
+        "leakage_repeat_std": leak.get("repeat_std"), "leakage_repeats": leak.get("n_repeats"),
         "chance": leak["chance"],
         "cycle_class_ratio": ev["cycle"]["class"]["ratio_to_baseline"] if ev.get("cycle") else None,
         "cycle_content_ratio": ev["cycle"]["content"]["ratio_to_baseline"] if ev.get("cycle") else None,

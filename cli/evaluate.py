@@ -27,7 +27,10 @@ def results_table(r: dict) -> Table:
         if key in r["leakage"]:
             v = r["leakage"][key]
             spread = f" ± {v['accuracy_std']:.1%}" if "accuracy_std" in v else ""
-            folds = f" ({v['n_folds']}-fold CV)" if "n_folds" in v else ""
+            folds = f" ({v['n_folds']}-fold CV" if "n_folds" in v else ""
+            if folds and v.get("n_repeats", 1) > 1:
+                folds += f" x {v['n_repeats']}, partitions' std {v['repeat_std']:.1%}"
+            folds += ")" if folds else ""
             t.add_row(f"leakage: {label}{folds}", f"{v['accuracy']:.1%}{spread}", f"chance {v['chance']:.1%}")
     tr = r.get("transfer")
     if tr:
@@ -71,6 +74,8 @@ def evaluate(
     max_imgs: Annotated[int, typer.Option("--max-imgs", help="Evaluate on at most this many images (random, seeded).")] = 5000,
     n_pairs: Annotated[int, typer.Option("--pairs", help="(content, class) pairs scored against ground truth.")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample, the leakage split and the pairs.")] = 0,
+    cv_repeats: Annotated[int, typer.Option("--cv-repeats", help="Leakage: repeat the 5-fold cross-validation over "
+                                            "this many partitions and average.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Evaluate a model: reconstruction, leakage (vs chance), transfer (vs a copy baseline), cycle score (vs
@@ -81,7 +86,7 @@ def evaluate(
     base = get_base(ctx)
     ds = Dataset(data_dir(base, data_name))
     r = run(model_dir(base, model_name), ds, data_name=data_name, device=device, max_imgs=max_imgs,
-            n_pairs=n_pairs, seed=seed)
+            n_pairs=n_pairs, seed=seed, cv_repeats=cv_repeats)
     if as_json:
         say(json.dumps(r, indent=2))
         return

@@ -11,7 +11,7 @@ from lordkit.data.preprocess import preprocess
 from lordkit.data.sources import Options
 from lordkit.data.store import Dataset
 from lordkit.evaluation import TruthLookup, class_check, evaluate, leakage, stratified_folds
-from lordkit.errors import LordkitError
+from lordkit.errors import BadInput, LordkitError
 from lordkit.training import train_amortized, train_latent
 from test_training import TINY_DATA, quiet, tiny_cfg
 
@@ -20,7 +20,7 @@ def test_leakage_scores_held_out_codes_not_memorised_ones():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 400)
     # Random codes: an MLP can memorise its training part, but held-out accuracy stays near chance.
-    r = leakage(rng.normal(size=(400, 16)), labels, n_steps=400)
+    r = leakage(rng.normal(size=(400, 16)), labels, n_steps=400, n_repeats=1)
     assert r["n_train"] + r["n_test"] == 400 == r["n_codes"] and r["n_test"] == 80 and r["n_folds"] == 5
     assert len(r["fold_accuracies"]) == 5 and r["accuracy"] == pytest.approx(np.mean(r["fold_accuracies"]), abs=1e-4)
     assert r["accuracy_std"] == pytest.approx(np.std(r["fold_accuracies"]), abs=1e-4)
@@ -30,6 +30,24 @@ def test_leakage_scores_held_out_codes_not_memorised_ones():
     informative = np.eye(4)[labels] + 0.1 * rng.normal(size=(400, 4))
     r = leakage(informative, labels)
     assert r["accuracy"] > 0.95 and r["chance"] < 0.5
+
+
+def test_leakage_repeats_the_cross_validation_over_partitions():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 150)
+    codes = np.eye(3)[labels] + 1.5 * rng.normal(size=(150, 3))  # partly informative: folds disagree
+    once = leakage(codes, labels, seed=4, n_repeats=1, n_steps=60)
+    r = leakage(codes, labels, seed=4, n_repeats=3, n_steps=60)
+    assert r["n_repeats"] == 3 and len(r["fold_accuracies"]) == 15 and len(r["repeat_accuracies"]) == 3
+    assert r["fold_accuracies"][:5] == once["fold_accuracies"]  # the first partition is the single one
+    assert r["repeat_accuracies"][0] == pytest.approx(once["accuracy"], abs=1e-4)
+    assert r["accuracy"] == pytest.approx(np.mean(r["fold_accuracies"]), abs=1e-4)
+    assert r["repeat_std"] == pytest.approx(np.std(r["repeat_accuracies"]), abs=1e-4)
+    assert r["fold_accuracies"][5:10] != r["fold_accuracies"][:5]  # another partition, other folds
+    assert "repeated over 3 partitions" in r["method"] and "repeated" not in once["method"]
+    for bad in (0, -1, 101, 2.5):
+        with pytest.raises(BadInput, match="1 to 100 repeats"):
+            leakage(codes, labels, n_repeats=bad)
 
 
 def test_folds_are_stratified_and_cover_every_code():
@@ -91,7 +109,7 @@ def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
     assert 0 <= r["reconstruction"]["l1"] <= 1 and r["reconstruction"]["psnr"] > 0
     leak = r["leakage"]["class_from_content"]
     assert leak["n_codes"] == len(ds) and leak["n_folds"] == 5 and 0 <= leak["accuracy"] <= 1
-    assert leak["accuracy_std"] >= 0
+    assert leak["accuracy_std"] >= 0 and leak["n_repeats"] == 5 and leak["repeat_std"] >= 0
     cc = r["class_check"]
     assert 0 <= cc["real_accuracy"] <= 1 and 0 <= cc["transferred_as_target_class"] <= 1
     assert "content_from_class" in r["leakage"]
@@ -113,3 +131,7 @@ def test_evaluate_tiny_model_end_to_end(tmp_path, cli, base):
     from conftest import one_line_error
 
     assert "model not found" in one_line_error(cli("evaluate", "-mn", "none", "-dn", "syn"))
+    assert "1 to 100 repeats" in one_line_error(cli("evaluate", "-mn", "m", "-dn", "syn", "--cv-repeats", "0"))
+    res = cli("evaluate", "-mn", "m", "-dn", "syn", "--device", "cpu", "--pairs", "16", "--cv-repeats", "2", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["leakage"]["class_from_content"]["n_repeats"] == 2
