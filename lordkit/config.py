@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json
 
-LOSSES = ("vgg", "l1", "l2", "l1+l2")
+LOSSES = ("vgg", "l1", "l2", "l1+l2", "lap1")
 PCA_FEATURES = ("deviation", "signed")  # lordkit.training.init.MODES
 
 
@@ -135,7 +135,7 @@ class LatentTrainConfig:
     # > 0: weight of a term that pulls each class's content codes towards one shared mean and
     # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
     class_moments: float = 0.0
-    loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features), or pixels only: "l1", "l2" or "l1+l2"
+    loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features), or no network: "l1", "l2", "l1+l2", "lap1" (pyramid)
     noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
     seed: int = 0
     log_every: int = 50  # steps between host reads of the loss

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from lordkit import losses
 from lordkit.errors import LordkitError
-from lordkit.losses import (IMAGENET_MEAN, IMAGENET_STD, L1Loss, PerceptualLoss, VGG16Features, content_penalty, find_vgg_weights, make_loss,
+from lordkit.losses import (IMAGENET_MEAN, IMAGENET_STD, L1Loss, LaplacianL1Loss, PerceptualLoss, VGG16Features, content_penalty, find_vgg_weights, make_loss,
                             vgg_cache_path)
 
 CONV_IDS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -128,6 +128,30 @@ def test_l1_and_penalty() -> None:
     assert content_penalty(torch.tensor([[1.0, 2.0], [0.0, 2.0]])).item() == pytest.approx(4.5)
 
 
+def test_laplacian_l1_pyramid_rebuilds_the_image_and_weighs_thin_strokes() -> None:
+    f = LaplacianL1Loss()
+    x = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(0))
+    levels = f.pyramid(x)
+    assert [tuple(t.shape[-2:]) for t in levels] == [(32, 24), (16, 12), (8, 6)]  # 3 px would be below 4
+    assert len(f.pyramid(torch.rand(1, 1, 256, 256))) == f.MAX_LEVELS + 1
+    rebuilt = levels[-1]
+    for band in reversed(levels[:-1]):
+        rebuilt = f.expand(rebuilt, band.shape[-2:]) + band
+    torch.testing.assert_close(rebuilt, x, rtol=0, atol=1e-5)
+    assert len(f.pyramid(torch.rand(1, 1, 7, 7))) == 1  # too small to halve: the image alone, as L1
+    assert f(x, x).item() == 0
+    # A one-pixel line on black: drawing nothing costs more than under pixel L1, and a line drawn one
+    # pixel off costs less than drawing nothing (under pixel L1 it costs twice as much).
+    line = torch.zeros(1, 1, 32, 32)
+    line[..., 16, 4:28] = 1
+    blank, moved = torch.zeros_like(line), line.roll(1, dims=2)
+    assert f(blank, line) > L1Loss()(blank, line)
+    assert f(moved, line) < f(blank, line) and L1Loss()(moved, line) > L1Loss()(blank, line)
+    pred = blank.clone().requires_grad_(True)
+    f(pred, line).backward()
+    assert pred.grad[..., 16, 4:28].lt(0).all()  # pulled up where the line is
+
+
 def test_find_vgg_explicit_missing(tmp_path) -> None:
     with pytest.raises(LordkitError) as e:
         find_vgg_weights(tmp_path / "nope.pth")
@@ -174,7 +198,7 @@ def test_find_vgg_downloads_when_online(monkeypatch, vgg_file) -> None:
 
 
 def test_make_loss(vgg_file) -> None:
-    assert isinstance(make_loss("l1"), L1Loss)
+    assert isinstance(make_loss("l1"), L1Loss) and isinstance(make_loss("lap1"), LaplacianL1Loss)
     assert isinstance(make_loss("vgg", vgg_file), PerceptualLoss)
     with pytest.raises(LordkitError, match="unknown loss"):
         make_loss("mse")
