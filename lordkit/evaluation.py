@@ -4,7 +4,8 @@
 2. Leakage (the papers' disentanglement measure): a classifier (an MLP) predicts the class from the
    content codes, by stratified 5-fold cross-validation (fitted on four folds, scored on the fifth,
    so every code is held out once) repeated over 5 partitions: mean accuracy, its std over the folds
-   and the std of the partitions' means, next to chance (the majority class's share). Where content labels exist, the same from class codes to content.
+   and the std of the partitions' means, next to chance (the majority class's share). Where content
+   labels exist, the same from class codes to content.
    Near chance = the codes do not leak.
 3. Content transfer against ground truth, where every (class, content) pair has a true image
    (synthetic: rendered; shapes3d, cars3d, smallnorb: looked up in the data): L1 and PSNR of
@@ -80,7 +81,7 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
 
 N_FOLDS = 5  # leakage: stratified k-fold cross-validation over every evaluated code
 # ... repeated over this many partitions: on 359 digit codes one 5-fold partition's figure moves by
-# about 1.5 points (std) from one partition seed to the next; the mean of 5 by about 0.7.
+# 1.0-2.0 points (std) from one partition seed to the next, so the mean of 5 by about 0.7 (1.5 / sqrt 5).
 N_REPEATS = 5
 MAX_REPEATS = 100
 REPEAT_SEED_STEP = 7919  # partition r's seed: seed + r * this (and its MLPs' seeds follow it)
