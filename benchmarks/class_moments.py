@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from lordkit.losses import class_moment_penalty, pooled_codes
+from lordkit.losses import class_gaps, class_moment_penalty, pooled_codes
 
 SHAPES = "8x10x16,128x10x128,128x1000x128"  # content dim x classes x batch: small preset, wide, many classes
 
@@ -34,18 +34,7 @@ def reference_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Tenso
     """The term with every reference row in the per-class sums (rows of classes outside the batch
     contribute zeros there): the same value as class_moment_penalty, at N x K x D x D cost."""
     z, y, mean, cov, scale = pooled_codes(live, idx, table, class_ids, reference)
-    classes = torch.unique(class_ids[idx])
-    member = (y[:, None] == classes[None, :]).to(z.dtype)
-    counts = member.sum(0)
-    member, counts = member[:, counts >= 2], counts[counts >= 2]
-    if len(counts) == 0:
-        return live.new_zeros(())
-    means = member.T @ z / counts[:, None]
-    second = torch.einsum("nk,ni,nj->kij", member, z, z)
-    covs = (second - counts[:, None, None] * means[:, :, None] * means[:, None, :]) / (counts[:, None, None] - 1)
-    mean_gap = (means - mean).pow(2).sum(1) / scale
-    cov_gap = (covs - cov).pow(2).sum((1, 2)) / scale ** 2
-    return (mean_gap + cov_gap).mean()
+    return class_gaps(z, y, torch.unique(class_ids[idx]), mean, cov, scale, like=live)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -27,10 +27,10 @@ def results_table(r: dict) -> Table:
         if key in r["leakage"]:
             v = r["leakage"][key]
             spread = f" ± {v['accuracy_std']:.1%}" if "accuracy_std" in v else ""
-            folds = f" ({v['n_folds']}-fold CV" if "n_folds" in v else ""
-            if folds and v.get("n_repeats", 1) > 1:
-                folds += f" x {v['n_repeats']}, partitions' std {v['repeat_std']:.1%}"
-            folds += ")" if folds else ""
+            method = f"{v['n_folds']}-fold CV" if "n_folds" in v else ""
+            if method and v.get("n_repeats", 1) > 1:
+                method += f" x {v['n_repeats']}, partitions' std {v['repeat_std']:.1%}"
+            folds = f" ({method})" if method else ""
             t.add_row(f"leakage: {label}{folds}", f"{v['accuracy']:.1%}{spread}", f"chance {v['chance']:.1%}")
     tr = r.get("transfer")
     if tr:

@@ -116,9 +116,9 @@ def leakage(codes: np.ndarray, labels: np.ndarray, seed: int = 0, n_folds: int =
     chance = float(np.bincount(y).max() / n) if n else 0.0
     k = max(2, min(n_folds, n))
     partitions = [stratified_folds(y, k, seed + REPEAT_SEED_STEP * r) for r in range(n_repeats)]
-    folds = partitions[0]
+    first = partitions[0]
     base = {"chance": chance, "n_folds": k, "n_repeats": n_repeats, "n_codes": int(n),
-            "n_train": int(np.sum(folds != 0)), "n_test": int(np.sum(folds == 0)),
+            "n_train": int(np.sum(first != 0)), "n_test": int(np.sum(first == 0)),
             "method": f"stratified {k}-fold cross-validation" + (f" repeated over {n_repeats} partitions" if
                                                                   n_repeats > 1 else "") + ", MLP"}
     if len(uniq) < 2 or n < 4:

@@ -319,14 +319,22 @@ def class_moment_penalty(live: Tensor, idx: Tensor, table: Tensor, class_ids: Te
     z, y, mean, cov, scale = pooled_codes(live, idx, table, class_ids, reference)
     classes = torch.unique(class_ids[idx])
     ours = torch.isin(y, classes)  # only the batch classes' rows enter the per-class sums
-    zc, yc = z[ours], y[ours]
-    member = (yc[:, None] == classes[None, :]).to(z.dtype)  # (n, K): which rows are of which batch class
+    return class_gaps(z[ours], y[ours], classes, mean, cov, scale, like=live)
+
+
+def class_gaps(z: Tensor, y: Tensor, classes: Tensor, mean: Tensor, cov: Tensor, scale: Tensor, *,
+               like: Tensor) -> Tensor:
+    """class_moment_penalty's value from pooled codes z (classes y): for each of `classes` with two
+    codes or more, its mean's and covariance's squared distances from `mean` and `cov` over `scale`
+    (and its square), averaged; a 0 like `like` where no class has two. Rows of other classes add
+    nothing to the sums, only cost."""
+    member = (y[:, None] == classes[None, :]).to(z.dtype)  # (N, K): which rows are of which class
     counts = member.sum(0)
     member, counts = member[:, counts >= 2], counts[counts >= 2]  # a covariance needs two codes
     if len(counts) == 0:
-        return live.new_zeros(())
-    means = member.T @ zc / counts[:, None]  # (K, D)
-    second = torch.einsum("nk,ni,nj->kij", member, zc, zc)  # (K, D, D): sums of z z^T per class
+        return like.new_zeros(())
+    means = member.T @ z / counts[:, None]  # (K, D)
+    second = torch.einsum("nk,ni,nj->kij", member, z, z)  # (K, D, D): sums of z z^T per class
     covs = (second - counts[:, None, None] * means[:, :, None] * means[:, None, :]) / (counts[:, None, None] - 1)
     mean_gap = (means - mean).pow(2).sum(1) / scale
     cov_gap = (covs - cov).pow(2).sum((1, 2)) / scale ** 2
