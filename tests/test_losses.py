@@ -150,6 +150,11 @@ def test_laplacian_l1_pyramid_rebuilds_the_image_and_weighs_thin_strokes() -> No
     pred = blank.clone().requires_grad_(True)
     f(pred, line).backward()
     assert pred.grad[..., 16, 4:28].lt(0).all()  # pulled up where the line is
+    # Under the trainer's bf16 autocast the loss is the float32 one (a bf16 blur moved it by ~6%).
+    near = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_autocast = f(x, near)
+    torch.testing.assert_close(in_autocast, f(x, near), rtol=1e-6, atol=0)
 
 
 def test_find_vgg_explicit_missing(tmp_path) -> None:
