@@ -149,22 +149,40 @@ def test_split_classes_killed_between_its_two_replacements_leaves_one_whole_pair
     assert pair_seed(data, 120, "classes") == 3 and hidden(data) == []
 
 
+def start_split(base: Path, seed: int, exchange: bool) -> subprocess.Popen:
+    env = {**os.environ, "LORDKIT_OFFLINE": "1", **({} if exchange else {"LORDKIT_NO_EXCHANGE": "1"})}
+    return subprocess.Popen([sys.executable, "-m", "lordkit", "--base-dir", str(base), *split_cmd("samples", seed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_staging(proc: subprocess.Popen, data: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not hidden(data):
+        time.sleep(0.002)
+
+
 def test_split_killed_at_random_moments_always_leaves_one_whole_pair(base):
     data = base / "data"
     n = 40_000  # 7.7 MB of images: the copy takes long enough to be hit at random moments
     ds = write_dataset(data / "src", n)
     split_samples(ds, data / "tr", data / "te", 0.25, seed=1)
+    # One split left to finish shows how long this machine takes from the first staged file to the
+    # end; the kills fall at random moments within that span, so they land mid-split on fast and slow
+    # machines alike.
+    proc = start_split(base, 2, exchange=True)
+    wait_for_staging(proc, data)
+    start = time.monotonic()
+    while proc.poll() is None:
+        time.sleep(0.002)
+    span = time.monotonic() - start
+    assert proc.returncode == 0 and pair_seed(data, n) == 2
     rng = random.Random(7)
-    seeds, outcomes = [1], []
-    for trial in range(8):
-        seed = trial + 2
-        env = {**os.environ, "LORDKIT_OFFLINE": "1", **({"LORDKIT_NO_EXCHANGE": "1"} if trial % 2 else {})}
-        proc = subprocess.Popen([sys.executable, "-m", "lordkit", "--base-dir", str(base), *split_cmd("samples", seed)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not hidden(data):
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.15))
+    seeds, outcomes = [2], []
+    for trial in range(16):
+        seed = trial + 3
+        proc = start_split(base, seed, exchange=trial % 2 == 0)
+        wait_for_staging(proc, data)
+        time.sleep(rng.uniform(0, span))
         proc.kill()
         proc.wait()
         outcomes.append(proc.returncode)
@@ -176,7 +194,9 @@ def test_split_killed_at_random_moments_always_leaves_one_whole_pair(base):
         assert got in (seeds[-1], seed), (got, seeds)
         seeds.append(got)
         assert hidden(data) == []
-    assert outcomes.count(-signal.SIGKILL) >= 4, outcomes
+        if trial >= 7 and outcomes.count(-signal.SIGKILL) >= 4:
+            break
+    assert outcomes.count(-signal.SIGKILL) >= 4, (outcomes, span)
 
 
 def test_a_pair_mixed_anyway_is_refused_in_one_line(base, cli):
