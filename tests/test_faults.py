@@ -200,10 +200,7 @@ def test_training_killed_at_random_and_in_its_checkpoint_swap_resumes_to_the_sam
         env = {**os.environ, "LORDKIT_OFFLINE": "1", **(faults.pop(0) if faults else {})}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if "LORDKIT_FAULT_KILL" not in env and runs < 6:
-            try:  # a random moment after the interpreter and torch are up
-                proc.wait(timeout=rng.uniform(3.0, 6.5))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            kill_mid_training(proc, model / "metrics.jsonl", rng.randint(1, 12), rng.uniform(0, 0.05))
         _, err = proc.communicate(timeout=300)
         assert proc.returncode in (0, -signal.SIGKILL), err
         outcomes.append(proc.returncode)
@@ -212,6 +209,26 @@ def test_training_killed_at_random_and_in_its_checkpoint_swap_resumes_to_the_sam
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
     lordkit(base, "data", "list")
     assert hidden(base / "models") == [] and hidden(base / "data") == []
+
+
+def kill_mid_training(proc: subprocess.Popen, metrics: Path, steps: int, delay: float) -> None:
+    """SIGKILL `proc` a random moment after it logged `steps` more training steps: counted from the
+    run's own progress, not the clock, so the kill lands mid-training on a fast machine or a busy one."""
+    def stamp():
+        try:
+            st = metrics.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    seen, last = 0, stamp()
+    while proc.poll() is None and seen < steps:
+        now = stamp()
+        seen, last = seen + (now != last), now
+        time.sleep(0.001)
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.kill()
 
 
 def resumable(model: Path) -> bool:
