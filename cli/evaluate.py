@@ -46,7 +46,8 @@ def results_table(r: dict) -> Table:
     cc = r.get("class_check")
     if cc:
         t.add_row("independent classifier on real images", f"{cc['real_accuracy']:.1%} ± {cc['real_accuracy_std']:.1%}",
-                  f"{cc['n_folds']}-fold CV; chance {cc['chance']:.1%}")
+                  f"{cc['n_folds']}-fold CV" + (f" x {cc['n_repeats']}, partitions' std {cc['real_repeat_std']:.1%}"
+                                                if cc.get("n_repeats", 1) > 1 else "") + f"; chance {cc['chance']:.1%}")
         t.add_row("transferred images seen in the target class", f"{cc['transferred_as_target_class']:.1%}",
                   f"in the content's class {cc['transferred_as_content_class']:.1%}")
         cs = cc["content_survival"]

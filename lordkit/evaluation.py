@@ -348,10 +348,11 @@ def _within_class_corr(src: np.ndarray, out: np.ndarray, groups: np.ndarray) -> 
 
 @torch.no_grad()
 def class_check(model: AmortizedModel, ds: Dataset, idx: np.ndarray, device: torch.device, n_pairs: int = 512,
-                seed: int = 0, n_folds: int = N_FOLDS) -> dict[str, Any] | None:
+                seed: int = 0, n_folds: int = N_FOLDS, n_repeats: int = N_REPEATS) -> dict[str, Any] | None:
     """An independent check of class transfer, with no part of lordkit's model in the judge: a logistic
-    regression on 8x8 downsampled pixels is fitted on the real images ds[idx] (its stratified k-fold
-    accuracy on real images reported), then classifies transferred images G(content of A, class of B):
+    regression on 8x8 downsampled pixels is fitted on the real images ds[idx] (its accuracy on real
+    images reported by stratified k-fold cross-validation repeated over `n_repeats` partitions, as
+    `leakage` partitions them), then classifies transferred images G(content of A, class of B):
     how often it says B's class (and how often A's). Content survival: simple per-image features
     (content_features) of A against those of the result, correlated within each target class, next to
     the same correlation with a real image of B's class (a result that ignores A scores about 0)."""
@@ -359,14 +360,18 @@ def class_check(model: AmortizedModel, ds: Dataset, idx: np.ndarray, device: tor
     uniq, y = np.unique(labels, return_inverse=True)
     if len(uniq) < 2 or len(idx) < 2 * n_folds:
         return None
+    _require_repeats(n_repeats)
     feats = pixel_features(ds.images[np.sort(idx)])[np.argsort(np.argsort(idx))]
-    folds = stratified_folds(y, n_folds, seed)
     accs = []
     with _single_thread():  # small fits: threads cost more than they save
-        for f in range(n_folds):
-            test, train = folds == f, folds != f
-            accs.append(float((_logistic(feats[train], y[train], len(uniq), seed)(feats[test]) == y[test]).mean()))
+        for r in range(n_repeats):
+            folds = stratified_folds(y, n_folds, seed + REPEAT_SEED_STEP * r)
+            for f in range(n_folds):
+                test, train = folds == f, folds != f
+                fit = _logistic(feats[train], y[train], len(uniq), seed)
+                accs.append(float((fit(feats[test]) == y[test]).mean()))
         predict = _logistic(feats, y, len(uniq), seed)
+    repeat_means = np.asarray(accs).reshape(n_repeats, n_folds).mean(1)
 
     rng = np.random.default_rng(seed + 3)
     a_rows, b_rows = [], []
@@ -395,7 +400,9 @@ def class_check(model: AmortizedModel, ds: Dataset, idx: np.ndarray, device: tor
     names = list(CONTENT_FEATURES) + [f"channel_{c}_mean" for c in range(src.shape[-1])]
     return {
         "classifier": f"logistic regression on {CHECK_SIZE}x{CHECK_SIZE} pixels, fitted on the real images",
-        "real_accuracy": float(np.mean(accs)), "real_accuracy_std": float(np.std(accs)), "n_folds": n_folds,
+        "real_accuracy": float(np.mean(accs)), "real_accuracy_std": float(np.std(accs)),
+        "real_repeat_std": float(np.std(repeat_means)), "real_repeat_accuracies": [round(float(a), 4) for a in repeat_means],
+        "n_folds": n_folds, "n_repeats": n_repeats,
         "chance": float(np.bincount(y).max() / len(y)),
         "transferred_as_target_class": float((pred == y[b_rows]).mean()),
         "transferred_as_content_class": float((pred == y[a_rows]).mean()),
@@ -441,7 +448,7 @@ def evaluate(model_dir: Path, ds: Dataset, *, data_name: str, device: str = "cpu
     if ds.meta.dataset_id in GROUND_TRUTH_DATASETS and ds.has_content_labels:
         result["transfer"] = transfer_error(model, ds, TruthLookup(ds, model_data), dev, n_pairs, seed)
     result["cycle"] = cycle_score(model, ds, dev, n_pairs, seed)
-    result["class_check"] = class_check(model, ds, idx, dev, n_pairs, seed)
+    result["class_check"] = class_check(model, ds, idx, dev, n_pairs, seed, n_repeats=cv_repeats)
     result["collapse"] = collapse_report(model, ds, dev, cfg.amortized.collapse_threshold, model_dir, seed=seed)
     result["grid_png"] = str(grid_png(model, ds, eval_grid_path(model_dir, data_name), dev))
     json_path = eval_json_path(model_dir, data_name)

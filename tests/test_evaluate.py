@@ -88,6 +88,25 @@ def test_class_check_tells_a_copied_content_from_a_copied_class(tmp_path):
     assert keep["n_pairs"] == take["n_pairs"] == 64
 
 
+def test_class_check_real_accuracy_is_repeated_cross_validation(tmp_path):
+    preprocess("synthetic", None, tmp_path / "s", img_size=32, opts=Options({**TINY_DATA, "n_x": "3"}),
+               show_progress=False)
+    ds = Dataset(tmp_path / "s")
+    idx = np.arange(len(ds))
+    one = class_check(_Copy(0), ds, idx, torch.device("cpu"), n_pairs=16, n_repeats=1)
+    three = class_check(_Copy(0), ds, idx, torch.device("cpu"), n_pairs=16, n_repeats=3)
+    assert one["n_repeats"] == 1 and one["real_repeat_std"] == 0 and three["n_repeats"] == 3
+    # The first of three partitions is the single one; the figure is the mean over all 15 folds.
+    parts = three["real_repeat_accuracies"]
+    assert len(parts) == 3 and parts[0] == pytest.approx(one["real_accuracy"], abs=1e-4)
+    assert three["real_accuracy"] == pytest.approx(np.mean(parts), abs=1e-4)
+    assert three["real_repeat_std"] == pytest.approx(np.std(parts), abs=1e-4)
+    # The transfer figures do not depend on how the real accuracy is cross-validated.
+    assert one["transferred_as_target_class"] == three["transferred_as_target_class"]
+    with pytest.raises(BadInput):
+        class_check(_Copy(0), ds, idx, torch.device("cpu"), n_pairs=16, n_repeats=0)
+
+
 def test_truth_lookup_renders_synthetic_and_indexes_others(tmp_path):
     preprocess("synthetic", None, tmp_path / "s", img_size=32, opts=Options(dict(TINY_DATA)), show_progress=False)
     ds = Dataset(tmp_path / "s")
