@@ -401,8 +401,8 @@ def class_check(model: AmortizedModel, ds: Dataset, idx: np.ndarray, device: tor
     return {
         "classifier": f"logistic regression on {CHECK_SIZE}x{CHECK_SIZE} pixels, fitted on the real images",
         "real_accuracy": float(np.mean(accs)), "real_accuracy_std": float(np.std(accs)),
-        "real_repeat_std": float(np.std(repeat_means)), "real_repeat_accuracies": [round(float(a), 4) for a in repeat_means],
-        "n_folds": n_folds, "n_repeats": n_repeats,
+        "real_repeat_std": float(np.std(repeat_means)),
+        "real_repeat_accuracies": [round(float(a), 4) for a in repeat_means], "n_folds": n_folds, "n_repeats": n_repeats,
         "chance": float(np.bincount(y).max() / len(y)),
         "transferred_as_target_class": float((pred == y[b_rows]).mean()),
         "transferred_as_content_class": float((pred == y[a_rows]).mean()),
