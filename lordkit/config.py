@@ -178,6 +178,10 @@ class AmortizedTrainConfig:
     loss: str = "vgg"
     content_weight: float = 10.0  # weight of MSE(content_encoder(img), stage-1 content code)
     class_weight: float = 10.0  # weight of MSE(class_encoder(img), stage-1 class code)
+    # Class swap: each step the frozen stage-1 generator also draws the batch's content codes in random
+    # classes, and the encoders are asked for both codes back from those images (the two terms above,
+    # times this weight; 0 = off): the content encoder sees every content in every class.
+    swap_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     collapse_threshold: float = 0.005  # as latent.collapse_threshold, probed through the encoders
@@ -187,9 +191,9 @@ class AmortizedTrainConfig:
 
     def __post_init__(self) -> None:
         _check_stage(self, "amortized")
-        _require(self.content_weight >= 0 and self.class_weight >= 0,
-                 "amortized.content_weight and class_weight must be >= 0, "
-                 f"got {self.content_weight}, {self.class_weight}")
+        _require(self.content_weight >= 0 and self.class_weight >= 0 and self.swap_weight >= 0,
+                 "amortized.content_weight, class_weight and swap_weight must be >= 0, "
+                 f"got {self.content_weight}, {self.class_weight}, {self.swap_weight}")
 
 
 def _check_stage(cfg: Any, section: str) -> None:
@@ -370,13 +374,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # images that are mostly background (without it, stage 1 can end with a black image for every
     # code); a squared-error term next to L1; learning rates 3x (generator) and 10x (codes) the
     # reference's; content noise std 0.5 ramped up over the first third of stage 1; batch 16 (more
-    # steps: each content code is updated once per epoch).
+    # steps: each content code is updated once per epoch); in stage 2 the class swap (swap_weight).
     "small": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64, output_margin=0.01),
         "latent": dict(batch_size=16, n_epochs=300, loss="l1+l2", lr_generator=1e-3, lr_latent=3e-2,
                        noise_warmup_epochs=100.0, pca_init=1.0, sample_every_epochs=10),
-        "amortized": dict(batch_size=16, n_epochs=120, loss="l1+l2", lr=1e-3),
+        "amortized": dict(batch_size=16, n_epochs=120, loss="l1+l2", lr=1e-3, swap_weight=4.0),
     },
 }
 # A preset's length in training images seen per stage, where it has one: its n_epochs above are those

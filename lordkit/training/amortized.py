@@ -22,7 +22,7 @@ from lordkit.fsutil import atomic_write_bytes
 from lordkit.modeldir import (check_data_matches, checkpoint_dir, checkpoint_progress, config_path, is_model_dir,
                               load_config, load_latent, save_config, save_weights, stage_settings, stage_weights,
                               weights_path)
-from lordkit.models import AmortizedModel, amortized_from_latent
+from lordkit.models import AmortizedModel, LatentModel, amortized_from_latent
 from lordkit.training.budget import deadline, fit_to_budget
 from lordkit.training.data import ImageBank
 from lordkit.training.loop import Loop, LoopSpec, sample_grid
@@ -81,6 +81,21 @@ class _SampleGrid:
         k = len(self.fixed)
         out, _, _ = self.model.convert(imgs.repeat(k, 1, 1, 1), imgs.repeat_interleave(k, 0))  # (K*K, C, H, W)
         return sample_grid(imgs, out)
+
+
+def class_swap_terms(latent: LatentModel, model: AmortizedModel, content_codes: Tensor, n_classes: int,
+                     cast: Callable[[], Any]) -> tuple[Tensor, Tensor]:
+    """The class-swap terms of stage 2 (amortized.swap_weight): the stage-1 generator (frozen) draws
+    each content code in a class drawn at random; the squared error of the content encoder's code of
+    that image against the content code, and of the class encoder's code against the drawn class's.
+    `cast`: the autocast context of the step."""
+    with torch.no_grad(), cast():
+        classes = torch.randint(0, n_classes, (len(content_codes),), device=content_codes.device)
+        class_codes = latent.class_embedding(classes).float()
+        drawn = latent.generator(content_codes, latent.modulation(class_codes)).float()
+    with cast():
+        content_out, class_out = model.content_encoder(drawn), model.class_encoder(drawn)
+    return ((content_out.float() - content_codes).pow(2).mean(), (class_out.float() - class_codes).pow(2).mean())
 
 
 def train_amortized(
@@ -142,7 +157,13 @@ def train_amortized(
             content_mse = (content_code.float() - content_target).pow(2).mean()
             class_mse = (class_code.float() - class_target).pow(2).mean()
             loss = rec + ac.content_weight * content_mse + ac.class_weight * class_mse
-            return loss, {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
+            metrics = {"rec": rec, "content_mse": content_mse, "class_mse": class_mse}
+            if ac.swap_weight:
+                swap_content_mse, swap_class_mse = class_swap_terms(
+                    latent, model, content_target, cfg.model.n_classes, lambda: autocast(dev, amp, cpu_bf16))
+                loss = loss + ac.swap_weight * (ac.content_weight * swap_content_mse + ac.class_weight * swap_class_mse)
+                metrics.update(swap_content_mse=swap_content_mse, swap_class_mse=swap_class_mse)
+            return loss, metrics
 
         fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
         sample = _SampleGrid(model, bank, fixed)
