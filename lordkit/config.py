@@ -191,8 +191,8 @@ class AmortizedTrainConfig:
 
     def __post_init__(self) -> None:
         _check_stage(self, "amortized")
-        _require(self.content_weight >= 0 and self.class_weight >= 0 and self.swap_weight >= 0,
-                 "amortized.content_weight, class_weight and swap_weight must be >= 0, "
+        _require(all(math.isfinite(w) and w >= 0 for w in (self.content_weight, self.class_weight, self.swap_weight)),
+                 "amortized.content_weight, class_weight and swap_weight must be finite and >= 0, "
                  f"got {self.content_weight}, {self.class_weight}, {self.swap_weight}")
 
 

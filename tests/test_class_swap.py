@@ -90,9 +90,10 @@ def test_gradient_reaches_the_encoders_only():
     assert latent.class_embedding.weight.grad is None
 
 
-def test_a_negative_weight_is_refused():
-    with pytest.raises(ConfigError, match="swap_weight must be >= 0"):
-        tiny_cfg("amortized.swap_weight=-1")
+def test_a_negative_or_infinite_weight_is_refused():
+    for value in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="swap_weight must be finite and >= 0"):
+            tiny_cfg(f"amortized.swap_weight={value}")
 
 
 def test_stage_two_with_the_swap_logs_its_terms_and_resumes_to_the_same_weights(data, tmp_path):  # noqa: F811
