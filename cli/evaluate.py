@@ -15,6 +15,12 @@ from lordkit.fsutil import data_dir, model_dir
 from .common import get_base, handle_errors, say
 
 
+def cv_method(n_folds: int, n_repeats: int, repeat_std: float | None) -> str:
+    """'5-fold CV', or '5-fold CV x 5, partitions' std 1.4%' where the cross-validation was repeated."""
+    repeated = f" x {n_repeats}, partitions' std {repeat_std:.1%}" if n_repeats > 1 else ""
+    return f"{n_folds}-fold CV{repeated}"
+
+
 def results_table(r: dict) -> Table:
     t = Table(title=f"evaluate {r['model']} on {r['data']} ({r['n_imgs']} images)")
     t.add_column("measure")
@@ -27,10 +33,8 @@ def results_table(r: dict) -> Table:
         if key in r["leakage"]:
             v = r["leakage"][key]
             spread = f" ± {v['accuracy_std']:.1%}" if "accuracy_std" in v else ""
-            method = f"{v['n_folds']}-fold CV" if "n_folds" in v else ""
-            if method and v.get("n_repeats", 1) > 1:
-                method += f" x {v['n_repeats']}, partitions' std {v['repeat_std']:.1%}"
-            folds = f" ({method})" if method else ""
+            folds = (f" ({cv_method(v['n_folds'], v.get('n_repeats', 1), v.get('repeat_std'))})"
+                     if "n_folds" in v else "")
             t.add_row(f"leakage: {label}{folds}", f"{v['accuracy']:.1%}{spread}", f"chance {v['chance']:.1%}")
     tr = r.get("transfer")
     if tr:
@@ -46,8 +50,8 @@ def results_table(r: dict) -> Table:
     cc = r.get("class_check")
     if cc:
         t.add_row("independent classifier on real images", f"{cc['real_accuracy']:.1%} ± {cc['real_accuracy_std']:.1%}",
-                  f"{cc['n_folds']}-fold CV" + (f" x {cc['n_repeats']}, partitions' std {cc['real_repeat_std']:.1%}"
-                                                if cc.get("n_repeats", 1) > 1 else "") + f"; chance {cc['chance']:.1%}")
+                  f"{cv_method(cc['n_folds'], cc.get('n_repeats', 1), cc.get('real_repeat_std'))}; "
+                  f"chance {cc['chance']:.1%}")
         t.add_row("transferred images seen in the target class", f"{cc['transferred_as_target_class']:.1%}",
                   f"in the content's class {cc['transferred_as_content_class']:.1%}")
         cs = cc["content_survival"]
