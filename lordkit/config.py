@@ -90,6 +90,7 @@ class ModelConfig:
             2**self.enc_n_downsamplings <= self.img_size,
             f"model.enc_conv_dims has {self.enc_n_downsamplings} downsamplings, too many for img_size {self.img_size}",
         )
+        _check_finite(self, "model")
 
     @staticmethod
     def min_adain_layers(img_size: int) -> int:
@@ -164,6 +165,7 @@ class LatentTrainConfig:
                  f"latent.noise_warmup_epochs must be >= 0, got {self.noise_warmup_epochs}")
         _require(self.sample_every_epochs >= 1,
                  f"latent.sample_every_epochs must be >= 1, got {self.sample_every_epochs}")
+        _check_finite(self, "latent")
 
 
 @dataclass
@@ -194,6 +196,15 @@ class AmortizedTrainConfig:
         _require(all(math.isfinite(w) and w >= 0 for w in (self.content_weight, self.class_weight, self.swap_weight)),
                  "amortized.content_weight, class_weight and swap_weight must be finite and >= 0, "
                  f"got {self.content_weight}, {self.class_weight}, {self.swap_weight}")
+        _check_finite(self, "amortized")
+
+
+def _check_finite(cfg: Any, section: str) -> None:
+    """Every number of a section finite: an infinite or NaN rate, weight or std would only show up as a
+    NaN loss after training started (run after the section's own checks, whose messages come first)."""
+    for name, tp in _field_types(type(cfg)).items():
+        values = getattr(cfg, name) if _tuple_item_type(tp) is float else (getattr(cfg, name),) if tp is float else ()
+        _require(all(math.isfinite(v) for v in values), f"{section}.{name} must be a finite number, got {getattr(cfg, name)}")
 
 
 def _check_stage(cfg: Any, section: str) -> None:

@@ -254,3 +254,22 @@ def test_a_non_finite_loss_without_checkpoint_offers_no_resume(data, tmp_path): 
     finally:
         handle.remove()
     assert "no checkpoint was written yet" in str(e.value) and "--resume" not in str(e.value)
+
+
+def test_every_number_of_the_config_must_be_finite(tmp_path):
+    # A rate, decay or std of inf or nan would only show up as a NaN loss, with a hint to lower the
+    # learning rate: refused when the config is read, in every section, as a --set and in config.json.
+    for key in ("amortized.lr", "latent.content_decay", "latent.lr_generator", "model.content_std",
+                "latent.collapse_threshold"):
+        for value in ("inf", "-inf", "nan"):
+            with pytest.raises(ConfigError, match=key.split(".")[1]):
+                tiny_cfg(f"{key}={value}")
+    with pytest.raises(ConfigError, match="amortized.lr must be a finite number, got inf"):
+        tiny_cfg("amortized.lr=inf")
+    raw = tiny_cfg().to_json()
+    raw["latent"]["content_decay"] = float("inf")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))  # written as Infinity, which json reads back as inf
+    with pytest.raises(ConfigError, match="latent.content_decay must be a finite number"):
+        type(tiny_cfg()).load(path)
+    assert type(tiny_cfg()).from_json(tiny_cfg().to_json()) == tiny_cfg()  # finite configs still read
