@@ -22,7 +22,7 @@ from lordkit.errors import LordkitError
 from lordkit.fsutil import atomic_write_json, read_json
 
 LOSSES = ("vgg", "l1", "l2", "l1+l2", "lap1")
-PCA_FEATURES = ("deviation", "signed")  # lordkit.training.init.MODES
+PCA_FEATURES = ("deviation", "signed", "colour")  # lordkit.training.init.MODES
 
 
 class ConfigError(LordkitError, ValueError):
@@ -132,7 +132,9 @@ class LatentTrainConfig:
     # > 0: content codes start as the principal components of what differs within each class, each
     # dimension scaled to this std (lordkit.training.init); 0: the uniform start above, as the paper.
     pca_init: float = 0.0
-    pca_features: str = "deviation"  # "deviation" (|image - class median|, colour-blind) or "signed" (image - class mean)
+    # "deviation" (|image - class median|, colour-blind), "colour" (deviation plus the hue of what
+    # differs, where hue varies within classes) or "signed" (image - class mean)
+    pca_features: str = "deviation"
     # > 0: weight of a term that pulls each class's content codes towards one shared mean and
     # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
     class_moments: float = 0.0

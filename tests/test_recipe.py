@@ -12,6 +12,7 @@ from lordkit.config import ConfigError
 from lordkit.data.store import Dataset, DatasetMeta, StoreWriter
 from lordkit.losses import L1L2Loss, L2Loss, make_loss
 from lordkit.training import train_latent
+from lordkit.training import init
 from lordkit.training.init import pca_content_codes
 from test_training import data, quiet, tiny_cfg  # noqa: F401  (the module's dataset fixture)
 
@@ -235,9 +236,62 @@ def test_deviation_features_are_blind_to_the_class_colours(tmp_path):
     assert np.allclose(dev[:n_pos], dev[n_pos:], atol=1e-4)
     assert np.allclose(signed[:n_pos], -signed[n_pos:], atol=1e-4)
     with pytest.raises(ValueError, match="unknown mode"):
-        pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="colour")
+        pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="hue")
     with pytest.raises(ConfigError, match="pca_features"):
-        tiny_cfg("latent.pca_features=colour")
+        tiny_cfg("latent.pca_features=hue")
+
+
+def shapes_on_grey(path, hue_is_content: bool, channels: int = 3, background: int = 128):
+    """Two classes (a square, a bar) at 4 positions and, where hue_is_content, in 3 hues of one
+    brightness (content = position x hue); otherwise each class has its own hue."""
+    side, hues = 16, ((230, 40, 40), (40, 230, 40), (40, 40, 230))
+    imgs, cls, content = [], [], []
+    for c in range(2):
+        for p in range(4):
+            for h in range(3 if hue_is_content else 1):
+                img = np.full((side, side, 3), background, np.uint8)
+                y, x = 2 + 7 * (p // 2), 2 + 7 * (p % 2)
+                img[y:y + 5, x:x + (5 if c == 0 else 2)] = hues[h if hue_is_content else c]
+                imgs.append(img if channels == 3 else img.mean(axis=-1, keepdims=True).astype(np.uint8))
+                cls.append(c), content.append(3 * p + h)
+    path.mkdir()
+    w = StoreWriter(path, side, channels)
+    w.add(np.stack(imgs), np.array(cls), np.array(content))
+    w.close(DatasetMeta(dataset_id="arrays", img_size=side, channels=channels, class_names=["square", "bar"],
+                        n_imgs=len(imgs)))
+    return Dataset(path), np.array(content)
+
+
+@pytest.mark.parametrize("background", [128, 0, 200])
+def test_colour_features_add_the_hue_of_what_differs(tmp_path, background):
+    ds, content = shapes_on_grey(tmp_path / "d", hue_is_content=True, background=background)
+    dev = pca_content_codes(ds, dim=6, std=1.0, seed=0, mode="deviation")
+    col = pca_content_codes(ds, dim=6, std=1.0, seed=0, mode="colour")
+    hue = np.eye(3)[content % 3]
+
+    def r2(codes, target):
+        x = np.c_[codes, np.ones(len(codes))]
+        coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+        return 1 - ((target - x @ coef) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()
+
+    # The deviation maps are blind to the hue; the colour codes' last two dimensions are the hue
+    # whatever the background, the same pair for the same hue in both classes (object sizes 25 and
+    # 10 px: only the small floor of the chroma size tells them apart).
+    assert r2(dev, hue) < 0.1
+    assert r2(col[:, 4:], hue) > 0.99
+    assert np.allclose(col[:12, 4:], col[12:, 4:], rtol=0.05, atol=0.05)
+    # Its first dimensions are the deviation components, fewer of them; each dimension scaled to std.
+    assert np.allclose(np.abs(col[:, :4]), np.abs(dev[:, :4]), atol=1e-4)
+    assert np.allclose(col[:, :4].std(axis=0), 1.0, atol=1e-3)
+    assert np.allclose(col[:, 4:].std(axis=0), init.HUE_GAIN, atol=1e-3)
+
+
+@pytest.mark.parametrize("hue_is_content, channels", [(False, 3), (True, 1)])
+def test_colour_features_without_hue_within_classes_are_the_deviation_ones(tmp_path, hue_is_content, channels):
+    # Hue a class attribute (it varies between classes only), or one-channel images: nothing to add.
+    ds, _ = shapes_on_grey(tmp_path / "d", hue_is_content=hue_is_content, channels=channels)
+    assert np.array_equal(pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="colour"),
+                          pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="deviation"))
 
 
 def test_a_non_finite_loss_without_checkpoint_offers_no_resume(data, tmp_path):  # noqa: F811

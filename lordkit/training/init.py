@@ -15,6 +15,13 @@ Two kinds of features are fitted (`mode`):
   background), averaged over the channels, minus that map's class mean: a grey "where this image
   differs from its class" map whatever the colours. Content that is only a colour (hue as a content
   factor) is not in these maps; stage 1 learns it from there.
+- "colour": the "deviation" components, plus two dimensions for hue: each image's chroma (two
+  opponent axes, red-green and yellow-blue) summed over its pixels and divided by the summed chroma
+  size, so that an object's hue gives the same pair whatever its size and place, on any grey
+  background (black, mid-grey, light or textured: grey pixels carry no chroma), minus its class
+  mean. The pair starts at HUE_GAIN times the std of the other dimensions. Colour images only, and
+  only where colour varies within a class; otherwise those dimensions go to the "deviation"
+  components.
 
 The components are fitted on a seeded subsample of at most `max_fit` images, pooled to at most 32 px,
 in float64 on the CPU: the same codes on every rank and for every world size.
@@ -32,7 +39,7 @@ FIT_SIDE = 32  # images are area-pooled to at most this side before the fit and 
 MAX_FIT = 4096  # images the components are fitted on
 MEDIAN_PER_CLASS = 256  # images of a class its median image is taken over (seeded subsample)
 CHUNK = 4096  # images projected at a time
-MODES = ("signed", "deviation")
+MODES = ("signed", "deviation", "colour")
 
 
 def _pooled(ds: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -52,7 +59,7 @@ class _Features:
         self.class_ids = np.asarray(ds.class_ids)
         self.n_classes = max(ds.n_classes, int(self.class_ids.max()) + 1)
         self.medians = None
-        if mode == "deviation":  # each class's median image, over a seeded subsample of its images
+        if mode in ("deviation", "colour"):  # each class's median image, over a seeded subsample of its images
             side = _pooled(ds, np.arange(1)).shape[1:]
             self.medians = np.zeros((self.n_classes, *side))
             for c in range(self.n_classes):
@@ -73,7 +80,7 @@ class _Features:
 
     def _uncentred(self, rows: np.ndarray) -> np.ndarray:
         x = _pooled(self.ds, rows)
-        if self.mode == "deviation":
+        if self.mode in ("deviation", "colour"):
             x = np.abs(x - self.medians[self.class_ids[rows]]).mean(axis=-1)
         return x.reshape(len(rows), -1)
 
@@ -82,12 +89,46 @@ class _Features:
         return self._uncentred(rows) - self.means[self.class_ids[rows]]
 
 
+# Opponent colour axes (red-green, yellow-blue), unit length, each orthogonal to grey (1, 1, 1).
+OPPONENT = np.array([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[2.0], [6.0]])
+# The hue pair starts at this multiple of the other dimensions' std: at 1x, stage 1 on hue over a
+# mid-grey background (lap1 loss) drew every object dark grey in two of six runs, the generator never
+# reading the pair; at 3x it drew the hues (docs/training-recipes.md).
+HUE_GAIN = 3.0
+# Added per pixel to the summed chroma size (0-1 scale): a nearly grey image gets a short pair.
+CHROMA_FLOOR = 1e-3
+HUE_WITHIN_SHARE = 0.5  # "colour" keeps its hue pair where at least this share of its spread is within classes
+
+
+def hue_pairs(ds: Dataset, class_ids: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """(len(ds), 2): each image's opponent chroma summed over its pixels and divided by the summed
+    chroma size (the mean hue direction of its coloured pixels; grey pixels add nothing), minus its
+    class mean; None for one-channel images or where the pair's spread is mostly between classes
+    (colour a class attribute)."""
+    if ds.meta.channels != 3:
+        return None
+    pairs = np.zeros((len(ds), 2))
+    for start in range(0, len(ds), CHUNK):
+        rows = np.arange(start, min(len(ds), start + CHUNK))
+        chroma = _pooled(ds, rows).reshape(len(rows), -1, 3) @ OPPONENT.T  # (n, pixels, 2)
+        size = np.linalg.norm(chroma, axis=-1).sum(axis=1) + CHROMA_FLOOR * chroma.shape[1]
+        pairs[rows] = chroma.sum(axis=1) / size[:, None]
+    means = np.zeros((n_classes, 2))
+    np.add.at(means, class_ids, pairs)
+    means /= np.maximum(np.bincount(class_ids, minlength=n_classes), 1)[:, None]
+    within = pairs - means[class_ids]
+    total = (pairs - pairs.mean(axis=0)).std()
+    if total <= 1e-9 or within.std() < HUE_WITHIN_SHARE * total:
+        return None
+    return within
+
+
 def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, mode: str = "deviation",
                       max_fit: int = MAX_FIT) -> np.ndarray:
     """(len(ds), dim) float32 start codes: the images' features (`mode`, minus their class means)
     projected on the top `dim` principal components of such features, each dimension scaled to `std`
-    over the dataset. Dimensions beyond the features' rank (fewer images or pixels than dim, constant
-    images) are left at 0."""
+    over the dataset ("colour": the last two are the hue pair, see hue_pairs). Dimensions beyond the
+    features' rank (fewer images or pixels than dim, constant images) are left at 0."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     n = len(ds)
@@ -96,6 +137,10 @@ def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, mode: str = 
         return codes
     rng = np.random.default_rng(seed + 7919)
     features = _Features(ds, mode, rng)
+    hues = hue_pairs(ds, features.class_ids, features.n_classes) if mode == "colour" and dim > 2 else None
+    if hues is not None:  # the last two dimensions: the hue pair, each scaled to HUE_GAIN * std
+        dim -= 2
+        codes[:, dim:] = hues * (HUE_GAIN * std / np.maximum(hues.std(axis=0), 1e-12))
 
     # Components of a seeded subsample's features.
     fit = np.sort(rng.choice(n, min(n, max_fit), replace=False))
