@@ -241,15 +241,19 @@ def test_deviation_features_are_blind_to_the_class_colours(tmp_path):
         tiny_cfg("latent.pca_features=hue")
 
 
-def shapes_on_grey(path, hue_is_content: bool, channels: int = 3, background: int = 128):
+def shapes_on_grey(path, hue_is_content: bool, channels: int = 3, background: int = 128, textured: bool = False):
     """Two classes (a square, a bar) at 4 positions and, where hue_is_content, in 3 hues of one
-    brightness (content = position x hue); otherwise each class has its own hue."""
+    brightness (content = position x hue); otherwise each class has its own hue. textured: each
+    image's background is grey noise of its own (levels 60-200) instead of the flat level."""
     side, hues = 16, ((230, 40, 40), (40, 230, 40), (40, 40, 230))
+    rng = np.random.default_rng(0)
     imgs, cls, content = [], [], []
     for c in range(2):
         for p in range(4):
             for h in range(3 if hue_is_content else 1):
                 img = np.full((side, side, 3), background, np.uint8)
+                if textured:
+                    img[:] = rng.integers(60, 200, (side, side, 1), dtype=np.uint8)
                 y, x = 2 + 7 * (p // 2), 2 + 7 * (p % 2)
                 img[y:y + 5, x:x + (5 if c == 0 else 2)] = hues[h if hue_is_content else c]
                 imgs.append(img if channels == 3 else img.mean(axis=-1, keepdims=True).astype(np.uint8))
@@ -263,7 +267,7 @@ def shapes_on_grey(path, hue_is_content: bool, channels: int = 3, background: in
 
 
 @pytest.mark.parametrize("background", [128, 0, 200])
-def test_colour_features_add_the_hue_of_what_differs(tmp_path, background):
+def test_colour_features_add_each_images_hue(tmp_path, background):
     ds, content = shapes_on_grey(tmp_path / "d", hue_is_content=True, background=background)
     dev = pca_content_codes(ds, dim=6, std=1.0, seed=0, mode="deviation")
     col = pca_content_codes(ds, dim=6, std=1.0, seed=0, mode="colour")
@@ -286,10 +290,12 @@ def test_colour_features_add_the_hue_of_what_differs(tmp_path, background):
     assert np.allclose(col[:, 4:].std(axis=0), init.HUE_GAIN, atol=1e-3)
 
 
-@pytest.mark.parametrize("hue_is_content, channels", [(False, 3), (True, 1)])
-def test_colour_features_without_hue_within_classes_are_the_deviation_ones(tmp_path, hue_is_content, channels):
-    # Hue a class attribute (it varies between classes only), or one-channel images: nothing to add.
-    ds, _ = shapes_on_grey(tmp_path / "d", hue_is_content=hue_is_content, channels=channels)
+@pytest.mark.parametrize("hue_is_content, channels, textured", [(False, 3, False), (False, 3, True), (True, 1, False)])
+def test_colour_features_without_hue_within_classes_are_the_deviation_ones(tmp_path, hue_is_content, channels,
+                                                                           textured):
+    # Hue a class attribute (it varies between classes only; a grey texture that differs from image
+    # to image adds no chroma), or one-channel images: nothing to add.
+    ds, _ = shapes_on_grey(tmp_path / "d", hue_is_content=hue_is_content, channels=channels, textured=textured)
     assert np.array_equal(pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="colour"),
                           pca_content_codes(ds, dim=4, std=1.0, seed=0, mode="deviation"))
 
