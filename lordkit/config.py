@@ -132,8 +132,8 @@ class LatentTrainConfig:
     # > 0: content codes start as the principal components of what differs within each class, each
     # dimension scaled to this std (lordkit.training.init); 0: the uniform start above, as the paper.
     pca_init: float = 0.0
-    # "deviation" (|image - class median|, colour-blind), "colour" (deviation plus the hue of what
-    # differs, where hue varies within classes) or "signed" (image - class mean)
+    # "deviation" (|image - class median|, colour-blind), "colour" (deviation plus each image's hue,
+    # where hue varies within classes) or "signed" (image - class mean)
     pca_features: str = "deviation"
     # > 0: weight of a term that pulls each class's content codes towards one shared mean and
     # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
