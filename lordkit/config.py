@@ -163,6 +163,9 @@ class LatentTrainConfig:
                  f"latent.class_moments must be a finite number >= 0, got {self.class_moments}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
+        _require(self.pca_init > 0 or self.pca_features == "deviation",
+                 f"latent.pca_features={self.pca_features} shapes the start codes from the data, which "
+                 f"latent.pca_init=0 turns off: set latent.pca_init too (1 in the small preset)")
         _require(self.noise_warmup_epochs >= 0,
                  f"latent.noise_warmup_epochs must be >= 0, got {self.noise_warmup_epochs}")
         _require(self.sample_every_epochs >= 1,

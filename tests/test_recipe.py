@@ -100,6 +100,13 @@ def test_stage_one_starts_from_the_pca_codes(data, tmp_path):  # noqa: F811
 def test_pca_init_is_validated():
     with pytest.raises(ConfigError, match="pca_init"):
         tiny_cfg("latent.pca_init=-1")
+    # A feature choice that the uniform start would ignore is refused, in either order of the overrides.
+    for overrides in (("latent.pca_init=0", "latent.pca_features=colour"),
+                      ("latent.pca_features=signed", "latent.pca_init=0")):
+        with pytest.raises(ConfigError, match="latent.pca_init=0 turns off"):
+            tiny_cfg(*overrides)
+    assert tiny_cfg("latent.pca_init=0").latent.pca_features == "deviation"
+    assert tiny_cfg("latent.pca_init=2", "latent.pca_features=colour").latent.pca_features == "colour"
 
 
 def test_squared_error_losses():
