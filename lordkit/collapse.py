@@ -38,7 +38,7 @@ RATIOS = ("content_ratio", "class_ratio")
 # What a collapse warning suggests, per stage (levers that exist as config fields).
 COLLAPSE_HINTS = {
     "latent": "try --preset small (start codes from the data: latent.pca_init; an output margin that keeps "
-              "the sigmoid trainable: model.output_margin; --loss l1+l2), a smaller model.content_std "
+              "the sigmoid trainable: model.output_margin; --loss lap1), a smaller model.content_std "
               "or a longer latent.noise_warmup_epochs (docs/training-recipes.md)",
     "amortized": "check stage 1's samples first (a collapsed stage 1 cannot be amortized); else try "
                  "a lower amortized.lr (docs/training-recipes.md)",

@@ -386,17 +386,19 @@ def tiny_model(img_size: int = 32, channels: int = 3, **fields: Any) -> ModelCon
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Small datasets on a CPU or offline (docs/training-recipes.md has every measurement): a small
     # model; content codes that start as the images' principal components within their class
-    # (informative from step 0); an output margin that keeps the generator's sigmoid trainable on
-    # images that are mostly background (without it, stage 1 can end with a black image for every
-    # code); a squared-error term next to L1; learning rates 3x (generator) and 10x (codes) the
-    # reference's; content noise std 0.5 ramped up over the first third of stage 1; batch 16 (more
-    # steps: each content code is updated once per epoch); in stage 2 the class swap (swap_weight).
+    # (informative from step 0), with a hue pair where hue varies within the classes (pca_features
+    # "colour"); an output margin that keeps the generator's sigmoid trainable on images that are
+    # mostly background (without it, stage 1 can end with a black image for every code); an L1 loss on
+    # a Laplacian pyramid of the images (lap1: edges weigh as much as flat areas); learning rates 3x
+    # (generator) and 10x (codes) the reference's; content noise std 0.5 ramped up over the first third
+    # of stage 1; batch 16 (more steps: each content code is updated once per epoch); in stage 2 the
+    # class swap (swap_weight).
     "small": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64, output_margin=0.01),
-        "latent": dict(batch_size=16, n_epochs=300, loss="l1+l2", lr_generator=1e-3, lr_latent=3e-2,
-                       noise_warmup_epochs=100.0, pca_init=1.0, sample_every_epochs=10),
-        "amortized": dict(batch_size=16, n_epochs=120, loss="l1+l2", lr=1e-3, swap_weight=4.0),
+        "latent": dict(batch_size=16, n_epochs=300, loss="lap1", lr_generator=1e-3, lr_latent=3e-2,
+                       noise_warmup_epochs=100.0, pca_init=1.0, pca_features="colour", sample_every_epochs=10),
+        "amortized": dict(batch_size=16, n_epochs=120, loss="lap1", lr=1e-3, swap_weight=4.0),
     },
 }
 # A preset's length in training images seen per stage, where it has one: its n_epochs above are those
