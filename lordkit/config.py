@@ -58,9 +58,13 @@ class ModelConfig:
     # > 0: the generator's sigmoid output s becomes (s - m) / (1 - 2m), clamped to [0, 1] outside training
     # (lordkit.models.Generator): black and white are reached at finite logits. 0 = the paper's plain sigmoid.
     output_margin: float = 0.0
+    # Per channel, subtracted from the encoders' input images (0-1 scale; empty: nothing subtracted).
+    # Stage 2 sets it to the training images' mean where amortized.centre_inputs is on.
+    encoder_input_mean: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.enc_conv_dims = tuple(self.enc_conv_dims)
+        self.encoder_input_mean = tuple(float(v) for v in self.encoder_input_mean)
         _require(
             isinstance(self.img_size, int) and _is_pow2(self.img_size) and 32 <= self.img_size <= 256,
             f"model.img_size must be a power of two between 32 and 256, got {self.img_size}",
@@ -86,6 +90,10 @@ class ModelConfig:
         )
         _require(len(self.enc_conv_dims) >= 1 and all(d > 0 for d in self.enc_conv_dims),
                  f"model.enc_conv_dims must be positive channel counts, got {self.enc_conv_dims}")
+        _require(len(self.encoder_input_mean) in (0, self.channels)
+                 and all(0.0 <= v <= 1.0 for v in self.encoder_input_mean),
+                 f"model.encoder_input_mean must be empty or {self.channels} values in [0, 1] (one per channel), "
+                 f"got {list(self.encoder_input_mean)}")
         _require(
             2**self.enc_n_downsamplings <= self.img_size,
             f"model.enc_conv_dims has {self.enc_n_downsamplings} downsamplings, too many for img_size {self.img_size}",
@@ -189,6 +197,10 @@ class AmortizedTrainConfig:
     # classes, and the encoders are asked for both codes back from those images (the two terms above,
     # times this weight; 0 = off): the content encoder sees every content in every class.
     swap_weight: float = 0.0
+    # Subtract the training images' mean colour from the encoders' inputs (model.encoder_input_mean, set
+    # when the stage starts). Without it a class encoder fed thin strokes on a mid-grey or light
+    # background regressed every image to the mean class code for the whole stage (training-recipes.md).
+    centre_inputs: bool = False
     seed: int = 0
     log_every: int = 50
     collapse_threshold: float = 0.005  # as latent.collapse_threshold, probed through the encoders
@@ -398,7 +410,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64, output_margin=0.01),
         "latent": dict(batch_size=16, n_epochs=300, loss="lap1", lr_generator=1e-3, lr_latent=3e-2,
                        noise_warmup_epochs=100.0, pca_init=1.0, pca_features="colour", sample_every_epochs=10),
-        "amortized": dict(batch_size=16, n_epochs=120, loss="lap1", lr=1e-3, swap_weight=4.0),
+        "amortized": dict(batch_size=16, n_epochs=120, loss="lap1", lr=1e-3, swap_weight=4.0, centre_inputs=True),
     },
 }
 # A preset's length in training images seen per stage, where it has one: its n_epochs above are those

@@ -379,6 +379,10 @@ class Encoder(FormedModule):
 
     def __init__(self, cfg: ModelConfig, code_dim: int):
         super().__init__()
+        # model.encoder_input_mean, subtracted from the input (kept in the config, not in the weights)
+        mean = torch.tensor(cfg.encoder_input_mean or (0.0,) * cfg.channels, dtype=torch.float32)
+        self.register_buffer("input_mean", mean.reshape(1, cfg.channels, 1, 1), persistent=False)
+        self.centred = bool(cfg.encoder_input_mean)
         dims = cfg.enc_conv_dims
         layers: list[nn.Module] = [nn.Conv2d(cfg.channels, dims[0], kernel_size=7, stride=1, padding=3), nn.LeakyReLU()]
         for c_in, c_out in zip(dims[:-1], dims[1:]):
@@ -397,6 +401,8 @@ class Encoder(FormedModule):
         self.layout, self.form = FORM_PARTS[form][0](), form
 
     def forward(self, img: Tensor) -> Tensor:
+        if self.centred:
+            img = img - self.input_mean
         x = self.conv_layers(self.layout(img))
         x = torch.flatten(x, 1)  # NCHW order whatever the memory format (channels-last safe)
         return self.fc_layers(x)

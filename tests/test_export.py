@@ -295,3 +295,18 @@ def test_cli_export_int8_calibrates_on_a_dataset(cli, base):
     manifest = json.loads((base / "exports" / "q" / "manifest.json").read_text())
     int8 = [f for f in manifest["sha256"] if f.endswith(".int8.onnx")]
     assert len(int8) == 4 and all((base / "exports" / "q" / f).exists() for f in int8)
+
+
+def test_encoder_input_mean_is_exported(tmp_path):
+    # The mean the encoders subtract (model.encoder_input_mean) is part of every format's graph.
+    plain = make_model_dir(tmp_path / "plain", n_classes=2)
+    model = make_model_dir(tmp_path / "m", n_classes=2, encoder_input_mean=(0.9, 0.1, 0.5))
+    man = exporter.export_model(model, tmp_path / "out", show=False)
+    feed = inputs(man, "transfer", 4)
+    want = reference(model, "transfer", feed)
+    assert np.abs(want - reference(plain, "transfer", feed)).max() > 1e-3  # same seed: only the mean differs
+    sess = ort.InferenceSession(str(tmp_path / "out" / "transfer.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, feed)[0] - want).max() < 1e-4
+    ts = torch.jit.load(str(tmp_path / "out" / man["models"]["transfer"]["files"]["torchscript"]))
+    with torch.inference_mode():
+        assert np.abs(ts(*(torch.from_numpy(x) for x in feed.values())).numpy() - want).max() < 1e-4

@@ -49,7 +49,18 @@ def _start_stage(ds: Dataset, model_dir: Path, changes: dict[str, Any] | None, *
                                    "--resume to finish it or --force to start it anew")
             raise LordkitError(f"{ckpt} holds an unfinished stage 2; pass --resume to continue it "
                                "or --force to start it anew")
+        # The encoders' input centring belongs to the run that trains them (a resume keeps its own).
+        cfg = cfg.replace(model={"encoder_input_mean": channel_means(ds) if cfg.amortized.centre_inputs else ()})
         save_config(model_dir, cfg)
+
+
+def channel_means(ds: Dataset, chunk: int = 4096) -> tuple[float, ...]:
+    """Every image's mean value per channel, averaged over the dataset (0-1 scale), rounded to 1e-6."""
+    sums = np.zeros(ds.meta.channels, np.float64)
+    for start in range(0, len(ds), chunk):
+        sums += ds.images[start:start + chunk].sum(axis=(0, 1, 2), dtype=np.float64)
+    pixels = max(len(ds), 1) * ds.meta.img_size ** 2
+    return tuple(round(float(v), 6) for v in sums / (255.0 * pixels))
 
 
 @contextlib.contextmanager
