@@ -41,7 +41,8 @@ COLLAPSE_HINTS = {
               "the sigmoid trainable: model.output_margin; --loss lap1), a smaller model.content_std "
               "or a longer latent.noise_warmup_epochs (docs/training-recipes.md)",
     "amortized": "check stage 1's samples first (a collapsed stage 1 cannot be amortized); else try "
-                 "a lower amortized.lr (docs/training-recipes.md)",
+                 "--set amortized.centre_inputs=true (on a grey or light background) or a lower amortized.lr "
+                 "(docs/training-recipes.md)",
 }
 
 
