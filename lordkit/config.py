@@ -404,7 +404,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # a Laplacian pyramid of the images (lap1: edges weigh as much as flat areas); learning rates 3x
     # (generator) and 10x (codes) the reference's; content noise std 0.5 ramped up over the first third
     # of stage 1; batch 16 (more steps: each content code is updated once per epoch); in stage 2 the
-    # class swap (swap_weight).
+    # class swap (swap_weight) and encoders that read each image less the training images' mean colour
+    # (centre_inputs: on grey or light backgrounds a class encoder otherwise learnt nothing in time).
     "small": {
         "model": dict(img_size=32, content_dim=8, class_dim=16, content_std=0.5, n_adain_layers=3, adain_dim=32,
                       gen_last_dim=16, enc_conv_dims=(16, 32, 64, 64), enc_fc_dim=64, output_margin=0.01),
