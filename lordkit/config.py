@@ -306,9 +306,11 @@ class LordConfig:
         Tuples are comma-separated ("latent.betas=0.5,0.999"); bools accept true/false/1/0/yes/no.
         """
         sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        given = set()
         for item in overrides:
             key, sep, text = item.partition("=")
             key = key.strip()
+            given.add(key)
             section, dot, name = key.partition(".")
             _require(sep == "=" and dot == ".", f"override {item!r} must look like section.field=value")
             _require(section in SECTIONS,
@@ -316,6 +318,11 @@ class LordConfig:
             hints = _field_types(SECTIONS[section])
             _require(name in hints, f"unknown config key {key} (known: {', '.join(hints)})")
             sections[section][name] = _parse(text.strip(), hints[name], key)
+        # The uniform start (latent.pca_init=0) takes no start-code form: a form that came with the
+        # preset is dropped; one asked for beside it is refused (LatentTrainConfig's check).
+        latent = sections["latent"]
+        if "latent.pca_init" in given and "latent.pca_features" not in given and latent["pca_init"] == 0:
+            latent["pca_features"] = "deviation"
         return LordConfig(**{name: SECTIONS[name](**kw) for name, kw in sections.items()})
 
 
