@@ -1,6 +1,7 @@
 """A stage-2 encoder trained alone on a trained stage-1 model: its squared error against the stage-1
 codes of the training images, epoch by epoch, with the images as they are and with their mean colour
-subtracted (amortized.centre_inputs), side by side in one process from the same initial weights.
+subtracted (amortized.centre_inputs: the encoder built with the model's encoder_input_mean, as stage 2
+builds it), side by side in one process from the same initial weights.
 
 Nothing else of stage 2 is there (no generator, no reconstruction, no class swap): the encoder's
 architecture from the model's config, Adam at --lr with stage 2's betas, batches of --batch images
@@ -52,34 +53,35 @@ def run(model_dir: Path, data: Path, encoder: str = "class", epochs: int = 111, 
     ds = Dataset(data)
     target, cfg = targets(model_dir, ds, encoder)
     images = ImageBank(ds, torch.device("cpu")).batch(torch.arange(len(ds)))
-    mean = torch.tensor(channel_means(ds), dtype=torch.float32).reshape(1, -1, 1, 1)
+    means = tuple(channel_means(ds))
     steps_per_epoch = max(1, len(ds) // batch)
     checks = sorted({e for e in range(0, epochs + 1, check_every)} | {epochs})
     curves: dict[str, list[float]] = {}
     for form in FORMS:
         torch.manual_seed(seed)
-        net = Encoder(dataclasses.replace(cfg.model, encoder_input_mean=()), target.shape[1])
+        # The centred form is the encoder stage 2 builds under amortized.centre_inputs: it subtracts the mean.
+        mean = means if form == "centred" else ()
+        net = Encoder(dataclasses.replace(cfg.model, encoder_input_mean=mean), target.shape[1])
         opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.amortized.betas))
-        x = images - mean if form == "centred" else images
         g = torch.Generator().manual_seed(seed)
         curve = []
         for epoch in range(epochs + 1):
             if epoch in checks:
                 with torch.no_grad():
-                    curve.append(float((net.eval()(x) - target).pow(2).mean()))
+                    curve.append(float((net.eval()(images) - target).pow(2).mean()))
                 net.train()
             if epoch == epochs:
                 break
             for _ in range(steps_per_epoch):
                 idx = torch.randint(0, len(ds), (batch,), generator=g)
-                loss = (net(x[idx]) - target[idx]).pow(2).mean()
+                loss = (net(images[idx]) - target[idx]).pow(2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         curves[form] = curve
     spread = float((target - target.mean(0)).pow(2).mean())  # the error of giving every image the mean code
     return {"model_dir": str(model_dir), "data": str(data), "encoder": encoder, "n_imgs": len(ds),
-            "mean": list(channel_means(ds)), "mean_code_error": spread, "epochs": checks, **curves}
+            "mean": list(means), "mean_code_error": spread, "epochs": checks, **curves}
 
 
 def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, Any]:
