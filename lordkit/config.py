@@ -143,6 +143,10 @@ class LatentTrainConfig:
     # "deviation" (|image - class median|, colour-blind), "colour" (deviation plus each image's hue,
     # where hue varies within classes) or "signed" (image - class mean)
     pca_features: str = "deviation"
+    # > 0: the feature maps are blurred (Gaussian, std = this fraction of the image side) before the fit,
+    # so that thin or hollow shapes of different classes at one place and size overlap (their outlines
+    # barely share a pixel); 0: not blurred.
+    pca_blur: float = 0.0
     # > 0: weight of a term that pulls each class's content codes towards one shared mean and
     # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
     class_moments: float = 0.0
@@ -169,6 +173,8 @@ class LatentTrainConfig:
                  f"got {self.pca_init}")
         _require(0 <= self.class_moments < math.inf,
                  f"latent.class_moments must be a finite number >= 0, got {self.class_moments}")
+        _require(0 <= self.pca_blur <= 0.5, f"latent.pca_blur must be in [0, 0.5] (a fraction of the image side), "
+                 f"got {self.pca_blur}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
         _require(self.pca_init > 0 or self.pca_features == "deviation",

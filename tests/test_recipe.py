@@ -84,6 +84,39 @@ def test_codes_of_large_images_are_pooled(tmp_path, monkeypatch):
     assert (full - codes @ coef).std() < 0.1
 
 
+def test_blurred_features_give_outlines_of_two_classes_one_code_per_place_and_size(tmp_path):
+    # A plus and a ring (thin strokes that barely share a pixel) at 3 x 3 places and 2 sizes, on black
+    # and on mid-grey: unblurred, a content's nearest code in the other class is often another place
+    # or size; blurred by a quarter of the side, it is the same content for every image.
+    from lordkit.data.datasets.synthetic import render
+    from lordkit.data.preprocess import normalise_image
+
+    grid = {"x": 3, "y": 3, "scale": 2, "rotation": 1, "hue": 1}
+    n = 18
+    for background in ("black", "mid-grey"):
+        imgs = [normalise_image(render(c, k, grid, ("plus", "ring"), background=background), 32, 3)
+                for c in range(2) for k in range(n)]
+        path = tmp_path / background
+        path.mkdir()
+        w = StoreWriter(path, 32, 3)
+        w.add(np.stack(imgs), np.repeat([0, 1], n), np.tile(np.arange(n), 2))
+        w.close(DatasetMeta(dataset_id="arrays", img_size=32, channels=3, class_names=["plus", "ring"], n_imgs=2 * n))
+        ds = Dataset(path)
+
+        def matched(blur, mode):
+            codes = pca_content_codes(ds, dim=4, std=1.0, seed=0, mode=mode, blur=blur)
+            nearest = ((codes[:n, None] - codes[None, n:]) ** 2).sum(-1)
+            return min((nearest.argmin(1) == np.arange(n)).mean(), (nearest.argmin(0) == np.arange(n)).mean())
+
+        for mode in ("deviation", "signed"):
+            assert matched(0.0, mode) <= 0.5
+            assert matched(0.25, mode) == 1.0
+    with pytest.raises(ConfigError, match="pca_blur"):
+        tiny_cfg("latent.pca_blur=0.6")
+    with pytest.raises(ConfigError, match="pca_blur"):
+        tiny_cfg("latent.pca_blur=-0.1")
+
+
 def test_stage_one_starts_from_the_pca_codes(data, tmp_path):  # noqa: F811
     m = tmp_path / "m"
     train_latent(data, m, tiny_cfg("latent.n_epochs=0", "latent.pca_init=0.5"), **quiet())

@@ -29,6 +29,7 @@ in float64 on the CPU: the same codes on every rank and for every world size.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,8 +55,8 @@ def _pooled(ds: Dataset, rows: np.ndarray) -> np.ndarray:
 class _Features:
     """Per-image feature rows of one mode, with the class-wise centring both modes need."""
 
-    def __init__(self, ds: Dataset, mode: str, rng: np.random.Generator):
-        self.ds, self.mode = ds, mode
+    def __init__(self, ds: Dataset, mode: str, rng: np.random.Generator, blur: float = 0.0):
+        self.ds, self.mode, self.blur = ds, mode, blur
         self.class_ids = np.asarray(ds.class_ids)
         self.n_classes = max(ds.n_classes, int(self.class_ids.max()) + 1)
         self.medians = None
@@ -82,6 +83,9 @@ class _Features:
         x = _pooled(self.ds, rows)
         if self.mode in ("deviation", "colour"):
             x = np.abs(x - self.medians[self.class_ids[rows]]).mean(axis=-1)
+        if self.blur > 0:  # a Gaussian of std blur x side, per map (per channel for "signed")
+            sigma = self.blur * x.shape[1]
+            x = np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for m in x])
         return x.reshape(len(rows), -1)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -124,7 +128,7 @@ def hue_pairs(ds: Dataset, class_ids: np.ndarray, n_classes: int) -> np.ndarray 
 
 
 def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, mode: str = "deviation",
-                      max_fit: int = MAX_FIT) -> np.ndarray:
+                      max_fit: int = MAX_FIT, blur: float = 0.0) -> np.ndarray:
     """(len(ds), dim) float32 start codes: the images' features (`mode`, minus their class means)
     projected on the top `dim` principal components of such features, each dimension scaled to `std`
     over the dataset ("colour": the last two are the hue pair, see hue_pairs). Dimensions beyond the
@@ -136,7 +140,7 @@ def pca_content_codes(ds: Dataset, dim: int, std: float, seed: int, mode: str = 
     if n < 2:
         return codes
     rng = np.random.default_rng(seed + 7919)
-    features = _Features(ds, mode, rng)
+    features = _Features(ds, mode, rng, blur)
     hues = hue_pairs(ds, features.class_ids, features.n_classes) if mode == "colour" and dim > 2 else None
     if hues is not None:  # the last two dimensions: the hue pair, each scaled to HUE_GAIN * std
         dim -= 2

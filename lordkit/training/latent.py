@@ -125,7 +125,8 @@ def _build_model(ds: Dataset, cfg: LordConfig, d: Dist, *, resume: bool) -> tupl
     if lc.content_init != EMBEDDING_INIT:
         nn.init.uniform_(model.content_embedding.embedding.weight, -lc.content_init, lc.content_init)
     if lc.pca_init > 0 and not resume:  # a resume loads its codes from the checkpoint
-        codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed, lc.pca_features)
+        codes = pca_content_codes(ds, cfg.model.content_dim, lc.pca_init, lc.seed, lc.pca_features,
+                                  blur=lc.pca_blur)
         model.content_embedding.embedding.weight.data.copy_(torch.from_numpy(codes))
     if d.enabled:  # keep only this rank's rows of the content table
         full_table = model.content_embedding.embedding.weight.detach()
