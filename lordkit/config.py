@@ -177,6 +177,9 @@ class LatentTrainConfig:
                  f"got {self.pca_blur}")
         _require(self.pca_features in PCA_FEATURES,
                  f"latent.pca_features must be one of {', '.join(PCA_FEATURES)}, got {self.pca_features!r}")
+        _require(self.pca_init > 0 or self.pca_blur == 0,
+                 f"latent.pca_blur={self.pca_blur} blurs the start codes' features, which latent.pca_init=0 "
+                 f"turns off: set latent.pca_init too (1 in the small preset)")
         _require(self.pca_init > 0 or self.pca_features == "deviation",
                  f"latent.pca_features={self.pca_features} shapes the start codes from the data, which "
                  f"latent.pca_init=0 turns off: set latent.pca_init too (1 in the small preset)")

@@ -139,6 +139,8 @@ def test_pca_init_is_validated():
         with pytest.raises(ConfigError, match="latent.pca_init=0 turns off"):
             tiny_cfg(*overrides)
     assert tiny_cfg("latent.pca_init=0").latent.pca_features == "deviation"
+    with pytest.raises(ConfigError, match="latent.pca_init=0 turns off"):
+        tiny_cfg("latent.pca_init=0", "latent.pca_blur=0.25")
     assert tiny_cfg("latent.pca_init=2", "latent.pca_features=colour").latent.pca_features == "colour"
 
 

@@ -23,6 +23,11 @@ Two kinds of features are fitted (`mode`):
   only where colour varies within a class; otherwise those dimensions go to the "deviation"
   components.
 
+`blur` > 0 (latent.pca_blur) blurs every feature map with a Gaussian of std blur x side before the
+fit and the projection: thin or hollow shapes of different classes at one place and size share
+almost no pixel, so unblurred components follow a content differently in each class; blurred, their
+maps overlap as solid shapes' do (docs/training-recipes.md, benchmarks/code_alignment.py).
+
 The components are fitted on a seeded subsample of at most `max_fit` images, pooled to at most 32 px,
 in float64 on the CPU: the same codes on every rank and for every world size.
 """
