@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, An
     try:
         rows = [row for v in variants for row in start_codes(v, args.work, blurs)]
         rows += [trained_codes(spec) for spec in args.trained]
-    except LordkitError as e:
+    except (LordkitError, OSError) as e:  # OSError: a --work or --data path that cannot be used
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print("| variant | codes | blur | nearest other-class code: factor error (grid steps) |")

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, An
     torch.set_num_threads(args.threads)
     try:
         figures = run(args.data, args.work, args.seconds, args.epochs, args.hue_gain, args.overrides)
-    except LordkitError as e:
+    except (LordkitError, OSError) as e:  # OSError: a --work or --data path that cannot be used
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{args.data.name}: {figures['epochs']} epochs, hue gain {args.hue_gain:g}, "

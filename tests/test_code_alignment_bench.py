@@ -40,9 +40,12 @@ def test_trained_codes_and_bad_input(data, tmp_path, capsys):  # noqa: F811
     (row,) = rows["rows"]
     assert row["codes"] == "trained" and row["error"] and all(np.isfinite(list(row["error"].values())))
     capsys.readouterr()
-    for spec in (f"{tmp_path / 'm'}", f"{tmp_path / 'none'}:{data.path}"):  # no colon; no model
+    (tmp_path / "file").write_text("")
+    for args in (["--variants", "", "--trained", f"{tmp_path / 'm'}"],  # no colon
+                 ["--variants", "", "--trained", f"{tmp_path / 'none'}:{data.path}"],  # no model
+                 ["--variants", "outline-hue", "--blur", "0", "--work", str(tmp_path / "file" / "w")]):  # a file's child
         with pytest.raises(SystemExit) as e:
-            bench.main(["--work", str(tmp_path / "w"), "--variants", "", "--trained", spec])
+            bench.main(["--work", str(tmp_path / "w"), *args])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err

@@ -33,10 +33,12 @@ def test_a_short_run_measures_and_restores_the_hue_gain(data, tmp_path, monkeypa
 
 def test_bad_input_is_one_line(data, tmp_path, capsys):  # noqa: F811
     bench = load_benchmark("stage1_chroma")
+    (tmp_path / "file").write_text("")
     for args in (["--data", str(tmp_path / "none"), "--epochs", "1"],
-                 ["--data", str(data.path), "--epochs", "1", "--set", "latent.pca_blur=2"]):
+                 ["--data", str(data.path), "--epochs", "1", "--set", "latent.pca_blur=2"],
+                 ["--data", str(data.path), "--epochs", "1", "--work", str(tmp_path / "file" / "m")]):  # a file's child
         with pytest.raises(SystemExit) as e:
-            bench.main([*args, "--work", str(tmp_path / "m")])
+            bench.main(["--work", str(tmp_path / "m"), *args])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err
