@@ -2,7 +2,11 @@
 budget (or a number of epochs), then every training image reconstructed from its own codes: the
 share of the images' chroma the reconstructions keep, sum(chroma(out) . chroma(img)) / sum(|chroma(img)|^2)
 over every pixel, chroma being the two opponent axes of lordkit.training.init (grey pixels have none).
-1 = every hue drawn, 0 = drawn in grey (the dark-grey failure of docs/training-recipes.md).
+1 = every hue drawn, 0 = drawn in grey (the dark-grey failure of docs/training-recipes.md). On a
+synthetic family variant with hue as a content factor it also reports how well the trained content
+codes' hue pair (their last two dimensions) and the other dimensions tell each image's hue
+(lordkit.evaluation.leakage: 5-fold cross-validated MLP accuracy, against chance): whether a grey
+result comes from codes that lost the hue or from a generator that does not read it.
 
     python benchmarks/stage1_chroma.py --data W/data/outline-hue-train --work /tmp/c --seconds 200 \\
         --set latent.pca_blur=0.25
@@ -27,9 +31,11 @@ import torch
 
 import lordkit.training.init as init
 from lordkit.config import fit_to_images, fit_to_length, preset
+from lordkit.data.datasets.synthetic import FACTORS, content_factors_of
 from lordkit.data.sources import dataset_ids
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
+from lordkit.evaluation import leakage
 from lordkit.modeldir import load_config, load_latent
 from lordkit.training import train_latent
 
@@ -68,8 +74,25 @@ def run(data: Path, work: Path, seconds: float | None, epochs: int | None, hue_g
             imgs = torch.from_numpy(np.array(ds.images[start:start + len(rows)])).permute(0, 3, 1, 2).float() / 255
             k, t = chroma_sums(imgs, out)
             kept, total = kept + k, total + t
-    return {"data": str(data), "n_imgs": len(ds), "epochs": cfg.latent.n_epochs, "hue_gain": hue_gain,
-            "overrides": overrides, "chroma_kept": kept / max(total, 1e-12)}
+    figures = {"data": str(data), "n_imgs": len(ds), "epochs": cfg.latent.n_epochs, "hue_gain": hue_gain,
+               "overrides": overrides, "chroma_kept": kept / max(total, 1e-12)}
+    hues = hue_levels(ds)
+    if hues is not None and cfg.latent.pca_features == "colour" and cfg.latent.pca_init > 0 and (
+            init.hue_pairs(ds, np.asarray(ds.class_ids), ds.n_classes) is not None):  # the codes have the pair
+        codes = model.content_embedding.embedding.weight.detach().double().numpy()
+        pair, rest = (leakage(c, hues, n_repeats=1) for c in (codes[:, -2:], codes[:, :-2]))
+        figures["hue_from_codes"] = {"pair": pair["accuracy"], "other_dims": rest["accuracy"],
+                                     "chance": pair["chance"]}
+    return figures
+
+
+def hue_levels(ds: Dataset) -> np.ndarray | None:
+    """Each image's hue level where the set is a synthetic variant with hue as a content factor."""
+    grid = (ds.meta.extra or {}).get("content_grid") or {}
+    if not ds.has_content_labels or int(grid.get("hue", 1)) < 2:
+        return None
+    grid = {f: int(grid[f]) for f in FACTORS}
+    return np.array([content_factors_of(int(c), grid)[FACTORS.index("hue")] for c in ds.content_ids])
 
 
 def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, Any]:
@@ -96,6 +119,10 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> dict[str, An
         raise SystemExit(2) from None
     print(f"{args.data.name}: {figures['epochs']} epochs, hue gain {args.hue_gain:g}, "
           f"{' '.join(args.overrides) or 'the preset'}: chroma kept {figures['chroma_kept']:.2f}")
+    if "hue_from_codes" in figures:
+        h = figures["hue_from_codes"]
+        print(f"hue told by the codes' hue pair {h['pair']:.0%}, by their other dimensions {h['other_dims']:.0%} "
+              f"(chance {h['chance']:.0%})")
     if record:
         from _results import append_result  # benchmarks/_results.py, found beside this script when it runs as one
 

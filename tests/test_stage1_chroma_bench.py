@@ -27,6 +27,10 @@ def test_a_short_run_measures_and_restores_the_hue_gain(data, tmp_path, monkeypa
     assert figures["epochs"] == 1 and figures["hue_gain"] == 6
     assert -1.0 < figures["chroma_kept"] < 2.0
     assert init.HUE_GAIN == 3.0  # set for the run only
+    hue = figures["hue_from_codes"]  # the fixture's hue is a content factor of 2 levels
+    assert hue["chance"] == pytest.approx(0.5, abs=0.05)
+    assert hue["pair"] > 0.9  # after one epoch the pair is still about where it started: each image's hue
+    assert 0 <= hue["other_dims"] <= 1
     assert (tmp_path / "m" / "latent.safetensors").exists()
     assert not (tmp_path / "results").exists()  # main() called from Python records nothing
 
