@@ -32,6 +32,7 @@ budget machinery (timing, fitted schedules, refits while training) does to quali
     python benchmarks/real_sets.py --out /tmp/rs --budgets 1m --limit 300     # smoke run: 300 images
     python benchmarks/real_sets.py --out /tmp/std1 --budgets 15m --set model.content_std=1 --tag std1
     python benchmarks/real_sets.py --out /tmp/twin --budgets 10m --twin      # budgeted, then unbudgeted
+    python benchmarks/real_sets.py --out /tmp/bf --budgets 15m --cpu-bf16    # both stages under CPU bf16 autocast
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def lordkit(base: Path, args: list[str], env: dict[str, str], log: Path) -> tupl
 
 def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: int,
             overrides: list[str] = (), tag: str = "", epochs: tuple[int, int] | None = None,
-            stage1_share: float = STAGE1_SHARE) -> dict[str, Any]:
+            stage1_share: float = STAGE1_SHARE, cpu_bf16: bool = False) -> dict[str, Any]:
     """One set at one budget, from preprocessing to evaluation; the row. With `epochs` (stage 1, stage 2)
     the stages train those epochs with no budget instead: the unbudgeted twin of a budgeted run."""
     budget_s = parse_budget(budget)
@@ -123,13 +124,15 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     lk("split-samples", "-idn", name, "-trdn", f"{name}-train", "-tsdn", f"{name}-test", "-ts", str(TEST_SPLIT))
     s1_budget = stage1_share * budget_s
     sets = [a for o in overrides for a in ("--set", o)]
+    bf16 = ["--cpu-bf16"] if cpu_bf16 else []
     if epochs:
-        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[0]), *sets)
-        said2, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[1]))
+        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[0]), *sets, *bf16)
+        said2, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--epochs", str(epochs[1]), *bf16)
     else:
-        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--time-budget", f"{s1_budget:.0f}s", *sets)
+        said1, s1 = lk("train", "-dn", f"{name}-train", "-mn", "m", "--time-budget", f"{s1_budget:.0f}s", *sets,
+                       *bf16)
         said2, s2 = lk("train-encoders", "-dn", f"{name}-train", "-mn", "m", "--time-budget",
-                       f"{max(budget_s - s1, 1.0):.0f}s")
+                       f"{max(budget_s - s1, 1.0):.0f}s", *bf16)
     text, ev_s = lk("evaluate", "-mn", "m", "-dn", f"{name}-test", "--json")
     ev = json.loads(text)
     cfg = json.loads((base / "models" / "m" / "config.json").read_text())
@@ -138,7 +141,7 @@ def run_one(name: str, budget: str, pngs: Path, work: Path, out: Path, threads: 
     leak, check = ev["leakage"].get("class_from_content"), ev.get("class_check")
     return {
         "set": name, "budget": budget, "budget_s": budget_s, "overrides": list(overrides),
-        "unbudgeted_twin": bool(epochs), "stage1_share": None if epochs else stage1_share,
+        "unbudgeted_twin": bool(epochs), "stage1_share": None if epochs else stage1_share, "cpu_bf16": cpu_bf16,
         "stage1": stage_row(cfg, "latent", s1, None if epochs else s1_budget, said1),
         "stage2": stage_row(cfg, "amortized", s2, None if epochs else budget_s - s1, said2),
         "minutes_both": (s1 + s2) / 60, "evaluate_minutes": ev_s / 60,
@@ -202,7 +205,8 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             continue
         s1, s2, cy = r["stage1"], r["stage2"], r["cycle"]
         lines.append(
-            f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''} "
+            f"| {r['set']}{' ' + ' '.join(r['overrides']) if r['overrides'] else ''}"
+            f"{' --cpu-bf16' if r.get('cpu_bf16') else ''} "
             f"| {budget_cell(r)} "
             f"| {s1['epochs']} ({s1['steps']:,}), {s1['minutes']:.1f} | {s2['epochs']} ({s2['steps']:,}), {s2['minutes']:.1f} "
             f"| {cell(r, 'leakage')} | {cell(r, 'class_check')} | {cell(r, 'content_survival')} "
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
     ap.add_argument("--twin", action="store_true",
                     help="After each budgeted run, train its unbudgeted twin: the same set, split and settings "
                          "with --epochs set to the steps the budgeted stages trained (to the nearest epoch).")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="Train both stages with `--cpu-bf16` (bf16 autocast; CPUs with AVX-512 BF16 or AMX).")
     ap.add_argument("--tag", default="", help="Suffix of this run's file names (runs with --set).")
     args = ap.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                 t0 = time.monotonic()
                 try:
                     row = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag,
-                                  stage1_share=args.stage1_share)
+                                  stage1_share=args.stage1_share, cpu_bf16=args.cpu_bf16)
                 except RuntimeError as e:
                     row = {"set": name, "budget": budget, "error": str(e)}
                 row["set_info"] = about
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None, *, record: bool = False) -> int:
                     epochs = (twin_epochs(row["stage1"]), twin_epochs(row["stage2"]))
                     try:
                         twin = run_one(name, budget, pngs, work, args.out, args.threads, args.overrides, args.tag,
-                                       epochs=epochs)
+                                       epochs=epochs, cpu_bf16=args.cpu_bf16)
                     except RuntimeError as e:
                         twin = {"set": name, "budget": budget, "unbudgeted_twin": True, "error": str(e)}
                     twin["set_info"] = about

@@ -54,3 +54,21 @@ def test_a_stage_share_outside_0_to_1_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_benchmark("real_sets").main(["--out", str(tmp_path), "--stage1-share", "1"])
     assert e.value.code == 2 and "--stage1-share must be between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [[], ["--cpu-bf16"]])
+def test_cpu_bf16_reaches_both_training_commands_and_nothing_else(tmp_path, monkeypatch, flag):
+    rs = load_benchmark("real_sets")
+    calls = []
+
+    def fake(base, args, env, log):  # every command as the benchmark would run it; evaluate ends the run
+        calls.append(args)
+        if args[0] == "evaluate":
+            raise RuntimeError("lordkit evaluate exited 1: stopped here")
+        return "", 1.0
+
+    monkeypatch.setattr(rs, "lordkit", fake)
+    rs.main(["--out", str(tmp_path / "out"), "--budgets", "40s", "--limit", "20", *flag])
+    assert [a[0] for a in calls] == ["preprocess", "split-samples", "train", "train-encoders", "evaluate"]
+    for args in calls:
+        assert ("--cpu-bf16" in args) == (bool(flag) and args[0] in ("train", "train-encoders"))
