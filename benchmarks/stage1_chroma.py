@@ -78,7 +78,8 @@ def run(data: Path, work: Path, seconds: float | None, epochs: int | None, hue_g
                "overrides": overrides, "chroma_kept": kept / max(total, 1e-12)}
     hues = hue_levels(ds)
     if hues is not None and cfg.latent.pca_features == "colour" and cfg.latent.pca_init > 0 and (
-            init.hue_pairs(ds, np.asarray(ds.class_ids), ds.n_classes) is not None):  # the codes have the pair
+            cfg.model.content_dim > 2 and init.hue_pairs(ds, np.asarray(ds.class_ids), ds.n_classes) is not None):
+        # the start codes' last two dimensions were the hue pair (lordkit.training.init.pca_content_codes)
         codes = model.content_embedding.embedding.weight.detach().double().numpy()
         pair, rest = (leakage(c, hues, n_repeats=1) for c in (codes[:, -2:], codes[:, :-2]))
         figures["hue_from_codes"] = {"pair": pair["accuracy"], "other_dims": rest["accuracy"],

@@ -50,3 +50,11 @@ def test_bad_input_is_one_line(data, tmp_path, capsys):  # noqa: F811
         with pytest.raises(SystemExit) as e:
             bench.main(["--data", str(data.path), "--work", str(tmp_path / "m"), *args])
         assert e.value.code == 2
+
+
+def test_no_hue_figure_where_the_codes_have_no_hue_pair(data, tmp_path):  # noqa: F811
+    bench = load_benchmark("stage1_chroma")
+    for setting in ("model.content_dim=2", "latent.pca_features=deviation"):
+        figures = bench.main(["--data", str(data.path), "--work", str(tmp_path / "m"), "--epochs", "1",
+                              "--set", setting])
+        assert "hue_from_codes" not in figures, setting
