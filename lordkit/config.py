@@ -150,6 +150,10 @@ class LatentTrainConfig:
     # > 0: weight of a term that pulls each class's content codes towards one shared mean and
     # covariance (lordkit.losses.class_moment_penalty); 0: off, as the paper.
     class_moments: float = 0.0
+    # > 0: weight of a term that asks each output for its training image's hue direction (opponent
+    # chroma over its size, lordkit.losses.hue_penalty), so that thin coloured shapes are not drawn
+    # grey; RGB images only (skipped on one channel); 0: off, as the paper.
+    hue_weight: float = 0.0
     loss: str = "vgg"  # "vgg" (pixel L1 + VGG16 features), or no network: "l1", "l2", "l1+l2", "lap1" (pyramid)
     noise_warmup_epochs: float = 0.0  # content noise std ramps 0 -> content_std over this; 0 = paper
     seed: int = 0
@@ -173,6 +177,8 @@ class LatentTrainConfig:
                  f"got {self.pca_init}")
         _require(0 <= self.class_moments < math.inf,
                  f"latent.class_moments must be a finite number >= 0, got {self.class_moments}")
+        _require(0 <= self.hue_weight < math.inf,
+                 f"latent.hue_weight must be a finite number >= 0, got {self.hue_weight}")
         _require(0 <= self.pca_blur <= 0.5, f"latent.pca_blur must be in [0, 0.5] (a fraction of the image side), "
                  f"got {self.pca_blur}")
         _require(self.pca_features in PCA_FEATURES,

@@ -291,6 +291,30 @@ def content_penalty(content_code: Tensor) -> Tensor:
     return content_code.float().pow(2).sum(dim=1).mean()
 
 
+# Opponent colour axes (red-green, yellow-blue), unit length, each orthogonal to grey (1, 1, 1).
+OPPONENT = ((2 ** -0.5, -(2 ** -0.5), 0.0), (6 ** -0.5, 6 ** -0.5, -2 * 6 ** -0.5))
+# Added per pixel to the summed chroma size (0-1 scale): a nearly grey image gets a short hue direction.
+CHROMA_FLOOR = 1e-3
+
+
+def hue_direction(images: Tensor) -> Tensor:
+    """(B, 2) for (B, 3, H, W) images in [0, 1]: each image's opponent chroma summed over its pixels
+    and divided by the summed chroma size plus CHROMA_FLOOR per pixel, the mean hue direction of its
+    coloured pixels (grey pixels add nothing), whatever the object's size, place or background grey."""
+    axes = torch.tensor(OPPONENT, dtype=torch.float32, device=images.device)
+    chroma = torch.einsum("bchw,kc->bkhw", images.float(), axes).flatten(2)  # (B, 2, pixels)
+    size = chroma.norm(dim=1).sum(dim=1) + CHROMA_FLOOR * chroma.shape[2]
+    return chroma.sum(dim=2) / size[:, None]
+
+
+def hue_penalty(out: Tensor, images: Tensor) -> Tensor:
+    """Hue term of stage 1 (latent.hue_weight): mean over the batch of the L1 distance between the
+    hue direction (hue_direction) of each output and of its training image. A reconstruction loss
+    can let thin coloured shapes come out grey at a small cost per pixel; this term costs as much
+    for a grey drawing of a thin outline as of a solid shape."""
+    return (hue_direction(out) - hue_direction(images)).abs().sum(dim=1).mean()
+
+
 MOMENT_REFERENCE_ROWS = 4096  # rows of the content table the class statistics are taken over, at most
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lordkit import losses
 from lordkit.data.store import Dataset
 
 FIT_SIDE = 32  # images are area-pooled to at most this side before the fit and the projection
@@ -98,14 +99,12 @@ class _Features:
         return self._uncentred(rows) - self.means[self.class_ids[rows]]
 
 
-# Opponent colour axes (red-green, yellow-blue), unit length, each orthogonal to grey (1, 1, 1).
-OPPONENT = np.array([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[2.0], [6.0]])
+OPPONENT = np.array(losses.OPPONENT)  # opponent colour axes (red-green, yellow-blue), as the hue term's
 # The hue pair starts at this multiple of the other dimensions' std: at 1x, stage 1 on hue over a
 # mid-grey background (lap1 loss) drew every object dark grey in two of six runs, the generator never
 # reading the pair; at 3x it drew the hues (docs/training-recipes.md).
 HUE_GAIN = 3.0
-# Added per pixel to the summed chroma size (0-1 scale): a nearly grey image gets a short pair.
-CHROMA_FLOOR = 1e-3
+CHROMA_FLOOR = losses.CHROMA_FLOOR  # added per pixel to the summed chroma size: a nearly grey image gets a short pair
 HUE_WITHIN_SHARE = 0.5  # "colour" keeps its hue pair where at least this share of its spread is within classes
 
 

@@ -20,7 +20,7 @@ from lordkit.config import LordConfig
 from lordkit.data.store import Dataset
 from lordkit.distributed import Dist
 from lordkit.errors import LordkitError
-from lordkit.losses import MOMENT_REFERENCE_ROWS, class_moment_penalty, content_penalty, make_loss
+from lordkit.losses import MOMENT_REFERENCE_ROWS, class_moment_penalty, content_penalty, hue_penalty, make_loss
 from lordkit.modeldir import (LOCK, check_data_matches, checkpoint_dir, data_record, discard_unstarted, has_checkpoint,
                               is_unstarted, load_config, save_config, save_data_record, save_state, stage_settings,
                               weights_path)
@@ -186,6 +186,8 @@ def train_latent(
         shared = wrap_ddp(_SharedLatent(model), d, dev)
         generate = torch.compile(shared) if compile else shared
 
+        hue_term = lc.hue_weight > 0 and ds.meta.channels == 3  # one-channel images have no hue
+
         def step(idx: Tensor, imgs: Tensor, cls: Tensor, epoch: float) -> tuple[Tensor, dict[str, Tensor]]:
             # Content noise, optionally ramped up from 0 over the first noise_warmup_epochs.
             ramp = min(1.0, epoch / lc.noise_warmup_epochs) if lc.noise_warmup_epochs > 0 else 1.0
@@ -202,6 +204,9 @@ def train_latent(
                     reference = torch.randint(len(table), (MOMENT_REFERENCE_ROWS,), device=table.device)
                 moments = class_moment_penalty(table[idx], idx, table, class_ids, reference)
                 loss, parts["moments"] = loss + lc.class_moments * moments, moments
+            if hue_term:
+                hue = hue_penalty(out, imgs)
+                loss, parts["hue"] = loss + lc.hue_weight * hue, hue
             return loss, parts
 
         fixed = torch.from_numpy(sample_positions(np.asarray(ds.class_ids)[owned], ds.n_classes)).to(dev)
