@@ -1,7 +1,7 @@
 """Does stage 1 draw the images' hues? Stage 1 of the small preset alone on a dataset, for a time
 budget (or a number of epochs), then every training image reconstructed from its own codes: the
 share of the images' chroma the reconstructions keep, sum(chroma(out) . chroma(img)) / sum(|chroma(img)|^2)
-over every pixel, chroma being the two opponent axes of lordkit.training.init (grey pixels have none).
+over every pixel, chroma being the two opponent axes of lordkit.losses (grey pixels have none).
 1 = every hue drawn, 0 = drawn in grey (the dark-grey failure of docs/training-recipes.md). On a
 synthetic family variant with hue as a content factor it also reports how well the trained content
 codes' hue pair (their last two dimensions) and the other dimensions tell each image's hue
@@ -36,6 +36,7 @@ from lordkit.data.sources import dataset_ids
 from lordkit.data.store import Dataset
 from lordkit.errors import LordkitError
 from lordkit.evaluation import leakage
+from lordkit.losses import OPPONENT
 from lordkit.modeldir import load_config, load_latent
 from lordkit.training import train_latent
 
@@ -43,7 +44,7 @@ from lordkit.training import train_latent
 def chroma_sums(images: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     """(sum of chroma(out) . chroma(images), sum of |chroma(images)|^2) over every pixel of (n, 3, h, w)
     images in [0, 1]: their ratio is the share of the images' chroma that out keeps."""
-    axes = torch.tensor(init.OPPONENT, dtype=torch.float32)
+    axes = torch.tensor(OPPONENT, dtype=torch.float32)
     a, b = (torch.einsum("nchw,kc->nkhw", t.float(), axes) for t in (images, out))
     return float((a * b).sum()), float((a * a).sum())
 

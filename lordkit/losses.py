@@ -300,9 +300,10 @@ CHROMA_FLOOR = 1e-3
 def hue_direction(images: Tensor) -> Tensor:
     """(B, 2) for (B, 3, H, W) images in [0, 1]: each image's opponent chroma summed over its pixels
     and divided by the summed chroma size plus CHROMA_FLOOR per pixel, the mean hue direction of its
-    coloured pixels (grey pixels add nothing), whatever the object's size, place or background grey."""
-    axes = torch.tensor(OPPONENT, dtype=torch.float32, device=images.device)
-    chroma = torch.einsum("bchw,kc->bkhw", images.float(), axes).flatten(2)  # (B, 2, pixels)
+    coloured pixels (grey pixels add nothing), whatever the object's size, place or background grey.
+    Also the hue pair of the start codes (lordkit.training.init.hue_pairs)."""
+    x = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
+    chroma = torch.einsum("bchw,kc->bkhw", x, torch.tensor(OPPONENT, dtype=x.dtype, device=x.device)).flatten(2)
     size = chroma.norm(dim=1).sum(dim=1) + CHROMA_FLOOR * chroma.shape[2]
     return chroma.sum(dim=2) / size[:, None]
 

@@ -99,28 +99,23 @@ class _Features:
         return self._uncentred(rows) - self.means[self.class_ids[rows]]
 
 
-OPPONENT = np.array(losses.OPPONENT)  # opponent colour axes (red-green, yellow-blue), as the hue term's
 # The hue pair starts at this multiple of the other dimensions' std: at 1x, stage 1 on hue over a
 # mid-grey background (lap1 loss) drew every object dark grey in two of six runs, the generator never
 # reading the pair; at 3x it drew the hues (docs/training-recipes.md).
 HUE_GAIN = 3.0
-CHROMA_FLOOR = losses.CHROMA_FLOOR  # added per pixel to the summed chroma size: a nearly grey image gets a short pair
 HUE_WITHIN_SHARE = 0.5  # "colour" keeps its hue pair where at least this share of its spread is within classes
 
 
 def hue_pairs(ds: Dataset, class_ids: np.ndarray, n_classes: int) -> np.ndarray | None:
-    """(len(ds), 2): each image's opponent chroma summed over its pixels and divided by the summed
-    chroma size (the mean hue direction of its coloured pixels; grey pixels add nothing), minus its
-    class mean; None for one-channel images or where the pair's spread is mostly between classes
+    """(len(ds), 2): each image's hue direction (lordkit.losses.hue_direction of the image pooled to
+    at most FIT_SIDE px: the mean hue direction of its coloured pixels), minus its class mean; None for one-channel images or where the pair's spread is mostly between classes
     (colour a class attribute)."""
     if ds.meta.channels != 3:
         return None
     pairs = np.zeros((len(ds), 2))
     for start in range(0, len(ds), CHUNK):
         rows = np.arange(start, min(len(ds), start + CHUNK))
-        chroma = _pooled(ds, rows).reshape(len(rows), -1, 3) @ OPPONENT.T  # (n, pixels, 2)
-        size = np.linalg.norm(chroma, axis=-1).sum(axis=1) + CHROMA_FLOOR * chroma.shape[1]
-        pairs[rows] = chroma.sum(axis=1) / size[:, None]
+        pairs[rows] = losses.hue_direction(torch.from_numpy(_pooled(ds, rows)).permute(0, 3, 1, 2)).numpy()
     means = np.zeros((n_classes, 2))
     np.add.at(means, class_ids, pairs)
     means /= np.maximum(np.bincount(class_ids, minlength=n_classes), 1)[:, None]
